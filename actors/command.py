@@ -1,0 +1,71 @@
+"""CommandActor: runs workflow attempts, a thin Ray shell over `actors.runner.Runner`.
+
+Owns: the outcome lists of the attempts it runs (``slots_per_actor`` at once). A
+parked attempt gives its slot back. Survives its death: every outcome it journaled;
+the supervisor dispatches its attempts again elsewhere. Idempotent: ``reset``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, cast
+
+import ray
+
+from actors.batching import Batcher
+from actors.runner import Runner
+from cluster import logs
+from cluster.options import Options
+
+
+def build_gateway(options: Options) -> Any:
+    """Build the service gateway from ``options.gateway`` (``module:factory``), or None."""
+    if not options.gateway:
+        return None
+    module, _, name = options.gateway.partition(":")
+    factory = getattr(importlib.import_module(module), name)
+    return factory(options)
+
+
+class CommandActor:
+    def __init__(self, options: Options, log: Any, supervisor: Any, index: int) -> None:
+        node = ray.get_runtime_context().get_node_id()
+        logs.configure(options.log_level, component="command", actor=str(index), node_id=node[:12])
+        self._log = log
+        self._supervisor = supervisor
+        self._incarnation = ""
+        self._journal: Batcher[dict[str, Any]] = Batcher(self._append)
+        self._reports: Batcher[dict[str, Any]] = Batcher(self._send_reports)
+        self.runner = Runner(self._journal.submit, self._report, build_gateway(options), options.max_payload_bytes)
+
+    async def _append(self, records: list[dict[str, Any]]) -> list[Any]:
+        answers: list[Any] = await self._log.append.remote(records)
+        return answers
+
+    async def _send_reports(self, reports: list[dict[str, Any]]) -> list[Any]:
+        await self._supervisor.report.remote(reports)
+        return [None] * len(reports)
+
+    async def _report(self, report: dict[str, Any]) -> None:
+        await self._reports.submit([report])
+
+    async def reset(self, incarnation: str) -> int:
+        """Drop every attempt of an earlier supervisor incarnation; returns how many."""
+        self._incarnation = incarnation
+        return self.runner.cancel_all()
+
+    async def run(self, items: list[dict[str, Any]]) -> None:
+        """Run a dispatch batch; returns once each attempt in it has been reported.
+
+        Only the current supervisor dispatches, so a batch from a new incarnation
+        (this actor restarted, or the supervisor did) cancels what an older one started.
+        """
+        if items and items[0]["inc"] != self._incarnation:
+            await self.reset(items[0]["inc"])
+        await self.runner.run(items)
+
+    def node_id(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
+
+RemoteCommandActor: Any = cast(Any, ray.remote)(num_cpus=0, max_restarts=-1, max_concurrency=100_000)(CommandActor)

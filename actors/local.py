@@ -1,0 +1,94 @@
+"""The coordinator in one process, without Ray: the same core, journal and runner.
+
+`LocalCoordinator` wires `SupervisorCore` to an in-process `Journal` and a pool of
+in-process `Runner`s. Unit tests drive every semantic through it in milliseconds;
+the Ray actors wire the same classes across processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from actors.batching import Batcher
+from actors.command import build_gateway
+from actors.core import SupervisorCore, WorkerLost
+from actors.runner import Runner
+from cluster.journal import Journal, open_backend
+from cluster.options import Options
+
+
+class LocalJournal:
+    """`JournalPort` over an in-process `Journal`; records are copied as Ray would."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
+        return await self.journal.append([dict(r) for r in records])
+
+    async def read(self, from_seq: int, limit: int) -> list[dict[str, Any]]:
+        return self.journal.read(from_seq, limit)
+
+    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
+        return {w: ([list(o) for o in a], [list(o) for o in b])
+                for w, (a, b) in self.journal.live_steps(workflow_ids).items()}
+
+    async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
+        return self.journal.outcomes(service, since_seq, limit)
+
+
+class LocalPool:
+    """`PoolPort` over in-process runners; `lose` makes a worker's next batch fail as lost."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.runners: list[Runner] = []
+        self.lost: set[int] = set()
+
+    def bind(self, runners: list[Runner]) -> None:
+        self.runners = runners
+
+    async def run(self, worker: int, items: list[dict[str, Any]]) -> None:
+        if worker in self.lost:
+            self.lost.discard(worker)
+            raise WorkerLost(f"worker {worker} lost")
+        await self.runners[worker].run(items)
+
+    async def reset(self, incarnation: str) -> None:
+        for runner in self.runners:
+            runner.cancel_all()
+
+
+class LocalCoordinator:
+    """A whole coordinator in this process and event loop; call `start`, then use `core`."""
+
+    def __init__(self, options: Options, gateway: Any = None) -> None:
+        self.options = options
+        self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
+                               segment_bytes=options.segment_bytes, owner=f"{options.namespace}/local")
+        self.pool = LocalPool(options.command_actors)
+        self.core = SupervisorCore(options, LocalJournal(self.journal), self.pool)
+        gateway = gateway if gateway is not None else build_gateway(options)
+        port = LocalJournal(self.journal)
+        self._batchers: list[Batcher[dict[str, Any]]] = []
+        runners = []
+        for _ in range(options.command_actors):
+            batcher: Batcher[dict[str, Any]] = Batcher(port.append)
+            self._batchers.append(batcher)
+            runners.append(Runner(batcher.submit, self._report, gateway, options.max_payload_bytes))
+        self.pool.bind(runners)
+
+    async def _report(self, report: dict[str, Any]) -> None:
+        await self.core.report([report])
+
+    async def start(self) -> SupervisorCore:
+        self.journal.open()
+        await self.core.start()
+        return self.core
+
+    async def close(self) -> None:
+        self.core.close()
+        await self.pool.reset("")
+        for batcher in self._batchers:
+            batcher.close()
+        self.journal.close()

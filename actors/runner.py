@@ -1,0 +1,169 @@
+"""The step runner behind a CommandActor: runs workflow attempts, one per slot.
+
+An attempt gets its outcome list from the dispatch (the supervisor's cache of the
+journal), so it replays done steps and calls services only for new ones. Its
+outcomes are appended through the actor's batched journal client; terminal records
+(``completed``, ``compensating``, ``compensated``, ``failed``) are journaled here
+before the supervisor hears of them, so a result is durable before it is reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+import structlog
+
+from workflows.command import Command, decode_command
+from workflows.context import Context, Outcome
+from workflows.errors import Blocked, CommandFailed, CoordinatorError, Delayed
+
+log = structlog.get_logger("runner")
+
+Report = dict[str, Any]
+Append = Callable[[list[dict[str, Any]]], Awaitable[list[Any]]]
+
+
+class PayloadTooLarge(CoordinatorError):
+    """An outcome or result cannot be journaled: not encodable, or over the size limit."""
+
+
+def retry_kind(exc: BaseException) -> str | None:
+    """``delayed`` or ``blocked`` for those errors, their subclasses and errors raised from them."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, Blocked):
+            return "blocked"
+        if isinstance(cur, Delayed):
+            return "delayed"
+        seen.add(id(cur))
+        cur = cur.__cause__
+    return None
+
+
+def describe(exc: BaseException) -> dict[str, Any]:
+    cls = type(exc)
+    return {
+        "type": f"{cls.__module__}.{cls.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def _steps(raw: list[Any]) -> list[Outcome]:
+    return [Outcome(int(s), str(svc), v) for s, svc, v in raw]
+
+
+class Runner:
+    """Runs attempts; ``append`` journals records, ``report`` tells the supervisor."""
+
+    def __init__(self, append: Append, report: Callable[[Report], Awaitable[Any]], gateway: Any,
+                 max_payload_bytes: int, clock: Callable[[], float] = time.time) -> None:
+        self._append = append
+        self._report = report
+        self._gateway = gateway
+        self._max_payload = max_payload_bytes
+        self._clock = clock
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    # Recorder protocol, for Context
+    async def record(self, workflow_id: str, kind: str, step: int, service: str, value: Any) -> Any:
+        self._check_payload(value, f"{kind} {step} of {workflow_id}")
+        rec = {"k": kind, "w": workflow_id, "step": step, "service": service, "value": value}
+        return (await self._append([rec]))[0]
+
+    def _check_payload(self, value: Any, what: str) -> None:
+        try:
+            size = len(msgpack.packb(value, use_bin_type=True))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise PayloadTooLarge(f"{what} cannot be encoded with msgpack ({exc})") from None
+        if size > self._max_payload:
+            raise PayloadTooLarge(f"{what} is {size} bytes, over the {self._max_payload}-byte limit")
+
+    def running(self) -> list[str]:
+        return list(self._tasks)
+
+    async def run(self, items: list[dict[str, Any]]) -> None:
+        """Run a dispatch batch; returns once every attempt in it has been reported."""
+        tasks = []
+        for item in items:
+            task = asyncio.get_running_loop().create_task(self._attempt(item))
+            self._tasks[item["w"]] = task
+            tasks.append(task)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for item in items:
+            if self._tasks.get(item["w"]) in tasks:
+                del self._tasks[item["w"]]
+
+    def cancel_all(self) -> int:
+        for task in self._tasks.values():
+            task.cancel()
+        n = len(self._tasks)
+        self._tasks.clear()
+        return n
+
+    async def _attempt(self, item: dict[str, Any]) -> None:
+        wid, attempt = item["w"], item["attempt"]
+        start = {"k": "started", "w": wid, "attempt": attempt, "t": self._clock()}
+        started = asyncio.ensure_future(self._append([start]))
+        outcomes, compensations = _steps(item["outcomes"]), _steps(item["compensations"])
+        ctx = Context(wid, attempt, outcomes, self, self._gateway)
+        report: Report = {"w": wid, "attempt": attempt, "inc": item["inc"]}
+        try:
+            cmd = decode_command(item["type"], item["fields"])
+            if item.get("error") is not None:
+                report.update(await self._compensate(cmd, ctx, compensations, item["error"], None))
+            else:
+                report.update(await self._exec(cmd, ctx, compensations))
+        except CoordinatorError as exc:  # the command cannot be rebuilt: fail it, nothing to undo
+            report.update(await self._terminal(wid, "failed", error=describe(exc)))
+        await started
+        report["outcomes"] = [list(o) for o in outcomes]
+        report["compensations"] = [list(o) for o in compensations]
+        await self._report(report)
+
+    async def _exec(self, cmd: Command, ctx: Context, compensations: list[Outcome]) -> Report:
+        try:
+            result = await cmd.exec(ctx)
+            self._check_payload(result, f"result of {ctx.workflow_id}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the attempt's one catch-all: classify, never crash the actor
+            kind = retry_kind(exc)
+            if kind is not None:
+                ctx.log.info("attempt_parked", kind=kind, reason=str(exc))
+                return {"kind": kind, "reason": str(exc)}
+            ctx.log.warning("command_failed", error=repr(exc))
+            error = describe(exc)
+            await self._append([{"k": "compensating", "w": ctx.workflow_id, "error": error, "t": self._clock()}])
+            return await self._compensate(cmd, ctx, compensations, error, exc)
+        return await self._terminal(ctx.workflow_id, "completed", result=result)
+
+    async def _compensate(self, cmd: Command, ctx: Context, compensations: list[Outcome],
+                          error: dict[str, Any], exc: BaseException | None) -> Report:
+        wid = ctx.workflow_id
+        if not ctx.outcomes:
+            return await self._terminal(wid, "failed", error=error)
+        cctx = Context(wid, ctx.attempt, list(ctx.outcomes), self, self._gateway,
+                       compensations=compensations, compensating=True)
+        cause = exc or CommandFailed(wid, error["type"], error["message"], error.get("traceback", ""))
+        try:
+            await cmd.compensate(cctx, cause)
+        except asyncio.CancelledError:
+            raise
+        except Exception as cexc:  # compensation failed: park if retryable, else the command fails
+            kind = retry_kind(cexc)
+            if kind is not None:
+                return {"kind": kind, "reason": str(cexc), "error": error}
+            failed = dict(error, compensation_error=describe(cexc))
+            return await self._terminal(wid, "failed", error=failed)
+        return await self._terminal(wid, "compensated", error=error)
+
+    async def _terminal(self, wid: str, kind: str, **fields: Any) -> Report:
+        await self._append([{"k": kind, "w": wid, "t": self._clock(), **fields}])
+        return {"kind": kind, **fields}

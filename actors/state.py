@@ -1,0 +1,202 @@
+"""Workflow states and the fold that rebuilds them from journal records.
+
+The journal is the truth: a workflow's state is a fold over its records, so the same
+`WorkflowTable.apply` serves live updates and start-up recovery.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from workflows.context import Outcome
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DELAYED = "delayed"
+    BLOCKED = "blocked"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATED = "compensated"
+
+    @property
+    def finished(self) -> bool:
+        return self in FINISHED
+
+    @property
+    def parked(self) -> bool:
+        return self in (State.DELAYED, State.BLOCKED)
+
+
+FINISHED = frozenset({State.COMPLETED, State.FAILED, State.COMPENSATED})
+
+
+class Event(enum.StrEnum):
+    DISPATCH = "dispatch"
+    DELAY = "delay"
+    BLOCK = "block"
+    RETRY_DUE = "retry_due"
+    LOST = "lost"  # its CommandActor died, or the coordinator restarted
+    COMPLETE = "complete"
+    FAIL = "fail"
+    COMPENSATE = "compensate"  # compensation finished with outcomes
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+_EDGES: dict[tuple[State, Event], State] = {
+    (State.PENDING, Event.DISPATCH): State.RUNNING,
+    (State.RUNNING, Event.DELAY): State.DELAYED,
+    (State.RUNNING, Event.BLOCK): State.BLOCKED,
+    (State.RUNNING, Event.COMPLETE): State.COMPLETED,
+    (State.RUNNING, Event.FAIL): State.FAILED,
+    (State.RUNNING, Event.COMPENSATE): State.COMPENSATED,
+    (State.RUNNING, Event.LOST): State.PENDING,
+    (State.DELAYED, Event.RETRY_DUE): State.PENDING,
+    (State.BLOCKED, Event.RETRY_DUE): State.PENDING,
+    (State.DELAYED, Event.LOST): State.PENDING,
+    (State.BLOCKED, Event.LOST): State.PENDING,
+    (State.PENDING, Event.LOST): State.PENDING,
+    # A parked command can fail without running again: its deadline passed.
+    (State.DELAYED, Event.FAIL): State.FAILED,
+    (State.BLOCKED, Event.FAIL): State.FAILED,
+}
+
+
+def transition(state: State, event: Event) -> State:
+    """The next state, or `IllegalTransition`: the workflow state machine as a value."""
+    try:
+        return _EDGES[(state, event)]
+    except KeyError:
+        raise IllegalTransition(f"no transition from {state.value} on {event.value}") from None
+
+
+@dataclass(slots=True)
+class Workflow:
+    """The supervisor's cached view of one workflow, rebuilt from its records."""
+
+    id: str
+    type: str
+    fields: dict[str, Any]
+    submitted_at: float
+    state: State = State.PENDING
+    attempts: int = 0
+    outcomes: list[Outcome] = field(default_factory=list)
+    compensations: list[Outcome] = field(default_factory=list)
+    compensating: bool = False
+    error: dict[str, Any] | None = None
+    result: Any = None
+    next_retry_at: float | None = None
+    finished_at: float | None = None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": self.type,
+            "state": self.state.value,
+            "attempts": self.attempts,
+            "outcomes": [list(o) for o in self.outcomes],
+            "error": self.error,
+            "next_retry_at": self.next_retry_at,
+            "submitted_at": self.submitted_at,
+            "finished_at": self.finished_at,
+        }
+
+
+class WorkflowTable:
+    """All workflows by id, and the supervisor mode, folded from journal records.
+
+    ``apply`` is tolerant of the order in which independent writers' records land
+    (a CommandActor's outcomes and the supervisor's scheduling records): each record
+    carries the facts it changes, and duplicates of a step index are ignored.
+    """
+
+    def __init__(self) -> None:
+        self.workflows: dict[str, Workflow] = {}
+        self.mode: str = "normal"
+        self.held = False
+        self.last_seq = -1
+
+    def apply(self, r: dict[str, Any]) -> Workflow | None:
+        self.last_seq = max(self.last_seq, r.get("q", -1))
+        kind = r["k"]
+        if kind == "mode":
+            self.mode, self.held = r["mode"], bool(r.get("held", False))
+            return None
+        if kind == "epoch":
+            return None
+        if kind == "forgotten":
+            self.workflows.pop(r["w"], None)
+            return None
+        if kind == "submitted":
+            wf = Workflow(r["w"], r["type"], r["fields"], r["t"])
+            self.workflows.setdefault(wf.id, wf)
+            return wf
+        found = self.workflows.get(r["w"])
+        if found is not None:
+            _APPLY[kind](found, r)
+        return found
+
+    def unfinished(self) -> list[Workflow]:
+        return [wf for wf in self.workflows.values() if not wf.state.finished]
+
+
+def _started(wf: Workflow, r: dict[str, Any]) -> None:
+    wf.attempts = max(wf.attempts, r["attempt"])
+
+
+def _append(outcomes: list[Outcome], r: dict[str, Any]) -> None:
+    if r["step"] == len(outcomes):
+        outcomes.append(Outcome(r["step"], r["service"], r["value"]))
+
+
+def _outcome(wf: Workflow, r: dict[str, Any]) -> None:
+    _append(wf.outcomes, r)
+
+
+def _compensation(wf: Workflow, r: dict[str, Any]) -> None:
+    _append(wf.compensations, r)
+
+
+def _parked(state: State) -> Any:
+    def apply(wf: Workflow, r: dict[str, Any]) -> None:
+        if not wf.state.finished:
+            wf.state, wf.next_retry_at = state, r.get("next_retry_at")
+            wf.attempts = max(wf.attempts, r.get("attempt", 0))
+
+    return apply
+
+
+def _compensating(wf: Workflow, r: dict[str, Any]) -> None:
+    wf.compensating, wf.error = True, r["error"]
+
+
+def _finished(state: State) -> Any:
+    def apply(wf: Workflow, r: dict[str, Any]) -> None:
+        if wf.state.finished:
+            return
+        wf.state, wf.finished_at, wf.next_retry_at = state, r["t"], None
+        if state is State.COMPLETED:
+            wf.result = r.get("result")
+        else:
+            wf.error = r.get("error", wf.error)
+
+    return apply
+
+
+_APPLY: dict[str, Any] = {
+    "started": _started,
+    "outcome": _outcome,
+    "compensation": _compensation,
+    "delayed": _parked(State.DELAYED),
+    "blocked": _parked(State.BLOCKED),
+    "compensating": _compensating,
+    "completed": _finished(State.COMPLETED),
+    "failed": _finished(State.FAILED),
+    "compensated": _finished(State.COMPENSATED),
+}

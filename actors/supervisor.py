@@ -1,0 +1,153 @@
+"""SupervisorActor: the coordinator's front door, a thin Ray shell over `SupervisorCore`.
+
+Owns: admission (MaxCmds), the suspension mode, the retry timers, dispatch to the
+CommandActor pool, and result futures. It is detached, named and restarted by Ray
+(``max_restarts=-1``); a restart rebuilds all of that from the journal. Survives its
+death: everything journaled, i.e. every acknowledged submit and every outcome.
+Idempotent: ``submit`` with the same id and command, ``suspend``, ``resume``.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from typing import Any, cast
+
+import ray
+from ray.exceptions import RayActorError
+
+from actors.batching import Batcher
+from actors.command import RemoteCommandActor
+from actors.core import SupervisorCore, WorkerLost
+from actors.log import RemoteLogActor
+from cluster import logs
+from cluster.options import Options
+from workflows.errors import CoordinatorError
+
+SUPERVISOR_NAME = "supervisor"
+
+
+def _actor_options(options: Options, name: str) -> dict[str, Any]:
+    opts: dict[str, Any] = {"name": name, "namespace": options.namespace, "lifetime": "detached",
+                            "get_if_exists": True}
+    if options.runtime_env is not None:
+        opts["runtime_env"] = dict(options.runtime_env)
+    return opts
+
+
+class RayJournal:
+    """The supervisor's port to the LogActor; its appends ride in batches."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self._batcher: Batcher[dict[str, Any]] = Batcher(self._send)
+
+    async def _send(self, records: list[dict[str, Any]]) -> list[Any]:
+        answers: list[Any] = await self.handle.append.remote(records)
+        return answers
+
+    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
+        return await self._batcher.submit(records)
+
+    async def read(self, from_seq: int, limit: int) -> list[dict[str, Any]]:
+        page: list[dict[str, Any]] = await self.handle.read.remote(from_seq, limit)
+        return page
+
+    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
+        steps: dict[str, Any] = await self.handle.live_steps.remote(workflow_ids)
+        return steps
+
+    async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = await self.handle.outcomes.remote(service, since_seq, limit)
+        return out
+
+
+class RayPool:
+    """The supervisor's port to the CommandActor pool."""
+
+    def __init__(self, handles: list[Any]) -> None:
+        self.handles = handles
+        self.size = len(handles)
+
+    async def run(self, worker: int, items: list[dict[str, Any]]) -> None:
+        try:
+            await self.handles[worker].run.remote(items)
+        except RayActorError as exc:
+            raise WorkerLost(str(exc)) from exc
+
+    async def reset(self, incarnation: str) -> None:
+        for handle in self.handles:
+            with contextlib.suppress(RayActorError):  # a dead actor runs nothing; Ray restarts it empty
+                await handle.reset.remote(incarnation)
+
+
+class SupervisorActor:
+    async def __init__(self, options: Options) -> None:  # type: ignore[misc]  # Ray awaits it
+        logs.configure(options.log_level, component="supervisor")
+        self.options = options
+        self._fault: CoordinatorError | None = None
+        self.log = RemoteLogActor.options(**_actor_options(options, "log-0")).remote(options, 0)
+        try:
+            await self.log.info.remote()
+        except CoordinatorError as exc:  # Fenced, JournalCorrupt: answer every call with it
+            self._fault = exc
+            return
+        me = ray.get_runtime_context().current_actor
+        pool = [
+            RemoteCommandActor.options(**_actor_options(options, f"command-{i}"), scheduling_strategy="SPREAD").remote(
+                options, self.log, me, i)
+            for i in range(options.command_actors)
+        ]
+        self.pool = pool
+        self.core = SupervisorCore(options, RayJournal(self.log), RayPool(pool))
+        await self.core.start()
+
+    def _ready(self) -> SupervisorCore:
+        if self._fault is not None:
+            raise self._fault
+        return self.core
+
+    async def ready(self) -> dict[str, Any]:
+        """Raises what stopped start-up (`Fenced`, `JournalCorrupt`); else the stats."""
+        return self._ready().stats()
+
+    async def submit(self, cmd: Any, workflow_id: str | None = None) -> str:
+        return await self._ready().submit(cmd, workflow_id)
+
+    async def submit_many(self, cmds: list[Any], workflow_ids: list[str | None] | None = None) -> list[str]:
+        return await self._ready().submit_many(cmds, workflow_ids)
+
+    async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:
+        return await self._ready().result(workflow_id, timeout_s)
+
+    async def status(self, workflow_id: str) -> dict[str, Any]:
+        return await self._ready().status(workflow_id)
+
+
+    async def stats(self) -> dict[str, Any]:
+        return self._ready().stats()
+
+    async def suspend(self) -> dict[str, Any]:
+        return await self._ready().suspend()
+
+    async def resume(self) -> dict[str, Any]:
+        return await self._ready().resume()
+
+    async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        return await self._ready().outcomes(service, since_seq, limit)
+
+    async def report(self, reports: list[dict[str, Any]]) -> None:
+        """From CommandActors: the ends of attempts."""
+        await self._ready().report(reports)
+
+    async def actors(self) -> dict[str, Any]:
+        """Handles of the LogActor and the CommandActor pool (for tools and tests)."""
+        return {"log": [self.log], "command": self.pool[:]}
+
+    async def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
+        return self._ready().list(state, limit)
+
+
+RemoteSupervisorActor: Any = cast(Any, ray.remote)(
+    num_cpus=0, max_restarts=-1, max_concurrency=100_000
+)(SupervisorActor)

@@ -1,0 +1,66 @@
+"""start, connect, stop: the driver's way to a coordinator."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any
+
+import ray
+
+from cluster.options import Options
+from workflows.errors import CoordinatorError, NotRunning
+
+SUPERVISOR = "supervisor"
+
+
+def _ensure_ray(options: Options | None = None) -> None:
+    """Use the driver's Ray connection; start a local one only when there is none."""
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    kwargs: dict[str, Any] = {"namespace": options.namespace if options else "coordinator",
+                              "log_to_driver": True, "configure_logging": False}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], **kwargs)
+    else:
+        ray.init(include_dashboard=False, **kwargs)
+
+
+def start(options: Options | None = None) -> Any:
+    """Get or create the coordinator's detached actors; return the SupervisorActor handle.
+
+    Raises `Fenced` if another coordinator holds ``options.storage``, `JournalCorrupt`
+    if the journal cannot be recovered; in both cases nothing is left running.
+    """
+    from actors.supervisor import RemoteSupervisorActor, _actor_options
+
+    options = options or Options()
+    _ensure_ray(options)
+    handle = RemoteSupervisorActor.options(**_actor_options(options, SUPERVISOR)).remote(options)
+    try:
+        ray.get(handle.ready.remote())
+    except CoordinatorError:
+        stop(options.namespace)
+        raise
+    return handle
+
+
+def connect(namespace: str = "coordinator") -> Any:
+    """The SupervisorActor handle of a running coordinator; `NotRunning` if there is none."""
+    _ensure_ray(Options(namespace=namespace))
+    try:
+        return ray.get_actor(SUPERVISOR, namespace=namespace)
+    except ValueError:
+        raise NotRunning(f"no coordinator is running in namespace {namespace!r}") from None
+
+
+def stop(namespace: str = "coordinator") -> bool:
+    """End the coordinator's actors in ``namespace`` (the journal stays); False if none ran."""
+    _ensure_ray(Options(namespace=namespace))
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
+    for name in names:
+        if name == SUPERVISOR or name.startswith(("log-", "command-")):
+            with contextlib.suppress(ValueError):  # ended meanwhile
+                ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    return SUPERVISOR in names

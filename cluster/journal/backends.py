@@ -1,0 +1,288 @@
+"""Where journal segments live, behind one narrow interface.
+
+A segment is named by the sequence number of its first record. The *active*
+segment takes appends (append bytes, sync, truncate a torn tail); a *sealed* one is
+immutable and lives in the object store named by the storage URI. Backends:
+
+- ``file:///path``: active segments in ``path/wal``, sealed ones in ``path/segments``.
+- ``mem://name``:   the same in process memory (real code, for tests and tools).
+
+Each backend also fences: `lock` takes the storage for one owner and raises `Fenced`
+while another holds it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import IO, ClassVar
+from urllib.parse import urlparse
+
+from workflows.errors import Fenced
+
+
+@dataclass(frozen=True, order=True)
+class SegmentRef:
+    first_seq: int
+    sealed: bool
+
+    @property
+    def name(self) -> str:
+        return f"{self.first_seq:020d}.{'seg' if self.sealed else 'log'}"
+
+
+class ActiveSegment(ABC):
+    @abstractmethod
+    def append(self, data: bytes) -> None: ...
+
+    @abstractmethod
+    def sync(self) -> None:
+        """Make every appended byte durable (fsync)."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Hand appended bytes to the OS without waiting for the disk."""
+
+    @abstractmethod
+    def size(self) -> int: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class Backend(ABC):
+    uri: str
+
+    @abstractmethod
+    def lock(self, owner: str) -> None:
+        """Take the storage for ``owner``; `Fenced` if another coordinator holds it."""
+
+    @abstractmethod
+    def unlock(self) -> None: ...
+
+    @abstractmethod
+    def segments(self) -> list[SegmentRef]:
+        """Every segment, sealed and active, ordered by first sequence number."""
+
+    @abstractmethod
+    def read(self, ref: SegmentRef) -> bytes: ...
+
+    @abstractmethod
+    def truncate(self, ref: SegmentRef, size: int) -> None:
+        """Cut an active segment's torn tail, durably."""
+
+    @abstractmethod
+    def open_active(self, first_seq: int) -> ActiveSegment: ...
+
+    @abstractmethod
+    def seal(self, first_seq: int) -> None:
+        """Make the active segment immutable and move it to the object store."""
+
+    @abstractmethod
+    def delete(self, ref: SegmentRef) -> None: ...
+
+    def describe(self, ref: SegmentRef) -> str:
+        return f"{self.uri.rstrip('/')}/{'segments' if ref.sealed else 'wal'}/{ref.name}"
+
+
+def open_backend(uri: str) -> Backend:
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return FileBackend(parsed.path)
+    if parsed.scheme == "mem":
+        return MemoryBackend(parsed.netloc + parsed.path)
+    if parsed.scheme == "s3":
+        from cluster.journal.s3 import S3Backend
+
+        backend: Backend = S3Backend(uri)
+        return backend
+    raise ValueError(f"unknown storage scheme in {uri!r}: use file://, s3:// or mem://")
+
+
+def _parse_names(names: list[str], suffix: str, sealed: bool) -> list[SegmentRef]:
+    out = []
+    for name in names:
+        stem, dot, ext = name.partition(".")
+        if dot and ext == suffix and stem.isdigit():
+            out.append(SegmentRef(int(stem), sealed))
+    return out
+
+
+def merge_refs(active: list[SegmentRef], sealed: list[SegmentRef]) -> list[SegmentRef]:
+    """Sealed copies win over active ones with the same first sequence number."""
+    sealed_seqs = {r.first_seq for r in sealed}
+    return sorted(sealed + [r for r in active if r.first_seq not in sealed_seqs])
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _FileSegment(ActiveSegment):
+    def __init__(self, path: str) -> None:
+        self._f: IO[bytes] = open(path, "ab")  # noqa: SIM115 - held open while active
+
+    def append(self, data: bytes) -> None:
+        self._f.write(data)
+
+    def sync(self) -> None:
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def flush(self) -> None:
+        self._f.flush()
+
+    def size(self) -> int:
+        return self._f.tell()
+
+    def close(self) -> None:
+        self._f.close()
+
+
+class FileBackend(Backend):
+    """Segments as files under one directory (one machine, or a shared mount)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.uri = "file://" + root
+        self.wal = os.path.join(root, "wal")
+        self.sealed = os.path.join(root, "segments")
+        self._lock_file: IO[str] | None = None
+
+    def lock(self, owner: str) -> None:
+        os.makedirs(self.wal, exist_ok=True)
+        os.makedirs(self.sealed, exist_ok=True)
+        f = open(os.path.join(self.root, "LOCK"), "a+")  # noqa: SIM115 - held for the owner's life
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            f.close()
+            raise Fenced(f"storage {self.uri} is held by another coordinator: {holder}") from None
+        f.seek(0)
+        f.truncate()
+        f.write(json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid()}))
+        f.flush()
+        self._lock_file = f
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def segments(self) -> list[SegmentRef]:
+        if not os.path.isdir(self.root):
+            return []
+        active = _parse_names(os.listdir(self.wal), "log", False) if os.path.isdir(self.wal) else []
+        sealed = _parse_names(os.listdir(self.sealed), "seg", True) if os.path.isdir(self.sealed) else []
+        return merge_refs(active, sealed)
+
+    def _path(self, ref: SegmentRef) -> str:
+        return os.path.join(self.sealed if ref.sealed else self.wal, ref.name)
+
+    def read(self, ref: SegmentRef) -> bytes:
+        with open(self._path(ref), "rb") as f:
+            return f.read()
+
+    def truncate(self, ref: SegmentRef, size: int) -> None:
+        with open(self._path(ref), "r+b") as f:
+            f.truncate(size)
+            os.fsync(f.fileno())
+
+    def open_active(self, first_seq: int) -> ActiveSegment:
+        os.makedirs(self.wal, exist_ok=True)
+        seg = _FileSegment(self._path(SegmentRef(first_seq, False)))
+        _fsync_dir(self.wal)
+        return seg
+
+    def seal(self, first_seq: int) -> None:
+        os.makedirs(self.sealed, exist_ok=True)
+        os.rename(self._path(SegmentRef(first_seq, False)), self._path(SegmentRef(first_seq, True)))
+        _fsync_dir(self.sealed)
+        _fsync_dir(self.wal)
+
+    def delete(self, ref: SegmentRef) -> None:
+        os.unlink(self._path(ref))
+
+
+class _MemorySegment(ActiveSegment):
+    def __init__(self, buf: bytearray) -> None:
+        self._buf = buf
+
+    def append(self, data: bytes) -> None:
+        self._buf += data
+
+    def sync(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def size(self) -> int:
+        return len(self._buf)
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryBackend(Backend):
+    """Segments in process memory, shared by name within the process."""
+
+    _stores: ClassVar[dict[str, dict[SegmentRef, bytearray]]] = {}
+    _owners: ClassVar[dict[str, str]] = {}
+    _guard: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.uri = f"mem://{name}"
+        with self._guard:
+            self._segments = self._stores.setdefault(name, {})
+        self._owner: str | None = None
+
+    def lock(self, owner: str) -> None:
+        with self._guard:
+            holder = self._owners.get(self.name)
+            if holder is not None and holder != owner:
+                raise Fenced(f"storage {self.uri} is held by another coordinator: {holder}")
+            self._owners[self.name] = owner
+            self._owner = owner
+
+    def unlock(self) -> None:
+        with self._guard:
+            if self._owner is not None and self._owners.get(self.name) == self._owner:
+                del self._owners[self.name]
+            self._owner = None
+
+    def segments(self) -> list[SegmentRef]:
+        return sorted(self._segments)
+
+    def read(self, ref: SegmentRef) -> bytes:
+        return bytes(self._segments[ref])
+
+    def truncate(self, ref: SegmentRef, size: int) -> None:
+        del self._segments[ref][size:]
+
+    def open_active(self, first_seq: int) -> ActiveSegment:
+        return _MemorySegment(self._segments.setdefault(SegmentRef(first_seq, False), bytearray()))
+
+    def seal(self, first_seq: int) -> None:
+        self._segments[SegmentRef(first_seq, True)] = self._segments.pop(SegmentRef(first_seq, False))
+
+    def delete(self, ref: SegmentRef) -> None:
+        del self._segments[ref]
+
+    @classmethod
+    def drop(cls, name: str) -> None:
+        with cls._guard:
+            cls._stores.pop(name, None)
+            cls._owners.pop(name, None)

@@ -1,0 +1,293 @@
+"""The journal: recovery, group commit, and the one-outcome-per-step rule.
+
+Group commit, as implemented by `Journal.append` and `Journal._flush_loop`:
+
+1. ``append(records)`` checks each record against the index (a duplicate outcome of a
+   step index, or a second terminal record, is dropped and answered with what the
+   journal already holds), gives the accepted ones sequence numbers, frames them into
+   the open batch, and waits on that batch's future.
+2. The flusher takes the whole open batch, writes it to the active segment and fsyncs
+   it on a worker thread, while new appends fill the next batch.
+3. Once the write is durable the batch's future resolves: every caller's records are
+   acknowledged together, one fsync for many records.
+4. A failed write fails the journal: waiting and later appends raise
+   `JournalUnavailable`; nothing is acknowledged that is not durable.
+
+Recovery (`open`): take the storage lock (`Fenced` if held), scan every segment in
+order with CRC checks, cut a torn tail off the last active segment, raise
+`JournalCorrupt` for damage anywhere else, rebuild the index, then journal a new
+``epoch`` record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from cluster.journal import codec
+from cluster.journal.backends import ActiveSegment, Backend, SegmentRef
+from workflows.context import Outcome
+from workflows.errors import JournalCorrupt, JournalUnavailable
+
+log = structlog.get_logger("journal")
+
+TERMINAL = frozenset({"completed", "failed", "compensated"})
+STEP_KINDS = {"outcome": 0, "compensation": 1}
+
+
+@dataclass
+class _Batch:
+    frames: list[bytes] = field(default_factory=list)
+    future: asyncio.Future[None] | None = None
+    last_seq: int = -1
+
+
+@dataclass
+class _Segment:
+    ref: SegmentRef
+    last_seq: int
+
+
+class Journal:
+    """One replica's journal over a `Backend`; see the module docstring for the protocol."""
+
+    def __init__(self, backend: Backend, *, fsync: bool = True, segment_bytes: int = 64 << 20, owner: str = "") -> None:
+        self.backend = backend
+        self.fsync = fsync
+        self.segment_bytes = segment_bytes
+        self.owner = owner
+        self.epoch = 0
+        self.next_seq = 0
+        self.torn_bytes = 0
+        self._segments: list[_Segment] = []
+        self._active: ActiveSegment | None = None
+        self._active_first = 0
+        # Steps of live workflows: id -> (outcomes, compensations). Finished ids.
+        self._live: dict[str, tuple[list[Outcome], list[Outcome]]] = {}
+        self._finished: set[str] = set()
+        self._open: _Batch | None = None
+        self._wake: asyncio.Event | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-fsync")
+
+    # --- recovery -----------------------------------------------------------------
+
+    def open(self) -> None:
+        """Lock the storage, recover every segment, and start a new epoch."""
+        self.backend.lock(self.owner)
+        refs = self.backend.segments()
+        for i, ref in enumerate(refs):
+            self._recover_segment(ref, last=i == len(refs) - 1)
+        tail = self._segments[-1] if self._segments else None
+        if tail is not None and not tail.ref.sealed:
+            self._active_first = tail.ref.first_seq
+            self._active = self.backend.open_active(self._active_first)
+        else:
+            self._start_segment()
+        self.epoch += 1
+        self._write_now([self._stamp({"k": "epoch", "epoch": self.epoch, "owner": self.owner})])
+        log.info("journal_opened", storage=self.backend.uri, epoch=self.epoch, next_seq=self.next_seq,
+                 live=len(self._live), torn_bytes=self.torn_bytes)
+
+    def _recover_segment(self, ref: SegmentRef, last: bool) -> None:
+        where = self.backend.describe(ref)
+        buf = self.backend.read(ref)
+        records, end = codec.scan(buf, where)
+        if end < len(buf):
+            if ref.sealed or not last:
+                raise JournalCorrupt(where, end, "damaged record at the end of a segment that is not the log's tail")
+            log.warning("torn_tail_truncated", segment=where, offset=end, bytes=len(buf) - end)
+            self.torn_bytes += len(buf) - end
+            self.backend.truncate(ref, end)
+        expected = ref.first_seq
+        for r in records:
+            if r["q"] != expected:
+                raise JournalCorrupt(where, -1, f"record {r['q']} where {expected} was expected")
+            expected += 1
+            self._index(r)
+        if self._segments and ref.first_seq < self.next_seq:
+            raise JournalCorrupt(where, 0, f"segment starts at {ref.first_seq}, before {self.next_seq}")
+        self.next_seq = max(self.next_seq, expected)
+        self._segments.append(_Segment(ref, expected - 1))
+
+    def _index(self, r: codec.Record) -> None:
+        kind, wid = r["k"], str(r.get("w"))
+        if kind == "submitted":
+            if wid not in self._finished:
+                self._live.setdefault(wid, ([], []))
+        elif kind in STEP_KINDS:
+            steps = self._live.get(wid)
+            if steps is not None:
+                lst = steps[STEP_KINDS[kind]]
+                if r["step"] == len(lst):
+                    lst.append(Outcome(r["step"], r["service"], r["value"]))
+        elif kind in TERMINAL:
+            self._live.pop(wid, None)
+            self._finished.add(wid)
+        elif kind == "forgotten":
+            self._finished.discard(wid)
+        elif kind == "epoch":
+            self.epoch = max(self.epoch, r["epoch"])
+
+    # --- appends ------------------------------------------------------------------
+
+    def _stamp(self, record: codec.Record) -> codec.Record:
+        record["v"], record["q"] = codec.VERSION, self.next_seq
+        self.next_seq += 1
+        return record
+
+    def _admit(self, r: codec.Record) -> tuple[bool, Any]:
+        """Whether to journal ``r``, and the value to answer its writer with."""
+        kind, wid = r.get("k"), str(r.get("w"))
+        if kind not in codec.KINDS:
+            raise ValueError(f"unknown record kind {kind!r}")
+        if kind in STEP_KINDS:
+            steps = self._live.get(wid)
+            if steps is None:
+                return False, None  # finished or unknown: a late writer, nothing to keep
+            lst, step = steps[STEP_KINDS[kind]], r["step"]
+            if step < len(lst):
+                return False, lst[step].value
+            if step > len(lst):
+                raise ValueError(f"{kind} step {step} of {wid} skips step {len(lst)}")
+            lst.append(Outcome(step, r["service"], r["value"]))
+            return True, r["value"]
+        if kind == "submitted":
+            if wid in self._live or wid in self._finished:
+                return False, None
+            self._live[wid] = ([], [])
+        elif kind in TERMINAL:
+            if wid in self._finished:
+                return False, None
+            self._live.pop(wid, None)
+            self._finished.add(wid)
+        return True, None
+
+    async def append(self, records: list[codec.Record]) -> list[Any]:
+        """Journal ``records`` durably; return, per record, the value the journal holds."""
+        if self._failure is not None:
+            raise JournalUnavailable(f"journal failed: {self._failure}")
+        answers: list[Any] = []
+        frames: list[bytes] = []
+        for r in records:
+            keep, value = self._admit(r)
+            answers.append(value)
+            if keep:
+                frames.append(codec.encode(self._stamp(r)))
+        batch = self._open_batch()
+        batch.frames.extend(frames)
+        batch.last_seq = self.next_seq - 1
+        assert batch.future is not None
+        await asyncio.shield(batch.future)
+        return answers
+
+    def _open_batch(self) -> _Batch:
+        if self._flusher is None:
+            self._wake = asyncio.Event()
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
+        if self._open is None:
+            self._open = _Batch(future=asyncio.get_running_loop().create_future())
+            assert self._wake is not None
+            self._wake.set()
+        return self._open
+
+    async def _flush_loop(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._open = self._open, None
+            if batch is None:
+                continue
+            assert batch.future is not None
+            try:
+                await loop.run_in_executor(self._pool, self._write_now_frames, batch.frames)
+            except Exception as exc:  # the one catch-all: any failed write fails the journal
+                self._failure = exc
+                log.error("journal_write_failed", error=repr(exc))
+                batch.future.set_exception(JournalUnavailable(f"journal write failed: {exc}"))
+                return
+            batch.future.set_result(None)
+
+    def _write_now(self, records: list[codec.Record]) -> None:
+        self._write_now_frames([codec.encode(r) for r in records])
+
+    def _write_now_frames(self, frames: list[bytes]) -> None:
+        assert self._active is not None
+        if frames:
+            self._active.append(b"".join(frames))
+        if self.fsync:
+            self._active.sync()
+        else:
+            self._active.flush()
+        self._segments[-1].last_seq = self.next_seq - 1
+        if self._active.size() >= self.segment_bytes:
+            self._seal_active()
+
+    def _start_segment(self) -> None:
+        self._active_first = self.next_seq
+        self._active = self.backend.open_active(self._active_first)
+        self._segments.append(_Segment(SegmentRef(self._active_first, False), self._active_first - 1))
+
+    def _seal_active(self) -> None:
+        assert self._active is not None
+        self._active.sync()
+        self._active.close()
+        self.backend.seal(self._active_first)
+        self._segments[-1] = _Segment(SegmentRef(self._active_first, True), self.next_seq - 1)
+        self._start_segment()
+
+    # --- reads --------------------------------------------------------------------
+
+    def records(self, from_seq: int = 0) -> Iterator[codec.Record]:
+        """Every durable record with ``q >= from_seq``, in order, read from storage."""
+        for seg in list(self._segments):
+            if seg.last_seq < from_seq:
+                continue
+            ref = seg.ref
+            try:
+                buf = self.backend.read(ref)
+            except FileNotFoundError:  # sealed meanwhile: read the sealed copy
+                ref = SegmentRef(ref.first_seq, True)
+                buf = self.backend.read(ref)
+            records, _ = codec.scan(buf, self.backend.describe(ref))
+            for r in records:
+                if r["q"] >= from_seq:
+                    yield r
+
+    def read(self, from_seq: int = 0, limit: int = 10_000) -> list[codec.Record]:
+        out: list[codec.Record] = []
+        for r in self.records(from_seq):
+            out.append(r)
+            if len(out) >= limit:
+                break
+        return out
+
+    def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[codec.Record]:
+        out: list[codec.Record] = []
+        for r in self.records(since_seq):
+            if r["k"] == "outcome" and r["service"] == service:
+                out.append(r)
+                if len(out) >= limit:
+                    break
+        return out
+
+    def live_steps(self, workflow_ids: list[str]) -> dict[str, tuple[list[Outcome], list[Outcome]]]:
+        """The journaled outcomes and compensations of unfinished workflows."""
+        return {w: self._live[w] for w in workflow_ids if w in self._live}
+
+    def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        if self._active is not None:
+            self._active.close()
+            self._active = None
+        self._pool.shutdown(wait=True)
+        self.backend.unlock()

@@ -1,0 +1,94 @@
+"""`Options`: every setting of a coordinator, built once at the entry point.
+
+Options travel into each actor's constructor; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+SCHEMES = ("file", "s3", "mem")
+
+
+@dataclass(frozen=True)
+class Options:
+    """Settings of one coordinator. Units are in the names."""
+
+    max_cmds: int = 100
+    """MaxCmds: admitted, unfinished commands (running, parked, recovered) at most."""
+    slow_retry_interval_s: float = 0.2
+    """Delay before retrying a parked command in normal and `suspended_slow` mode."""
+    fast_retry_interval_s: float = 0.0
+    """Delay before retrying a parked command in `suspended_fast` mode."""
+    jitter_s: float = 0.1
+    """Retry delays get U(-jitter_s, +jitter_s), derived from (workflow id, attempt)."""
+    admission_timeout_s: float = 30.0
+    """How long `submit` waits for room at the MaxCmds limit before `AtCapacity`."""
+    storage: str = "coordinator-data"
+    """Where the journal lives: a path, ``file:///path``, ``s3://bucket/prefix`` or ``mem://name``."""
+    replicas: int = 1
+    """Journal replicas (LogActors); a batch is durable once a majority has it."""
+    command_actors: int = 2
+    """Size of the CommandActor pool."""
+    slots_per_actor: int = 1
+    """Workflows one CommandActor runs at once (interleaving their waits)."""
+    namespace: str = "coordinator"
+    """Ray namespace of the detached, named actors."""
+    runtime_env: Mapping[str, Any] | None = None
+    """Ray runtime_env of the actors; None inherits the creating job's."""
+    retention_s: float = 7 * 24 * 3600.0
+    """How long a finished workflow's status, result and outcomes are kept."""
+    fsync: bool = True
+    """fsync every journal batch before acknowledging it (off only for benchmarks)."""
+    gateway: str | None = "workflows.gateway:HttpGateway"
+    """Import path of a factory ``f(options)`` building the service gateway on each node."""
+    services: Mapping[str, str] = field(default_factory=dict)
+    """Service name to base URL, for the default HTTP gateway."""
+    max_payload_bytes: int = 1 << 20
+    """Largest encoded command, outcome or result accepted."""
+    segment_bytes: int = 64 << 20
+    """A journal segment is sealed once it grows past this size."""
+    colocated_replicas: bool = False
+    """Allow several journal replicas on one node (for tests on a single machine)."""
+    log_level: str = "warning"
+    """structlog level of the actors: debug, info, warning or error."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_cmds, int) or self.max_cmds < 1:
+            raise ValueError(f"Options.max_cmds must be an integer >= 1, got {self.max_cmds!r}")
+        intervals = ("slow_retry_interval_s", "fast_retry_interval_s", "jitter_s", "admission_timeout_s", "retention_s")
+        for name in intervals:
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                raise ValueError(f"Options.{name} must be a number >= 0, got {value!r}")
+        for name in ("replicas", "command_actors", "slots_per_actor", "max_payload_bytes", "segment_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Options.{name} must be an integer >= 1, got {value!r}")
+        if not self.namespace:
+            raise ValueError("Options.namespace must not be empty")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError(f"Options.log_level must be debug, info, warning or error, got {self.log_level!r}")
+        object.__setattr__(self, "storage", normalize_storage(self.storage))
+
+    def replace(self, **changes: Any) -> Options:
+        return dataclasses.replace(self, **changes)
+
+
+def normalize_storage(storage: str) -> str:
+    """Turn a path into a ``file://`` URI; check the scheme of a URI."""
+    if not isinstance(storage, str) or not storage:
+        raise ValueError(f"Options.storage must be a path or a URI, got {storage!r}")
+    if "://" not in storage:
+        return "file://" + os.path.abspath(storage)
+    scheme = urlparse(storage).scheme
+    if scheme not in SCHEMES:
+        raise ValueError(f"Options.storage has unknown scheme {scheme!r}: use a path, file://, s3:// or mem://")
+    if scheme == "file" and not urlparse(storage).path.startswith("/"):
+        raise ValueError(f"Options.storage {storage!r}: a file:// URI needs an absolute path (file:///...)")
+    return storage

@@ -1,0 +1,88 @@
+"""`Command`: the base of every workflow, and its journal encoding.
+
+A command is journaled as ``{"type": "module:QualName", "fields": {...}}``, never
+pickled, so a journal outlives the code that wrote it and can be read by humans.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgpack
+
+from workflows.errors import InvalidCommand
+
+if TYPE_CHECKING:
+    from workflows.context import Context
+
+
+class Command:
+    """Base class of workflows. Subclass it as a ``@dataclass`` and define `exec`.
+
+    ``deadline_s`` (a class attribute) bounds how long, from submission, the command
+    may keep being retried; past it a retry becomes a failure (`DeadlineExceeded`).
+    """
+
+    deadline_s: ClassVar[float | None] = None
+
+    async def exec(self, ctx: Context) -> Any:
+        raise NotImplementedError(f"{type(self).__qualname__}.exec is not defined")
+
+    async def compensate(self, ctx: Context, error: BaseException) -> None:
+        """Undo what ``ctx.outcomes`` says was done. The default does nothing."""
+
+
+def type_name(cls: type) -> str:
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def resolve_type(name: str) -> type[Command]:
+    """Import ``module:QualName`` and check it names a dataclass `Command`."""
+    if not isinstance(name, str) or ":" not in name:
+        raise InvalidCommand(f"command type {name!r} is not of the form 'module:QualName'")
+    module_name, _, qualname = name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise InvalidCommand(f"command type {name!r}: module {module_name!r} cannot be imported ({exc})") from None
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise InvalidCommand(f"command type {name!r}: {qualname!r} not found in {module_name!r}")
+    if not (isinstance(obj, type) and issubclass(obj, Command) and dataclasses.is_dataclass(obj)):
+        raise InvalidCommand(f"command type {name!r} is not a @dataclass subclass of workflows.Command")
+    return obj
+
+
+def encode_command(cmd: object, max_bytes: int) -> tuple[str, dict[str, Any]]:
+    """Return ``(type, fields)`` for the journal, or raise `InvalidCommand`.
+
+    Checks, before anything is journaled: a dataclass `Command` instance, a type that
+    imports back to the same class, fields msgpack can encode, and the size limit.
+    """
+    if not isinstance(cmd, Command) or not dataclasses.is_dataclass(cmd):
+        raise InvalidCommand(f"{cmd!r} is not an instance of a @dataclass subclass of workflows.Command")
+    name = type_name(type(cmd))
+    if "<locals>" in name or resolve_type(name) is not type(cmd):
+        raise InvalidCommand(f"command type {name!r} cannot be imported back by name; define it at module level")
+    fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd)}
+    try:
+        size = len(msgpack.packb(fields, use_bin_type=True))
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidCommand(f"command {name}: a field cannot be encoded with msgpack ({exc})") from None
+    if size > max_bytes:
+        raise InvalidCommand(f"command {name}: fields are {size} bytes, over the {max_bytes}-byte limit")
+    return name, fields
+
+
+def decode_command(name: str, fields: dict[str, Any]) -> Command:
+    """Rebuild a command from its journal form; `InvalidCommand` if the fields don't fit."""
+    cls = resolve_type(name)
+    if not isinstance(fields, dict):
+        raise InvalidCommand(f"command {name}: fields must be a mapping, got {type(fields).__name__}")
+    try:
+        return cls(**fields)
+    except TypeError as exc:
+        raise InvalidCommand(f"command {name}: fields do not fit the dataclass ({exc})") from None

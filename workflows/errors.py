@@ -1,0 +1,104 @@
+"""Every error the coordinator raises or understands, rooted at `CoordinatorError`.
+
+Ray pickles what an actor raises and re-raises it in the caller, so each error keeps
+its constructor arguments in ``args`` and rebuilds itself from them (``__reduce__``):
+an error that crosses a process boundary arrives with the same type and fields.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CoordinatorError(Exception):
+    """Root of every coordinator error."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), self.args)
+
+
+# --- raised by workflow code -------------------------------------------------------
+
+
+class Delayed(CoordinatorError):
+    """A service did not answer: the step's outcome is unknown; park and retry."""
+
+
+class Blocked(CoordinatorError):
+    """A service is out for long (its circuit breaker is open): suspend intake."""
+
+
+# --- raised to clients ---------------------------------------------------------------
+
+
+class InvalidCommand(CoordinatorError, ValueError):
+    """The command cannot be journaled: bad type, bad fields, too large, id reused."""
+
+
+class Suspended(CoordinatorError):
+    """Intake is closed while a service is out; retry the submit later."""
+
+
+class AtCapacity(CoordinatorError):
+    """MaxCmds unfinished commands are admitted and none finished in time."""
+
+
+class UnknownWorkflow(CoordinatorError, KeyError):
+    """No workflow with this id was ever submitted (or it was compacted away)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown workflow"
+
+
+class NotRunning(CoordinatorError):
+    """No coordinator runs in this namespace."""
+
+
+class CommandFailed(CoordinatorError):
+    """The workflow raised a non-retryable error; carries the original's description.
+
+    ``error_type`` is the original exception's ``module.QualName``, ``message`` its
+    ``str()``, ``traceback`` the formatted traceback text from the CommandActor.
+    """
+
+    def __init__(self, workflow_id: str, error_type: str, message: str, traceback: str = "") -> None:
+        super().__init__(workflow_id, error_type, message, traceback)
+        self.workflow_id = workflow_id
+        self.error_type = error_type
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"workflow {self.workflow_id} failed: {self.error_type}: {self.message}"
+
+
+class DeadlineExceeded(CoordinatorError):
+    """A command's `deadline_s` passed while it was still being retried."""
+
+
+# --- journal -------------------------------------------------------------------------
+
+
+class JournalError(CoordinatorError):
+    """Root of the journal's errors."""
+
+
+class JournalCorrupt(JournalError):
+    """A record inside the log failed its checksum or could not be decoded."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(path, offset, reason)
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"journal corrupt at {self.path} offset {self.offset}: {self.reason}"
+
+
+class Fenced(JournalError):
+    """Another coordinator holds this storage (a newer epoch); this one must not write."""
+
+
+class JournalUnavailable(JournalError):
+    """Too few journal replicas are alive to make a write durable."""

@@ -1,0 +1,128 @@
+"""Small workflows and an in-process pool for tests and tools.
+
+The commands here are importable by name in every process (they ship with the
+package), so tests on a real Ray cluster can run them on any CommandActor.
+Cross-process facts (which service calls happened) go to files under ``dir``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from workflows.command import Command
+from workflows.context import Context
+from workflows.errors import Blocked, Delayed
+
+
+def log_call(directory: str, key: str) -> None:
+    """Append one line per service call; O_APPEND keeps lines whole across processes."""
+    fd = os.open(os.path.join(directory, "calls.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (key + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def read_calls(directory: str) -> list[str]:
+    path = os.path.join(directory, "calls.log")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return f.read().split()
+
+
+@dataclass
+class Echo(Command):
+    """Two steps, then returns its value."""
+
+    value: Any
+    steps: int = 2
+
+    async def exec(self, ctx: Context) -> Any:
+        for i in range(self.steps):
+            await ctx.step("echo", lambda i=i: {"i": i, "value": self.value})
+        return self.value
+
+
+@dataclass
+class Flaky(Command):
+    """One step, then raises ``kind`` (delayed or blocked) until attempt ``failures + 1``."""
+
+    failures: int = 1
+    kind: str = "delayed"
+
+    async def exec(self, ctx: Context) -> Any:
+        first = await ctx.step("flaky", lambda: ctx.attempt)
+        if ctx.attempt <= self.failures:
+            raise (Blocked if self.kind == "blocked" else Delayed)(f"attempt {ctx.attempt}: service out")
+        return {"first_attempt": first, "attempts": ctx.attempt}
+
+
+class ServiceTimeout(Exception):
+    pass
+
+
+@dataclass
+class RaisesFrom(Command):
+    """Raises an ordinary error ``from`` Delayed once: it counts as Delayed."""
+
+    async def exec(self, ctx: Context) -> Any:
+        if ctx.attempt == 1:
+            try:
+                raise Delayed("socket timeout")
+            except Delayed as exc:
+                raise ServiceTimeout("payments did not answer") from exc
+        return ctx.attempt
+
+
+@dataclass
+class Fails(Command):
+    """Does ``steps`` steps, then fails; its compensation undoes them in reverse."""
+
+    steps: int = 2
+    compensation_fails: bool = False
+
+    async def exec(self, ctx: Context) -> Any:
+        for i in range(self.steps):
+            await ctx.step(f"svc{i}", lambda i=i: f"done-{i}")
+        raise ValueError(f"step {self.steps} rejected the request")
+
+    async def compensate(self, ctx: Context, error: BaseException) -> None:
+        for outcome in reversed(ctx.outcomes):
+            if self.compensation_fails:
+                raise RuntimeError("undo failed")
+            await ctx.step(f"undo-{outcome.service}", lambda o=outcome: f"undone-{o.value}")
+
+
+@dataclass
+class Tracked(Command):
+    """``steps`` steps, each logging its call (idempotency key) to ``dir`` and sleeping."""
+
+    dir: str
+    steps: int = 3
+    sleep_s: float = 0.0
+
+    async def exec(self, ctx: Context) -> Any:
+        values = []
+        for i in range(self.steps):
+            values.append(await ctx.step(f"svc{i}", self._call, ctx.key(), i))
+        return values
+
+    async def _call(self, key: str, i: int) -> str:
+        log_call(self.dir, key)
+        if self.sleep_s:
+            await asyncio.sleep(self.sleep_s)
+        return f"{key}:{i}"
+
+
+@dataclass
+class Returns(Command):
+    """Returns what it is given (to test results that cannot be journaled)."""
+
+    kind: str = "set"
+
+    async def exec(self, ctx: Context) -> Any:
+        return {1, 2} if self.kind == "set" else "x" * (2 << 20)
