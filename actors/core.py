@@ -73,7 +73,7 @@ class SupervisorCore:
         self.admission = Admission(options.max_cmds)
         self.timers = TimerHeap()
         self.ready: deque[str] = deque()
-        self.running: dict[str, int] = {}
+        self.running: dict[str, tuple[int, int]] = {}  # id -> (worker, attempt)
         self.free = [options.slots_per_actor] * pool.size
         self.retrying: set[str] = set()
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -196,9 +196,9 @@ class SupervisorCore:
                 if wf is None or wf.state is not State.PENDING:
                     continue
                 self.free[worker] -= 1
-                self.running[wf.id] = worker
                 wf.state = State.RUNNING
                 wf.attempts += 1
+                self.running[wf.id] = (worker, wf.attempts)
                 batches.setdefault(worker, []).append(self._item(wf))
             for worker, items in batches.items():
                 self._spawn(self._run_on(worker, items))
@@ -221,18 +221,18 @@ class SupervisorCore:
         except WorkerLost as exc:
             log.warning("command_actor_lost", worker=worker, workflows=len(items), error=str(exc))
         # The actor reports each attempt before `run` returns: what is left was lost.
-        lost = [i["w"] for i in items if self.running.get(i["w"]) == worker]
+        lost = {i["w"]: (worker, i["attempt"]) for i in items if self.running.get(i["w"]) == (worker, i["attempt"])}
         if lost:
             await self._requeue(lost)
 
-    async def _requeue(self, wids: list[str]) -> None:
-        """Dispatch again, from their journaled outcomes, workflows whose actor was lost."""
-        steps = await self.journal.live_steps(wids)
-        for wid in wids:
-            worker = self.running.pop(wid, None)
-            if worker is None:
-                continue
-            self.free[worker] += 1
+    async def _requeue(self, lost: dict[str, tuple[int, int]]) -> None:
+        """Dispatch again, from their journaled outcomes, attempts whose actor was lost."""
+        steps = await self.journal.live_steps(list(lost))
+        for wid, slot in lost.items():
+            if self.running.get(wid) != slot:
+                continue  # reported meanwhile
+            del self.running[wid]
+            self.free[slot[0]] += 1
             wf = self.table.workflows[wid]
             if wid in steps:
                 outs, comps = steps[wid]
@@ -249,9 +249,11 @@ class SupervisorCore:
         parked: list[dict[str, Any]] = []
         for rep in reports:
             wf = self.table.workflows.get(rep["w"])
-            if rep.get("inc") != self.incarnation or wf is None or self.running.get(wf.id) is None:
+            slot = self.running.get(rep["w"])
+            if rep.get("inc") != self.incarnation or wf is None or slot is None or slot[1] != rep["attempt"]:
                 continue  # a stale or duplicate report
-            self.free[self.running.pop(wf.id)] += 1
+            del self.running[wf.id]
+            self.free[slot[0]] += 1
             wf.outcomes = [Outcome(*o) for o in rep["outcomes"]]
             wf.compensations = [Outcome(*o) for o in rep["compensations"]]
             if rep["kind"] in ("delayed", "blocked"):

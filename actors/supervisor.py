@@ -112,10 +112,15 @@ class SupervisorActor:
         return self._ready().stats()
 
     async def submit(self, cmd: Any, workflow_id: str | None = None) -> str:
-        return await self._ready().submit(cmd, workflow_id)
+        return (await self.submit_many([cmd], [workflow_id]))[0]
 
     async def submit_many(self, cmds: list[Any], workflow_ids: list[str | None] | None = None) -> list[str]:
-        return await self._ready().submit_many(cmds, workflow_ids)
+        # A default id comes from the Ray task id, which a retried call keeps: a submit
+        # that Ray re-sends after a supervisor restart finds its command, not a twin.
+        task = ray.get_runtime_context().get_task_id() or ""
+        given: list[str | None] = list(workflow_ids) if workflow_ids is not None else [None] * len(cmds)
+        ids: list[str | None] = [w if w is not None else f"{task[:40]}-{i}" for i, w in enumerate(given)]
+        return await self._ready().submit_many(cmds, ids)
 
     async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:
         return await self._ready().result(workflow_id, timeout_s)
@@ -148,6 +153,8 @@ class SupervisorActor:
         return self._ready().list(state, limit)
 
 
+# Calls in flight when it dies are sent again to its restarted self (results, submits
+# with their task-derived ids): a client sees a slow answer, not an error.
 RemoteSupervisorActor: Any = cast(Any, ray.remote)(
-    num_cpus=0, max_restarts=-1, max_concurrency=100_000
+    num_cpus=0, max_restarts=-1, max_task_retries=-1, max_concurrency=100_000
 )(SupervisorActor)

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from cluster import logs
 from cluster.options import Options
 from workflows.errors import CommandFailed, CoordinatorError
 
@@ -155,13 +156,13 @@ def _cause(exc: BaseException) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    logs.configure("warning")
     try:
         if args.cmd == "demo":
-            from cluster.demo import run_demo
+            from cluster.demo import demo_options, run_demo
 
-            storage = Options(storage=args.storage) if args.storage else None
-            run_demo(storage, n=args.n)
-            return 0
+            summary = run_demo(demo_options(args.storage) if args.storage else None, n=args.n)
+            return 0 if summary.get("ok") else EXIT_FAILED
         if args.cmd == "journal":
             return _journal(args)
         _print(_start(args) if args.cmd == "start" else _operate(args))

@@ -1,0 +1,78 @@
+"""The public API on a real Ray instance: SPEC §3 and §4 through actor calls."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import ray
+
+from tests.integration.conftest import Coordinator, wait_for
+from workflows.errors import CommandFailed, InvalidCommand, Suspended, UnknownWorkflow
+from workflows.testing import Echo, Fails, Flaky
+
+pytestmark = pytest.mark.ray
+
+
+def test_submit_result_status_list_stats(coordinator: Callable[..., Coordinator]) -> None:
+    sup = coordinator().sup
+    wid = ray.get(sup.submit.remote(Echo({"a": 1})))
+    assert ray.get(sup.result.remote(wid, 30)) == {"a": 1}
+    status = ray.get(sup.status.remote(wid))
+    assert status["state"] == "completed" and status["attempts"] == 1
+    assert [o[1] for o in status["outcomes"]] == ["echo", "echo"]
+    ids = ray.get(sup.submit_many.remote([Echo(i) for i in range(20)]))
+    assert ray.get([sup.result.remote(i, 30) for i in ids]) == list(range(20))
+    assert len(ray.get(sup.list.remote("completed", 1000))) == 21
+    stats = ray.get(sup.stats.remote())
+    assert stats["mode"] == "normal" and stats["counts"]["completed"] == 21 and stats["in_flight"] == 0
+    outcomes = ray.get(sup.outcomes.remote("echo", 0, 1000))
+    assert len(outcomes) == 42 and [o["seq"] for o in outcomes] == sorted(o["seq"] for o in outcomes)
+    later = ray.get(sup.outcomes.remote("echo", outcomes[10]["seq"] + 1, 5))
+    assert later == outcomes[11:16]
+
+
+def test_errors_arrive_with_their_types(coordinator: Callable[..., Coordinator]) -> None:
+    sup = coordinator().sup
+    with pytest.raises(InvalidCommand, match="msgpack"):
+        ray.get(sup.submit.remote(Echo(object())))
+    with pytest.raises(UnknownWorkflow):
+        ray.get(sup.result.remote("no-such-id"))
+    ray.get(sup.submit.remote(Echo(1), "fixed"))
+    assert ray.get(sup.submit.remote(Echo(1), "fixed")) == "fixed"
+    with pytest.raises(InvalidCommand, match="another command"):
+        ray.get(sup.submit.remote(Echo(2), "fixed"))
+    wid = ray.get(sup.submit.remote(Fails(steps=2)))
+    with pytest.raises(CommandFailed) as info:
+        ray.get(sup.result.remote(wid, 30))
+    err = info.value
+    assert isinstance(err, CommandFailed) and "rejected" in str(err)
+    assert pickle.loads(pickle.dumps(err.cause if hasattr(err, "cause") else err))
+    assert ray.get(sup.status.remote(wid))["state"] == "compensated"
+    assert ray.get(sup.result.remote(ray.get(sup.submit.remote(Echo("next"))), 30)) == "next"
+
+
+def test_delayed_and_blocked(coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator(slow_retry_interval_s=0.5)
+    sup = c.sup
+    assert ray.get(sup.result.remote(ray.get(sup.submit.remote(Flaky(failures=2))), 30))["attempts"] == 3
+    wid = ray.get(sup.submit.remote(Flaky(failures=1, kind="blocked")))
+    wait_for(lambda: ray.get(sup.stats.remote())["mode"] != "normal", what="suspension")
+    with pytest.raises(Suspended):
+        ray.get(sup.submit.remote(Echo("refused")))
+    ray.get(sup.result.remote(wid, 30))
+    wait_for(lambda: ray.get(sup.stats.remote())["mode"] == "normal", what="intake to reopen")
+    assert ray.get(sup.result.remote(ray.get(sup.submit.remote(Echo("in"))), 30)) == "in"
+
+
+def test_results_after_whole_restart(coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator(slow_retry_interval_s=0.3)
+    ids = ray.get(c.sup.submit_many.remote([Flaky(failures=2) for _ in range(10)]))
+    done = ray.get(c.sup.submit.remote(Echo("done")))
+    ray.get(c.sup.result.remote(done, 30))
+    c.restart()
+    results: list[Any] = ray.get([c.sup.result.remote(w, 60) for w in ids])
+    assert all(r["attempts"] >= 3 and r["first_attempt"] == 1 for r in results)
+    assert ray.get(c.sup.result.remote(done)) == "done"
