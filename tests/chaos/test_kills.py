@@ -101,9 +101,10 @@ def test_corrupt_journal_stops_start_up_and_torn_tail_is_cut(ray_session: str, t
     assert ray.get([c.sup.result.remote(w, 60) for w in ids]) == list(range(5))
     c.stop()
     # A damaged record inside the log stops start-up, names the place, and changes nothing.
-    data = bytearray(open(wal, "rb").read())
+    path = Path(wal)
+    data = bytearray(path.read_bytes())
     data[40] ^= 0xFF
-    open(wal, "wb").write(bytes(data))
+    path.write_bytes(bytes(data))
     with pytest.raises(JournalCorrupt, match=r"offset \d+"):
         Coordinator(tmp_path / "j")
-    assert open(wal, "rb").read() == bytes(data)
+    assert path.read_bytes() == bytes(data)
