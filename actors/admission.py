@@ -52,6 +52,7 @@ class Admission:
         elif entry in self._waiters:
             self._waiters.remove(entry)
             future.cancel()
+            self._grant()  # it may have held back smaller requests behind it (FIFO)
 
     def release(self, n: int = 1) -> None:
         self.admitted -= n

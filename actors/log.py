@@ -1,8 +1,14 @@
-"""LogActor: one journal replica, a thin Ray shell over `cluster.journal.Journal`.
+"""LogActor: one journal replica, a thin Ray shell over the journal classes.
 
-Owns: the storage lock and the active segment. Survives its death: every
-acknowledged record (it was fsynced before the ack). Idempotent: ``append`` of the
-same step index or terminal record (a retried call) is answered, not journaled twice.
+Replica 0 is the leader: writers (the supervisor, CommandActors) append to it; it
+group-commits to its own segments and, with ``replicas > 1``, acknowledges a batch
+once a majority of replicas holds it (`cluster.journal.replica`). Other replicas are
+followers holding a copy of the log.
+
+Owns: the storage lock (leader) or its own copy (follower). Survives its death:
+every acknowledged record (fsynced on a majority before the ack); Ray restarts it
+and it recovers. Idempotent: ``append`` of the same step index or terminal record (a
+retried call) is answered, not journaled twice; ``accept`` of records already held.
 """
 
 from __future__ import annotations
@@ -13,44 +19,108 @@ import ray
 
 from cluster import logs
 from cluster.journal import Journal, open_backend
+from cluster.journal.replica import Replica, Replicator, replica_backend
 from cluster.options import Options
-from workflows.errors import Fenced, JournalError
+from workflows.errors import JournalError
+
+
+class _RayFollower:
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def accept(self, epoch: int, epoch_seq: int, first_seq: int, data: bytes, count: int,
+                     sealed_upto: int) -> int:
+        end: int = await self.handle.accept.remote(epoch, epoch_seq, first_seq, data, count, sealed_upto)
+        return end
+
+    async def read(self, from_seq: int) -> tuple[int, bytes]:
+        got: tuple[int, bytes] = await self.handle.read_frames.remote(from_seq)
+        return got
+
+    async def end(self) -> int:
+        end: int = await self.handle.end.remote()
+        return end
 
 
 class LogActor:
-    def __init__(self, options: Options, replica: int = 0) -> None:
+    async def __init__(self, options: Options, replica: int = 0,  # type: ignore[misc]  # Ray awaits it
+                       followers: list[Any] | None = None) -> None:
         logs.configure(options.log_level, component="log", replica=str(replica))
         self._fault: JournalError | None = None
-        self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
-                               segment_bytes=options.segment_bytes, owner=f"{options.namespace}/log-{replica}")
+        owner = f"{options.namespace}/log-{replica}"
+        self.journal: Journal | None = None
+        self.replica: Replica | None = None
         try:
-            self.journal.open()
-        except (Fenced, JournalError) as exc:  # kept and raised to every caller: never restart into it
+            if replica == 0:
+                self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
+                                       segment_bytes=options.segment_bytes, owner=owner)
+                if followers:
+                    await self.journal.open_replicated(
+                        Replicator([_RayFollower(f) for f in followers], timeout_s=options.replica_timeout_s))
+                else:
+                    self.journal.open()
+            else:
+                self.replica = Replica(replica_backend(options.storage, replica), fsync=options.fsync,
+                                       segment_bytes=options.segment_bytes, owner=owner)
+                self.replica.open()
+        except JournalError as exc:  # Fenced, JournalCorrupt, JournalUnavailable: raised to every caller
             self._fault = exc
 
-    def _check(self) -> Journal:
+    def _leader(self) -> Journal:
         if self._fault is not None:
             raise self._fault
+        if self.journal is None:
+            raise JournalError("this journal replica is a follower; append to replica 0")
         return self.journal
 
+    def _follower(self) -> Replica:
+        if self._fault is not None:
+            raise self._fault
+        return cast(Replica, self.replica)
+
     async def info(self) -> dict[str, Any]:
-        j = self._check()
-        return {"epoch": j.epoch, "next_seq": j.next_seq, "storage": j.backend.uri, "torn_bytes": j.torn_bytes}
+        if self.replica is not None:
+            r = self._follower()
+            return {"role": "follower", "next_seq": r.next_seq, "epoch": r.epoch, "node": _node()}
+        j = self._leader()
+        return {"role": "leader", "epoch": j.epoch, "next_seq": j.next_seq, "storage": j.backend.uri,
+                "torn_bytes": j.torn_bytes, "node": _node()}
+
+    # --- leader --------------------------------------------------------------------------
 
     async def append(self, records: list[dict[str, Any]]) -> list[Any]:
-        return await self._check().append(records)
+        return await self._leader().append(records)
 
     async def read(self, from_seq: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
-        return self._check().read(from_seq, limit)
+        return self._leader().read(from_seq, limit)
 
     async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
-        return self._check().live_steps(workflow_ids)
+        return self._leader().live_steps(workflow_ids)
 
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
-        return self._check().outcomes(service, since_seq, limit)
+        return self._leader().outcomes(service, since_seq, limit)
+
+    # --- follower ------------------------------------------------------------------------
+
+    async def accept(self, epoch: int, epoch_seq: int, first_seq: int, data: bytes, count: int,
+                     sealed_upto: int) -> int:
+        return self._follower().accept(epoch, epoch_seq, first_seq, data, count, sealed_upto)
+
+    async def read_frames(self, from_seq: int) -> tuple[int, bytes]:
+        return self._follower().read(from_seq)
+
+    async def end(self) -> int:
+        return self._follower().next_seq
 
     def close(self) -> None:
-        self.journal.close()
+        if self.journal is not None:
+            self.journal.close()
+        if self.replica is not None:
+            self.replica.close()
+
+
+def _node() -> str:
+    return str(ray.get_runtime_context().get_node_id())
 
 
 RemoteLogActor: Any = cast(Any, ray.remote)(

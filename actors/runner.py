@@ -20,7 +20,7 @@ import structlog
 
 from workflows.command import Command, decode_command
 from workflows.context import Context, Outcome
-from workflows.errors import Blocked, CommandFailed, CoordinatorError, Delayed
+from workflows.errors import Blocked, CommandFailed, CoordinatorError, Delayed, InvalidCommand, JournalError
 
 log = structlog.get_logger("runner")
 
@@ -120,7 +120,7 @@ class Runner:
                 report.update(await self._compensate(cmd, ctx, compensations, item["error"], None))
             else:
                 report.update(await self._exec(cmd, ctx, compensations))
-        except CoordinatorError as exc:  # the command cannot be rebuilt: fail it, nothing to undo
+        except InvalidCommand as exc:  # the command cannot be rebuilt: fail it, nothing to undo
             report.update(await self._terminal(wid, "failed", error=describe(exc)))
         await started
         report["outcomes"] = [list(o) for o in outcomes]
@@ -131,8 +131,8 @@ class Runner:
         try:
             result = await cmd.exec(ctx)
             self._check_payload(result, f"result of {ctx.workflow_id}")
-        except asyncio.CancelledError:
-            raise
+        except (asyncio.CancelledError, JournalError):
+            raise  # not the command's failure: the attempt is lost and dispatched again
         except Exception as exc:  # the attempt's one catch-all: classify, never crash the actor
             kind = retry_kind(exc)
             if kind is not None:
@@ -154,7 +154,7 @@ class Runner:
         cause = exc or CommandFailed(wid, error["type"], error["message"], error.get("traceback", ""))
         try:
             await cmd.compensate(cctx, cause)
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, JournalError):
             raise
         except Exception as cexc:  # compensation failed: park if retryable, else the command fails
             kind = retry_kind(cexc)

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import ray
 from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.batching import Batcher
 from actors.command import RemoteCommandActor
@@ -33,6 +34,34 @@ def _actor_options(options: Options, name: str) -> dict[str, Any]:
     if options.runtime_env is not None:
         opts["runtime_env"] = dict(options.runtime_env)
     return opts
+
+
+def journal_group_name(options: Options) -> str:
+    return f"{options.namespace}-journal"
+
+
+async def _journal_replicas(options: Options) -> Any:
+    """Get or create the LogActors: the leader (log-0) and ``replicas - 1`` followers,
+    one per node (a STRICT_SPREAD placement group) unless ``colocated_replicas``."""
+    if options.replicas == 1:
+        return RemoteLogActor.options(**_actor_options(options, "log-0")).remote(options, 0)
+    placement: list[dict[str, Any]] = [{} for _ in range(options.replicas)]
+    if not options.colocated_replicas:
+        alive = [n for n in cast(Any, ray).nodes() if n["Alive"]]
+        if len(alive) < options.replicas:
+            raise ValueError(f"Options.replicas={options.replicas} needs as many Ray nodes, {len(alive)} alive; "
+                             "set colocated_replicas=True to run replicas on one node (tests only)")
+        try:
+            group = ray.util.get_placement_group(journal_group_name(options))
+        except ValueError:
+            group = ray.util.placement_group([{"CPU": 0.01}] * options.replicas, strategy="STRICT_SPREAD",
+                                             name=journal_group_name(options), lifetime="detached")
+        await group.ready()
+        placement = [{"num_cpus": 0.01, "scheduling_strategy": PlacementGroupSchedulingStrategy(group, i)}
+                     for i in range(options.replicas)]
+    followers = [RemoteLogActor.options(**_actor_options(options, f"log-{i}"), **placement[i]).remote(options, i)
+                 for i in range(1, options.replicas)]
+    return RemoteLogActor.options(**_actor_options(options, "log-0"), **placement[0]).remote(options, 0, followers)
 
 
 class RayJournal:
@@ -85,11 +114,11 @@ class SupervisorActor:
     async def __init__(self, options: Options) -> None:  # type: ignore[misc]  # Ray awaits it
         logs.configure(options.log_level, component="supervisor")
         self.options = options
-        self._fault: CoordinatorError | None = None
-        self.log = RemoteLogActor.options(**_actor_options(options, "log-0")).remote(options, 0)
+        self._fault: Exception | None = None
         try:
+            self.log = await _journal_replicas(options)
             await self.log.info.remote()
-        except CoordinatorError as exc:  # Fenced, JournalCorrupt: answer every call with it
+        except (CoordinatorError, ValueError) as exc:  # Fenced, JournalCorrupt, bad replicas: answer every call
             self._fault = exc
             return
         me = ray.get_runtime_context().current_actor
@@ -147,7 +176,8 @@ class SupervisorActor:
 
     async def actors(self) -> dict[str, Any]:
         """Handles of the LogActor and the CommandActor pool (for tools and tests)."""
-        return {"log": [self.log], "command": self.pool[:]}
+        logs = [ray.get_actor(f"log-{i}", namespace=self.options.namespace) for i in range(self.options.replicas)]
+        return {"log": logs, "command": self.pool[:]}
 
     async def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return self._ready().list(state, limit)

@@ -40,7 +40,7 @@ def start(options: Options | None = None) -> Any:
     handle = RemoteSupervisorActor.options(**_actor_options(options, SUPERVISOR)).remote(options)
     try:
         ray.get(handle.ready.remote())
-    except CoordinatorError:
+    except (CoordinatorError, ValueError):
         stop(options.namespace)
         raise
     return handle
@@ -63,4 +63,6 @@ def stop(namespace: str = "coordinator") -> bool:
         if name == SUPERVISOR or name.startswith(("log-", "command-")):
             with contextlib.suppress(ValueError):  # ended meanwhile
                 ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    with contextlib.suppress(ValueError):  # no journal placement group: one replica, or removed
+        ray.util.remove_placement_group(ray.util.get_placement_group(f"{namespace}-journal"))
     return SUPERVISOR in names

@@ -53,6 +53,8 @@ class Options:
     """Largest encoded command, outcome or result accepted."""
     segment_bytes: int = 64 << 20
     """A journal segment is sealed once it grows past this size."""
+    replica_timeout_s: float = 10.0
+    """How long a journal batch waits for a majority of replicas before `JournalUnavailable`."""
     colocated_replicas: bool = False
     """Allow several journal replicas on one node (for tests on a single machine)."""
     log_level: str = "warning"
@@ -61,10 +63,11 @@ class Options:
     def __post_init__(self) -> None:
         if not isinstance(self.max_cmds, int) or self.max_cmds < 1:
             raise ValueError(f"Options.max_cmds must be an integer >= 1, got {self.max_cmds!r}")
-        intervals = ("slow_retry_interval_s", "fast_retry_interval_s", "jitter_s", "admission_timeout_s", "retention_s")
+        intervals = ("slow_retry_interval_s", "fast_retry_interval_s", "jitter_s", "admission_timeout_s", "retention_s",
+                     "replica_timeout_s")
         for name in intervals:
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0:
+            if not isinstance(value, (int, float)) or not value >= 0:  # `not >=` also refuses NaN
                 raise ValueError(f"Options.{name} must be a number >= 0, got {value!r}")
         for name in ("replicas", "command_actors", "slots_per_actor", "max_payload_bytes", "segment_bytes"):
             value = getattr(self, name)
@@ -86,9 +89,11 @@ def normalize_storage(storage: str) -> str:
         raise ValueError(f"Options.storage must be a path or a URI, got {storage!r}")
     if "://" not in storage:
         return "file://" + os.path.abspath(storage)
-    scheme = urlparse(storage).scheme
+    parsed = urlparse(storage)
+    scheme = parsed.scheme
     if scheme not in SCHEMES:
         raise ValueError(f"Options.storage has unknown scheme {scheme!r}: use a path, file://, s3:// or mem://")
-    if scheme == "file" and not urlparse(storage).path.startswith("/"):
+    # file://data/x parses as host "data", path "/x": the journal would land in /x.
+    if scheme == "file" and (parsed.netloc not in ("", "localhost") or not parsed.path.startswith("/")):
         raise ValueError(f"Options.storage {storage!r}: a file:// URI needs an absolute path (file:///...)")
     return storage

@@ -63,9 +63,10 @@ def unpack(payload: bytes, path: str, offset: int) -> Record:
     """Decode a payload whose checksum matched; anything malformed is `JournalCorrupt`."""
     try:
         record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.UnpackException) as exc:
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:  # TypeError: an unhashable map key
         raise JournalCorrupt(path, offset, f"undecodable record ({exc})") from None
-    if not isinstance(record, dict) or record.get("v") != VERSION or record.get("k") not in KINDS:
+    if not isinstance(record, dict) or record.get("v") != VERSION or not isinstance(record.get("k"), str) \
+            or record["k"] not in KINDS:  # a str check first: a list kind is unhashable
         raise JournalCorrupt(path, offset, "record has no known version and kind")
     if not isinstance(record.get("q"), int):
         raise JournalCorrupt(path, offset, "record has no sequence number")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ import structlog
 
 from cluster.journal import codec
 from cluster.journal.backends import ActiveSegment, Backend, SegmentRef
+from cluster.journal.replica import Replicator
 from workflows.context import Outcome
 from workflows.errors import JournalCorrupt, JournalUnavailable
 
@@ -75,11 +76,37 @@ class Journal:
         self._flusher: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-fsync")
+        self.replicator: Replicator | None = None
 
     # --- recovery -----------------------------------------------------------------
 
     def open(self) -> None:
-        """Lock the storage, recover every segment, and start a new epoch."""
+        """Lock the storage, recover every segment, and start a new epoch (one replica)."""
+        self._recover_local()
+        self.epoch += 1
+        self._write_now([self._stamp({"k": "epoch", "epoch": self.epoch, "owner": self.owner})])
+        self._opened()
+
+    async def open_replicated(self, replicator: Replicator) -> None:
+        """Recover as the leader of replicas: the store, this log, then the longest tail
+        among a majority of replicas; start the new epoch there (see `replica`)."""
+        self._recover_local()
+        end, follower = await replicator.longest_tail(self.next_seq)
+        if follower is not None and end > self.next_seq:
+            _first, data = await follower.read(self.next_seq)
+            self._adopt(data)
+        self.replicator = replicator
+        self.epoch += 1
+        replicator.epoch, replicator.epoch_seq = self.epoch, self.next_seq
+        replicator.sealed_upto = self._active_first
+        await self.append([{"k": "epoch", "epoch": self.epoch, "owner": self.owner}])
+        self._opened()
+
+    def _opened(self) -> None:
+        log.info("journal_opened", storage=self.backend.uri, epoch=self.epoch, next_seq=self.next_seq,
+                 live=len(self._live), torn_bytes=self.torn_bytes)
+
+    def _recover_local(self) -> None:
         self.backend.lock(self.owner)
         refs = self.backend.segments()
         for i, ref in enumerate(refs):
@@ -89,11 +116,19 @@ class Journal:
             self._active_first = tail.ref.first_seq
             self._active = self.backend.open_active(self._active_first)
         else:
-            self._start_segment()
-        self.epoch += 1
-        self._write_now([self._stamp({"k": "epoch", "epoch": self.epoch, "owner": self.owner})])
-        log.info("journal_opened", storage=self.backend.uri, epoch=self.epoch, next_seq=self.next_seq,
-                 live=len(self._live), torn_bytes=self.torn_bytes)
+            self._start_segment(self.next_seq)
+
+    def _adopt(self, data: bytes) -> None:
+        """Take records another replica holds past this log's end (catch-up at recovery)."""
+        records, _end = codec.scan(data, "<replica>")
+        keep = [r for r in records if r["q"] >= self.next_seq]
+        if not keep or keep[0]["q"] != self.next_seq:
+            raise JournalUnavailable(f"no replica holds the records from {self.next_seq} on")
+        for r in keep:
+            self._index(r)
+        self.next_seq = keep[-1]["q"] + 1
+        self._write_now_frames([codec.encode(r) for r in keep], self.next_seq - 1)
+        log.warning("journal_caught_up", records=len(keep), next_seq=self.next_seq)
 
     def _recover_segment(self, ref: SegmentRef, last: bool) -> None:
         where = self.backend.describe(ref)
@@ -142,8 +177,8 @@ class Journal:
         self.next_seq += 1
         return record
 
-    def _admit(self, r: codec.Record) -> tuple[bool, Any]:
-        """Whether to journal ``r``, and the value to answer its writer with."""
+    def _admit(self, r: codec.Record, undo: list[Callable[[], object]]) -> tuple[bool, Any]:
+        """Whether to journal ``r``, and the value to answer its writer with; ``undo`` gets its reversal."""
         kind, wid = r.get("k"), str(r.get("w"))
         if kind not in codec.KINDS:
             raise ValueError(f"unknown record kind {kind!r}")
@@ -157,17 +192,25 @@ class Journal:
             if step > len(lst):
                 raise ValueError(f"{kind} step {step} of {wid} skips step {len(lst)}")
             lst.append(Outcome(step, r["service"], r["value"]))
+            undo.append(lst.pop)
             return True, r["value"]
         if kind == "submitted":
             if wid in self._live or wid in self._finished:
                 return False, None
             self._live[wid] = ([], [])
+            undo.append(lambda: self._live.pop(wid))
         elif kind in TERMINAL:
             if wid in self._finished:
                 return False, None
-            self._live.pop(wid, None)
+            steps = self._live.pop(wid, None)
             self._finished.add(wid)
+            undo.append(lambda: self._reopen(wid, steps))
         return True, None
+
+    def _reopen(self, wid: str, steps: tuple[list[Outcome], list[Outcome]] | None) -> None:
+        self._finished.discard(wid)
+        if steps is not None:
+            self._live[wid] = steps
 
     async def append(self, records: list[codec.Record]) -> list[Any]:
         """Journal ``records`` durably; return, per record, the value the journal holds."""
@@ -175,11 +218,21 @@ class Journal:
             raise JournalUnavailable(f"journal failed: {self._failure}")
         answers: list[Any] = []
         frames: list[bytes] = []
-        for r in records:
-            keep, value = self._admit(r)
-            answers.append(value)
-            if keep:
-                frames.append(codec.encode(self._stamp(r)))
+        first_seq, undo = self.next_seq, list[Callable[[], object]]()
+        try:
+            for r in records:
+                keep, value = self._admit(r, undo)
+                answers.append(value)
+                if keep:
+                    frames.append(codec.encode(self._stamp(r)))
+        except BaseException:
+            # A bad record (unknown kind, a skipped step, an unencodable value) fails the
+            # whole call and leaves nothing behind: a stamped but unwritten record would
+            # leave a hole in the sequence that the next `open` reads as corruption.
+            self.next_seq = first_seq
+            for step in reversed(undo):
+                step()
+            raise
         batch = self._open_batch()
         batch.frames.extend(frames)
         batch.last_seq = self.next_seq - 1
@@ -208,18 +261,44 @@ class Journal:
                 continue
             assert batch.future is not None
             try:
-                await loop.run_in_executor(self._pool, self._write_now_frames, batch.frames)
+                await loop.run_in_executor(self._pool, self._write_now_frames, batch.frames, batch.last_seq)
             except Exception as exc:  # the one catch-all: any failed write fails the journal
                 self._failure = exc
                 log.error("journal_write_failed", error=repr(exc))
                 batch.future.set_exception(JournalUnavailable(f"journal write failed: {exc}"))
                 return
+            if self.replicator is not None and batch.frames:
+                try:
+                    await self._replicate(batch)
+                except JournalUnavailable as exc:
+                    # Not acknowledged; the records stay in this log and reach the
+                    # followers by catch-up with a later batch, when a majority is back.
+                    batch.future.set_exception(exc)
+                    continue
             batch.future.set_result(None)
 
-    def _write_now(self, records: list[codec.Record]) -> None:
-        self._write_now_frames([codec.encode(r) for r in records])
+    async def _replicate(self, batch: _Batch) -> None:
+        assert self.replicator is not None
+        first = batch.last_seq - len(batch.frames) + 1
+        self.replicator.sealed_upto = self._active_first
+        await self.replicator.replicate(first, b"".join(batch.frames), len(batch.frames), self._frames_between)
 
-    def _write_now_frames(self, frames: list[bytes]) -> None:
+    async def _frames_between(self, start: int, stop: int) -> bytes:
+        """This log's records ``start <= q < stop``, framed (for a follower's catch-up)."""
+        out = []
+        for r in self.records(start):
+            if r["q"] >= stop:
+                break
+            out.append(codec.encode(r))
+        return b"".join(out)
+
+    def _write_now(self, records: list[codec.Record]) -> None:
+        self._write_now_frames([codec.encode(r) for r in records], self.next_seq - 1)
+
+    def _write_now_frames(self, frames: list[bytes], last_seq: int) -> None:
+        # ``last_seq`` is the batch's last record, not ``next_seq - 1``: this runs on the
+        # fsync thread while appends keep stamping the next batch, whose records must go
+        # to the segment that follows and be counted there.
         assert self._active is not None
         if frames:
             self._active.append(b"".join(frames))
@@ -227,22 +306,22 @@ class Journal:
             self._active.sync()
         else:
             self._active.flush()
-        self._segments[-1].last_seq = self.next_seq - 1
+        self._segments[-1].last_seq = last_seq
         if self._active.size() >= self.segment_bytes:
-            self._seal_active()
+            self._seal_active(last_seq)
 
-    def _start_segment(self) -> None:
-        self._active_first = self.next_seq
+    def _start_segment(self, first_seq: int) -> None:
+        self._active_first = first_seq
         self._active = self.backend.open_active(self._active_first)
         self._segments.append(_Segment(SegmentRef(self._active_first, False), self._active_first - 1))
 
-    def _seal_active(self) -> None:
+    def _seal_active(self, last_seq: int) -> None:
         assert self._active is not None
         self._active.sync()
         self._active.close()
         self.backend.seal(self._active_first)
-        self._segments[-1] = _Segment(SegmentRef(self._active_first, True), self.next_seq - 1)
-        self._start_segment()
+        self._segments[-1] = _Segment(SegmentRef(self._active_first, True), last_seq)
+        self._start_segment(last_seq + 1)
 
     # --- reads --------------------------------------------------------------------
 

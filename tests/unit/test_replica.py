@@ -1,0 +1,142 @@
+"""Replication without Ray: followers, catch-up, majority, epochs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from cluster.journal import codec
+from cluster.journal.backends import MemoryBackend
+from cluster.journal.replica import Replica, Replicator, frame_bounds
+from workflows.errors import JournalUnavailable
+
+
+def frames(first: int, count: int, epoch: int = 1) -> bytes:
+    return b"".join(codec.encode({"v": 1, "q": first + i, "k": "started", "w": f"w{first + i}", "attempt": epoch,
+                                  "t": 0.0}) for i in range(count))
+
+
+class LocalFollower:
+    """A follower in this process; ``down`` makes it fail like a dead actor."""
+
+    def __init__(self, replica: Replica) -> None:
+        self.replica = replica
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise ConnectionError("replica is down")
+
+    async def accept(self, *args: Any) -> int:
+        self._check()
+        return self.replica.accept(*args)
+
+    async def read(self, from_seq: int) -> tuple[int, bytes]:
+        self._check()
+        return self.replica.read(from_seq)
+
+    async def end(self) -> int:
+        self._check()
+        return self.replica.next_seq
+
+
+def make_replica(name: str | None = None, segment_bytes: int = 1 << 20) -> Replica:
+    r = Replica(MemoryBackend(name or uuid.uuid4().hex), segment_bytes=segment_bytes, owner="t")
+    r.open()
+    return r
+
+
+def seqs(replica: Replica) -> list[int]:
+    _first, data = replica.read(0)
+    records, _ = codec.scan(data)
+    return [r["q"] for r in records]
+
+
+async def leader_log(log: list[bytes]) -> Any:
+    async def read_own(start: int, stop: int) -> bytes:
+        whole = b"".join(log)
+        bounds = frame_bounds(whole)
+        return whole[bounds[start][0]:bounds[stop - 1][1]]
+
+    return read_own
+
+
+async def test_batches_reach_every_follower_in_order() -> None:
+    followers = [LocalFollower(make_replica()) for _ in range(2)]
+    rep = Replicator(followers, timeout_s=1)
+    log: list[bytes] = []
+    read_own = await leader_log(log)
+    for first in range(0, 30, 3):
+        log.append(frames(first, 3))
+        await rep.replicate(first, log[-1], 3, read_own)
+    await asyncio.sleep(0)
+    for f in followers:
+        assert seqs(f.replica) == list(range(30))
+
+
+async def test_a_dead_follower_catches_up_and_majority_keeps_going() -> None:
+    followers = [LocalFollower(make_replica()) for _ in range(2)]
+    rep = Replicator(followers, timeout_s=1)
+    log: list[bytes] = []
+    read_own = await leader_log(log)
+    followers[1].down = True
+    for first in range(0, 12, 4):
+        log.append(frames(first, 4))
+        await rep.replicate(first, log[-1], 4, read_own)  # 2 of 3: still a majority
+    assert seqs(followers[1].replica) == []
+    followers[1].down = False
+    log.append(frames(12, 4))
+    await rep.replicate(12, log[-1], 4, read_own)
+    for _ in range(100):
+        if followers[1].replica.next_seq == 16:
+            break
+        await asyncio.sleep(0.001)
+    assert seqs(followers[1].replica) == list(range(16))
+
+
+async def test_no_majority_is_journal_unavailable() -> None:
+    followers = [LocalFollower(make_replica()) for _ in range(2)]
+    rep = Replicator(followers, timeout_s=0.2)
+    followers[0].down = followers[1].down = True
+    with pytest.raises(JournalUnavailable, match="majority of 2"):
+        await rep.replicate(0, frames(0, 1), 1, await leader_log([frames(0, 1)]))
+
+
+async def test_new_epoch_cuts_an_older_unacknowledged_tail() -> None:
+    replica = make_replica()
+    replica.accept(1, 0, 0, frames(0, 10), 10)
+    assert replica.next_seq == 10
+    # A new leader recovered only up to 6 (the records after were never acknowledged).
+    replica.accept(2, 6, 6, frames(6, 2, epoch=2), 2)
+    _first, data = replica.read(0)
+    records, _ = codec.scan(data)
+    assert [r["q"] for r in records] == list(range(8))
+    assert [r["attempt"] for r in records[6:]] == [2, 2]
+
+
+async def test_replica_reopens_and_rotates_segments() -> None:
+    name = uuid.uuid4().hex
+    replica = make_replica(name, segment_bytes=200)
+    replica.accept(1, 0, 0, codec.encode({"v": 1, "q": 0, "k": "epoch", "epoch": 1, "owner": "t"}), 1)
+    for first in range(1, 41, 4):
+        replica.accept(1, 0, first, frames(first, 4), 4)
+    replica.close()
+    again = make_replica(name)
+    assert again.next_seq == 41 and seqs(again) == list(range(41)) and again.epoch == 1
+    assert len(MemoryBackend(name).segments()) > 1
+    again.accept(1, 0, 41, frames(41, 4), 4, sealed_upto=36)  # segments wholly below 36 are dropped
+    assert seqs(again)[0] > 0 and seqs(again)[-1] == 44
+
+
+async def test_longest_tail_needs_a_majority() -> None:
+    a, b = make_replica(), make_replica()
+    a.accept(1, 0, 0, frames(0, 5), 5)
+    rep = Replicator([LocalFollower(a), LocalFollower(b)], timeout_s=0.2)
+    end, follower = await rep.longest_tail(3)
+    assert end == 5 and follower is rep.followers[0]
+    rep.followers[0].down = rep.followers[1].down = True  # type: ignore[attr-defined]
+    with pytest.raises(JournalUnavailable):
+        await rep.longest_tail(3)
