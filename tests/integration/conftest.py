@@ -42,7 +42,7 @@ def wait_for(cond: Callable[[], Any], timeout_s: float = 30.0, what: str = "cond
 class Coordinator:
     """A coordinator started for one test, stopped after it (its journal stays)."""
 
-    def __init__(self, storage: Path, **kw: Any) -> None:
+    def __init__(self, storage: Path | str, **kw: Any) -> None:
         self.options = Options(storage=str(storage), namespace=f"t-{uuid.uuid4().hex[:8]}", **{**FAST, **kw})
         self.sup = cluster.start(self.options)
 
