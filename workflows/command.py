@@ -45,7 +45,7 @@ def resolve_type(name: str) -> type[Command]:
     module_name, _, qualname = name.partition(":")
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
+    except (ImportError, ValueError, TypeError) as exc:  # ValueError: empty name; TypeError: relative name
         raise InvalidCommand(f"command type {name!r}: module {module_name!r} cannot be imported ({exc})") from None
     for part in qualname.split("."):
         obj = getattr(obj, part, None)
@@ -67,7 +67,8 @@ def encode_command(cmd: object, max_bytes: int) -> tuple[str, dict[str, Any]]:
     name = type_name(type(cmd))
     if "<locals>" in name or resolve_type(name) is not type(cmd):
         raise InvalidCommand(f"command type {name!r} cannot be imported back by name; define it at module level")
-    fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd)}
+    # Only __init__ fields: decode rebuilds with cls(**fields), and init=False ones are derived.
+    fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd) if f.init}
     try:
         size = len(msgpack.packb(fields, use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
