@@ -31,18 +31,14 @@ from workflows.command import encode_command, resolve_type
 from workflows.context import Outcome
 from workflows.errors import (
     CommandFailed,
-    CoordinatorError,
     DeadlineExceeded,
     InvalidCommand,
     Suspended,
     UnknownWorkflow,
+    WorkerLost,
 )
 
 log = structlog.get_logger("supervisor")
-
-
-class WorkerLost(CoordinatorError):
-    """A CommandActor died (or its node did) while running a dispatch batch."""
 
 
 class JournalPort(Protocol):

@@ -47,7 +47,9 @@ class LogActor:
                        followers: list[Any] | None = None) -> None:
         logs.configure(options.log_level, component="log", replica=str(replica))
         self._fault: JournalError | None = None
-        owner = f"{options.namespace}/log-{replica}"
+        # The owner names this Ray cluster too: a restarted replica re-takes its own lock,
+        # a coordinator of the same namespace on another cluster is fenced.
+        owner = f"{ray.get_runtime_context().gcs_address}/{options.namespace}/log-{replica}"
         self.journal: Journal | None = None
         self.replica: Replica | None = None
         try:

@@ -20,16 +20,12 @@ import structlog
 
 from workflows.command import Command, decode_command
 from workflows.context import Context, Outcome
-from workflows.errors import Blocked, CommandFailed, CoordinatorError, Delayed, InvalidCommand, JournalError
+from workflows.errors import Blocked, CommandFailed, Delayed, InvalidCommand, JournalError, PayloadTooLarge
 
 log = structlog.get_logger("runner")
 
 Report = dict[str, Any]
 Append = Callable[[list[dict[str, Any]]], Awaitable[list[Any]]]
-
-
-class PayloadTooLarge(CoordinatorError):
-    """An outcome or result cannot be journaled: not encodable, or over the size limit."""
 
 
 def retry_kind(exc: BaseException) -> str | None:

@@ -19,11 +19,11 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors.batching import Batcher
 from actors.command import RemoteCommandActor
-from actors.core import SupervisorCore, WorkerLost
+from actors.core import SupervisorCore
 from actors.log import RemoteLogActor
 from cluster import logs
 from cluster.options import Options
-from workflows.errors import CoordinatorError
+from workflows.errors import CoordinatorError, WorkerLost
 
 SUPERVISOR_NAME = "supervisor"
 

@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Protocol
 
 import structlog
 
-from workflows.errors import CoordinatorError
+from workflows.errors import NonDeterminism
 
 
 class Outcome(NamedTuple):
@@ -22,10 +22,6 @@ class Outcome(NamedTuple):
     step: int
     service: str
     value: Any
-
-
-class NonDeterminism(CoordinatorError):
-    """A replayed step asked for another service than the journal recorded."""
 
 
 class Recorder(Protocol):

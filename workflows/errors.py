@@ -102,3 +102,58 @@ class Fenced(JournalError):
 
 class JournalUnavailable(JournalError):
     """Too few journal replicas are alive to make a write durable."""
+
+
+# --- raised while running a workflow --------------------------------------------------
+
+
+class NonDeterminism(CoordinatorError):
+    """A replayed step asked for another service than the journal recorded."""
+
+
+class PayloadTooLarge(CoordinatorError):
+    """An outcome or result cannot be journaled: not encodable, or over the size limit."""
+
+
+class WorkerLost(CoordinatorError):
+    """A CommandActor died (or its node did) while running a dispatch batch."""
+
+
+# --- the service gateway --------------------------------------------------------------
+
+
+class UnknownService(CoordinatorError, LookupError):
+    """A workflow asked for a service the gateway has no address for (a bug: not retried)."""
+
+    def __init__(self, service: str, known: tuple[str, ...]) -> None:
+        super().__init__(service, known)
+        self.service = service
+        self.known = known
+
+    def __str__(self) -> str:
+        known = ", ".join(self.known) if self.known else "none configured"
+        return f"unknown service {self.service!r}; known services: {known}"
+
+
+class ServiceError(CoordinatorError):
+    """A service answered with something the gateway cannot use; not retried.
+
+    ``status`` is the HTTP status (0 when there is none), ``error`` the service's text.
+    """
+
+    def __init__(self, service: str, op: str, status: int, error: str) -> None:
+        super().__init__(service, op, status, error)
+        self.service = service
+        self.op = op
+        self.status = status
+        self.error = error
+
+    def __str__(self) -> str:
+        return f"{self.service}.{self.op} answered {self.status}: {self.error}"
+
+
+class ServiceRejected(ServiceError):
+    """The service refused the call (HTTP 4xx): a definite answer, so not retried.
+
+    The command fails and its ``compensate`` runs.
+    """

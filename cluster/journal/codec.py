@@ -99,6 +99,9 @@ def _frames(buf: bytes, path: str) -> Iterator[tuple[int, bytes | None]]:
             yield offset, None
             return
         length, crc = HEADER.unpack_from(buf, offset)
+        if length == 0 and not any(memoryview(buf)[offset:]):
+            yield offset, None  # a zero-filled tail: blocks allocated by a write that never landed
+            return
         start, stop = offset + HEADER.size, offset + HEADER.size + length
         if length > MAX_RECORD_BYTES:
             if stop < end:

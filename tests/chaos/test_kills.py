@@ -14,7 +14,7 @@ import ray
 
 import cluster
 from cluster import Options
-from tests.integration.conftest import FAST, Coordinator, wait_for
+from tests.support import FAST, Coordinator, wait_for
 from workflows.errors import Fenced, JournalCorrupt
 from workflows.testing import Echo, Tracked, read_calls
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import ray
 
-from tests.integration.conftest import Coordinator, wait_for
+from tests.support import Coordinator, wait_for
 from workflows.errors import CommandFailed, InvalidCommand, Suspended, UnknownWorkflow
 from workflows.testing import Echo, Fails, Flaky
 

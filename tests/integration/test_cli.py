@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Coordinator
+from tests.support import Coordinator
 
 pytestmark = pytest.mark.ray
 

@@ -18,7 +18,7 @@ import pytest
 import ray
 
 from cluster.journal import Journal, open_backend
-from tests.integration.conftest import Coordinator
+from tests.support import Coordinator
 from workflows.errors import Fenced
 from workflows.testing import Echo, Flaky
 

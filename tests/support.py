@@ -1,15 +1,13 @@
-"""One real Ray instance for the integration layer; a namespace and storage per test."""
+"""Helpers for tests on a real Ray instance: a coordinator per test, waiting on conditions."""
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import ray
 
 import cluster
@@ -17,15 +15,6 @@ from cluster import Options
 
 FAST = {"slow_retry_interval_s": 0.1, "fast_retry_interval_s": 0.0, "jitter_s": 0.02, "gateway": None,
         "admission_timeout_s": 5.0}
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[str]:
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ctx = ray.init(num_cpus=2, include_dashboard=False, namespace="tests", log_to_driver=False)
-    yield ctx.address_info["gcs_address"]
-    ray.shutdown()
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float = 30.0, what: str = "condition") -> Any:
@@ -58,15 +47,3 @@ class Coordinator:
         cluster.stop(self.options.namespace)
 
 
-@pytest.fixture
-def coordinator(ray_session: str, tmp_path: Path) -> Iterator[Callable[..., Coordinator]]:
-    made: list[Coordinator] = []
-
-    def make(**kw: Any) -> Coordinator:
-        c = Coordinator(tmp_path / f"journal-{len(made)}", **kw)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.stop()

@@ -1,1 +1,0 @@
-from tests.integration.conftest import coordinator, ray_session  # noqa: F401  (shared fixtures)
