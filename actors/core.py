@@ -43,7 +43,7 @@ log = structlog.get_logger("supervisor")
 
 class JournalPort(Protocol):
     async def append(self, records: list[dict[str, Any]]) -> list[Any]: ...
-    async def read(self, from_seq: int, limit: int) -> list[dict[str, Any]]: ...
+    async def state(self, offset: int, limit: int) -> dict[str, Any]: ...
     async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]: ...
     async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]: ...
 
@@ -85,15 +85,16 @@ class SupervisorCore:
     async def start(self) -> None:
         """Fold the journal, reschedule every unfinished command, then open intake."""
         await self.pool.reset(self.incarnation)
-        seq = 0
+        offset = 0
         while True:
-            page = await self.journal.read(seq, 20_000)
-            for r in page:
-                self.table.apply(r)
-            if not page:
+            page = await self.journal.state(offset, 20_000)
+            for d in page["workflows"]:
+                wf = Workflow.from_dict(d)
+                self.table.workflows[wf.id] = wf
+            offset += len(page["workflows"])
+            if not page["workflows"]:
                 break
-            seq = page[-1]["q"] + 1
-        self.mode, self.held = Mode(self.table.mode), self.table.held
+        self.mode, self.held = Mode(page["mode"]), page["held"]
         now = self.clock()
         for wf in self.table.unfinished():
             self.admission.force(1)
@@ -106,7 +107,8 @@ class SupervisorCore:
         if not self.retrying and not self.held and self.mode is not Mode.NORMAL:
             await self._signal(Signal.DRAINED)
         self._loops = [asyncio.get_running_loop().create_task(self._dispatch_loop()),
-                       asyncio.get_running_loop().create_task(self._timer_loop())]
+                       asyncio.get_running_loop().create_task(self._timer_loop()),
+                       asyncio.get_running_loop().create_task(self._forget_loop())]
         self.started.set()
         self._wake_dispatch.set()
         self._wake_timer.set()
@@ -342,6 +344,14 @@ class SupervisorCore:
                     self.ready.append(wid)
                     self._wake_dispatch.set()
 
+    async def _forget_loop(self) -> None:
+        """Drop finished workflows past ``retention_s`` from the cache (the journal's
+        snapshot drops them from storage)."""
+        period = min(max(self.options.retention_s / 4, 0.05), 60.0)
+        while True:
+            await asyncio.sleep(period)
+            self.table.forget(self.clock() - self.options.retention_s)
+
     # --- queries --------------------------------------------------------------------
 
     def _get(self, workflow_id: str) -> Workflow:
@@ -405,9 +415,7 @@ class SupervisorCore:
         return self.stats()
 
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> builtins.list[dict[str, Any]]:
-        records = await self.journal.outcomes(service, since_seq, limit)
-        return [{"seq": r["q"], "workflow_id": r["w"], "step": r["step"], "service": r["service"],
-                 "value": r["value"]} for r in records]
+        return await self.journal.outcomes(service, since_seq, limit)
 
 
 def resolve_deadline(type_name: str) -> float | None:

@@ -27,8 +27,8 @@ class LocalJournal:
     async def append(self, records: list[dict[str, Any]]) -> list[Any]:
         return await self.journal.append([dict(r) for r in records])
 
-    async def read(self, from_seq: int, limit: int) -> list[dict[str, Any]]:
-        return self.journal.read(from_seq, limit)
+    async def state(self, offset: int, limit: int) -> dict[str, Any]:
+        return self.journal.state(offset, limit)
 
     async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
         return {w: ([list(o) for o in a], [list(o) for o in b])
@@ -66,7 +66,8 @@ class LocalCoordinator:
     def __init__(self, options: Options, gateway: Any = None) -> None:
         self.options = options
         self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
-                               segment_bytes=options.segment_bytes, owner=f"{options.namespace}/local")
+                               segment_bytes=options.segment_bytes, owner=f"{options.namespace}/local",
+                               snapshot_records=options.snapshot_records, retention_s=options.retention_s)
         self.pool = LocalPool(options.command_actors)
         self.core = SupervisorCore(options, LocalJournal(self.journal), self.pool)
         gateway = gateway if gateway is not None else build_gateway(options)

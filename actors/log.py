@@ -55,7 +55,8 @@ class LogActor:
         try:
             if replica == 0:
                 self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
-                                       segment_bytes=options.segment_bytes, owner=owner)
+                                       segment_bytes=options.segment_bytes, owner=owner,
+                                       snapshot_records=options.snapshot_records, retention_s=options.retention_s)
                 if followers:
                     await self.journal.open_replicated(
                         Replicator([_RayFollower(f) for f in followers], timeout_s=options.replica_timeout_s))
@@ -95,6 +96,12 @@ class LogActor:
 
     async def read(self, from_seq: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
         return self._leader().read(from_seq, limit)
+
+    async def state(self, offset: int = 0, limit: int = 50_000) -> dict[str, Any]:
+        return self._leader().state(offset, limit)
+
+    async def snapshot(self) -> int:
+        return await self._leader().snapshot()
 
     async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
         return self._leader().live_steps(workflow_ids)

@@ -93,6 +93,23 @@ class Workflow:
     result: Any = None
     next_retry_at: float | None = None
     finished_at: float | None = None
+    outcome_seqs: list[int] = field(default_factory=list)
+    """The journal sequence number of each outcome (for replay after compaction)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, msgpack-encodable: the snapshot form."""
+        return {"id": self.id, "type": self.type, "fields": self.fields, "submitted_at": self.submitted_at,
+                "state": self.state.value, "attempts": self.attempts, "outcomes": [list(o) for o in self.outcomes],
+                "compensations": [list(o) for o in self.compensations], "compensating": self.compensating,
+                "error": self.error, "result": self.result, "next_retry_at": self.next_retry_at,
+                "finished_at": self.finished_at, "outcome_seqs": self.outcome_seqs}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Workflow:
+        return cls(d["id"], d["type"], d["fields"], d["submitted_at"], State(d["state"]), d["attempts"],
+                   [Outcome(*o) for o in d["outcomes"]], [Outcome(*o) for o in d["compensations"]],
+                   d["compensating"], d["error"], d["result"], d["next_retry_at"], d["finished_at"],
+                   list(d.get("outcome_seqs", [])))
 
     def status(self) -> dict[str, Any]:
         return {
@@ -145,6 +162,22 @@ class WorkflowTable:
     def unfinished(self) -> list[Workflow]:
         return [wf for wf in self.workflows.values() if not wf.state.finished]
 
+    def forget(self, finished_before: float) -> list[str]:
+        """Drop finished workflows that finished before ``finished_before``; their ids."""
+        gone = [w for w, wf in self.workflows.items()
+                if wf.state.finished and wf.finished_at is not None and wf.finished_at < finished_before]
+        for w in gone:
+            del self.workflows[w]
+        return gone
+
+    def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
+        """Journaled outcomes of ``service`` with sequence number >= ``since_seq``, in order."""
+        found = [{"seq": q, "workflow_id": wf.id, "step": o.step, "service": o.service, "value": o.value}
+                 for wf in self.workflows.values() for o, q in zip(wf.outcomes, wf.outcome_seqs, strict=False)
+                 if q >= since_seq and o.service == service]
+        found.sort(key=lambda d: d["seq"])
+        return found[:limit]
+
 
 def _started(wf: Workflow, r: dict[str, Any]) -> None:
     wf.attempts = max(wf.attempts, r["attempt"])
@@ -156,6 +189,8 @@ def _append(outcomes: list[Outcome], r: dict[str, Any]) -> None:
 
 
 def _outcome(wf: Workflow, r: dict[str, Any]) -> None:
+    if r["step"] == len(wf.outcomes):
+        wf.outcome_seqs.append(r.get("q", -1))
     _append(wf.outcomes, r)
 
 

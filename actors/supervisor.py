@@ -78,8 +78,8 @@ class RayJournal:
     async def append(self, records: list[dict[str, Any]]) -> list[Any]:
         return await self._batcher.submit(records)
 
-    async def read(self, from_seq: int, limit: int) -> list[dict[str, Any]]:
-        page: list[dict[str, Any]] = await self.handle.read.remote(from_seq, limit)
+    async def state(self, offset: int, limit: int) -> dict[str, Any]:
+        page: dict[str, Any] = await self.handle.state.remote(offset, limit)
         return page
 
     async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:

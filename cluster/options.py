@@ -53,6 +53,8 @@ class Options:
     """Largest encoded command, outcome or result accepted."""
     segment_bytes: int = 64 << 20
     """A journal segment is sealed once it grows past this size."""
+    snapshot_records: int = 100_000
+    """A snapshot (and compaction) is taken after this many journaled records."""
     replica_timeout_s: float = 10.0
     """How long a journal batch waits for a majority of replicas before `JournalUnavailable`."""
     colocated_replicas: bool = False
@@ -69,7 +71,8 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:  # `not >=` also refuses NaN
                 raise ValueError(f"Options.{name} must be a number >= 0, got {value!r}")
-        for name in ("replicas", "command_actors", "slots_per_actor", "max_payload_bytes", "segment_bytes"):
+        for name in ("replicas", "command_actors", "slots_per_actor", "max_payload_bytes", "segment_bytes",
+                     "snapshot_records"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Options.{name} must be an integer >= 1, got {value!r}")

@@ -86,6 +86,21 @@ class Backend(ABC):
     @abstractmethod
     def delete(self, ref: SegmentRef) -> None: ...
 
+    # Snapshots: whole objects, written once, beside the sealed segments.
+    @abstractmethod
+    def put_snapshot(self, name: str, data: bytes) -> None:
+        """Store ``data`` durably under ``name``, all or nothing."""
+
+    @abstractmethod
+    def get_snapshot(self, name: str) -> bytes: ...
+
+    @abstractmethod
+    def snapshots(self) -> list[str]:
+        """Names of the stored snapshots, oldest first."""
+
+    @abstractmethod
+    def delete_snapshot(self, name: str) -> None: ...
+
     def describe(self, ref: SegmentRef) -> str:
         return f"{self.uri.rstrip('/')}/{'segments' if ref.sealed else 'wal'}/{ref.name}"
 
@@ -214,6 +229,28 @@ class FileBackend(Backend):
     def delete(self, ref: SegmentRef) -> None:
         os.unlink(self._path(ref))
 
+    def put_snapshot(self, name: str, data: bytes) -> None:
+        folder = os.path.join(self.root, "snapshots")
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, name + ".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(folder, name))
+        _fsync_dir(folder)
+
+    def get_snapshot(self, name: str) -> bytes:
+        with open(os.path.join(self.root, "snapshots", name), "rb") as f:
+            return f.read()
+
+    def snapshots(self) -> list[str]:
+        folder = os.path.join(self.root, "snapshots")
+        return sorted(n for n in os.listdir(folder) if n.endswith(".snap")) if os.path.isdir(folder) else []
+
+    def delete_snapshot(self, name: str) -> None:
+        os.unlink(os.path.join(self.root, "snapshots", name))
+
 
 class _MemorySegment(ActiveSegment):
     def __init__(self, buf: bytearray) -> None:
@@ -240,6 +277,7 @@ class MemoryBackend(Backend):
 
     _stores: ClassVar[dict[str, dict[SegmentRef, bytearray]]] = {}
     _owners: ClassVar[dict[str, str]] = {}
+    _snapshot_store: ClassVar[dict[str, dict[str, bytes]]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, name: str) -> None:
@@ -281,8 +319,25 @@ class MemoryBackend(Backend):
     def delete(self, ref: SegmentRef) -> None:
         del self._segments[ref]
 
+    def put_snapshot(self, name: str, data: bytes) -> None:
+        self._blobs()[name] = bytes(data)
+
+    def get_snapshot(self, name: str) -> bytes:
+        return self._blobs()[name]
+
+    def snapshots(self) -> list[str]:
+        return sorted(self._blobs())
+
+    def delete_snapshot(self, name: str) -> None:
+        del self._blobs()[name]
+
+    def _blobs(self) -> dict[str, bytes]:
+        with self._guard:
+            return self._snapshot_store.setdefault(self.name, {})
+
     @classmethod
     def drop(cls, name: str) -> None:
         with cls._guard:
             cls._stores.pop(name, None)
             cls._owners.pop(name, None)
+            cls._snapshot_store.pop(name, None)

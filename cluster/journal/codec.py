@@ -38,6 +38,7 @@ KINDS = frozenset(
         "failed",
         "mode",
         "forgotten",
+        "snapshot",
     }
 )
 

@@ -23,12 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import math
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from actors.state import Workflow, WorkflowTable
 from cluster.journal import codec
 from cluster.journal.backends import ActiveSegment, Backend, SegmentRef
 from cluster.journal.replica import Replicator
@@ -44,6 +47,7 @@ STEP_KINDS = {"outcome": 0, "compensation": 1}
 @dataclass
 class _Batch:
     frames: list[bytes] = field(default_factory=list)
+    records: list[codec.Record] = field(default_factory=list)
     future: asyncio.Future[None] | None = None
     last_seq: int = -1
 
@@ -57,8 +61,17 @@ class _Segment:
 class Journal:
     """One replica's journal over a `Backend`; see the module docstring for the protocol."""
 
-    def __init__(self, backend: Backend, *, fsync: bool = True, segment_bytes: int = 64 << 20, owner: str = "") -> None:
+    def __init__(self, backend: Backend, *, fsync: bool = True, segment_bytes: int = 64 << 20, owner: str = "",
+                 snapshot_records: int = 100_000, retention_s: float = float("inf"),
+                 clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
+        self.snapshot_records = snapshot_records
+        self.retention_s = retention_s
+        self.clock = clock
+        # The fold of every durable record: what a snapshot stores and start-up reads.
+        self.table = WorkflowTable()
+        self.snapshot_seq = -1
+        self._since_snapshot = 0
         self.fsync = fsync
         self.segment_bytes = segment_bytes
         self.owner = owner
@@ -108,6 +121,7 @@ class Journal:
 
     def _recover_local(self) -> None:
         self.backend.lock(self.owner)
+        self._load_snapshot()
         refs = self.backend.segments()
         for i, ref in enumerate(refs):
             self._recover_segment(ref, last=i == len(refs) - 1)
@@ -140,18 +154,26 @@ class Journal:
             log.warning("torn_tail_truncated", segment=where, offset=end, bytes=len(buf) - end)
             self.torn_bytes += len(buf) - end
             self.backend.truncate(ref, end)
+        if ref.first_seq > self.next_seq:
+            raise JournalCorrupt(where, 0, f"segment starts at {ref.first_seq}: "
+                                           f"records from {self.next_seq} are missing")
+        if ref.first_seq < self.next_seq and ref.first_seq > self.snapshot_seq:
+            raise JournalCorrupt(where, 0, f"segment starts at {ref.first_seq}, before {self.next_seq}")
         expected = ref.first_seq
         for r in records:
             if r["q"] != expected:
                 raise JournalCorrupt(where, -1, f"record {r['q']} where {expected} was expected")
             expected += 1
-            self._index(r)
-        if self._segments and ref.first_seq < self.next_seq:
-            raise JournalCorrupt(where, 0, f"segment starts at {ref.first_seq}, before {self.next_seq}")
+            if r["q"] > self.snapshot_seq:  # older ones are in the snapshot already
+                self._index(r)
         self.next_seq = max(self.next_seq, expected)
+        if ref.sealed and expected - 1 <= self.snapshot_seq:
+            self.backend.delete(ref)  # wholly in the snapshot: a compaction that was cut short
+            return
         self._segments.append(_Segment(ref, expected - 1))
 
     def _index(self, r: codec.Record) -> None:
+        self.table.apply(r)
         kind, wid = r["k"], str(r.get("w"))
         if kind == "submitted":
             if wid not in self._finished:
@@ -219,12 +241,14 @@ class Journal:
         answers: list[Any] = []
         frames: list[bytes] = []
         first_seq, undo = self.next_seq, list[Callable[[], object]]()
+        kept: list[codec.Record] = []
         try:
             for r in records:
                 keep, value = self._admit(r, undo)
                 answers.append(value)
                 if keep:
                     frames.append(codec.encode(self._stamp(r)))
+                    kept.append(r)
         except BaseException:
             # A bad record (unknown kind, a skipped step, an unencodable value) fails the
             # whole call and leaves nothing behind: a stamped but unwritten record would
@@ -235,6 +259,7 @@ class Journal:
             raise
         batch = self._open_batch()
         batch.frames.extend(frames)
+        batch.records.extend(kept)
         batch.last_seq = self.next_seq - 1
         assert batch.future is not None
         await asyncio.shield(batch.future)
@@ -274,8 +299,20 @@ class Journal:
                     # Not acknowledged; the records stay in this log and reach the
                     # followers by catch-up with a later batch, when a majority is back.
                     batch.future.set_exception(exc)
+                    self._applied(batch)
                     continue
             batch.future.set_result(None)
+            self._applied(batch)
+            if self._since_snapshot >= self.snapshot_records:
+                try:
+                    await self.snapshot()
+                except OSError as exc:  # a failed snapshot costs start-up time, never data
+                    log.error("snapshot_failed", error=repr(exc))
+
+    def _applied(self, batch: _Batch) -> None:
+        for r in batch.records:
+            self.table.apply(r)
+        self._since_snapshot += len(batch.records)
 
     async def _replicate(self, batch: _Batch) -> None:
         assert self.replicator is not None
@@ -323,6 +360,67 @@ class Journal:
         self._segments[-1] = _Segment(SegmentRef(self._active_first, True), last_seq)
         self._start_segment(last_seq + 1)
 
+    # --- snapshots and compaction ---------------------------------------------------
+
+    def _load_snapshot(self) -> None:
+        names = self.backend.snapshots()
+        if not names:
+            return
+        name = names[-1]
+        data = self.backend.get_snapshot(name)
+        records, end = codec.scan(data, f"snapshot {name}")
+        if end != len(data) or len(records) != 1 or records[0]["k"] != "snapshot":
+            raise JournalCorrupt(f"snapshot {name}", end, "snapshot is damaged")
+        snap = records[0]
+        for d in snap["workflows"]:
+            wf = Workflow.from_dict(d)
+            self.table.workflows[wf.id] = wf
+            if wf.state.finished:
+                self._finished.add(wf.id)
+            else:
+                self._live[wf.id] = (list(wf.outcomes), list(wf.compensations))
+        self.table.mode, self.table.held = snap["mode"], snap["held"]
+        self.snapshot_seq = self.table.last_seq = snap["q"]
+        self.next_seq, self.epoch = snap["q"] + 1, snap["epoch"]
+        log.info("snapshot_loaded", snapshot=name, seq=snap["q"], workflows=len(snap["workflows"]))
+
+    async def snapshot(self) -> int:
+        """Compact: forget workflows finished before the retention, seal the active
+        segment, store the fold of every durable record as a snapshot, then delete the
+        sealed segments and older snapshots it covers. Runs between two batches, so
+        the fold is exactly the records up to the last durable one. Returns its seq."""
+        gone = self.table.forget(self.clock() - self.retention_s) if math.isfinite(self.retention_s) else []
+        self._finished.difference_update(gone)
+        seq = self._segments[-1].last_seq if self._segments else -1
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._write_snapshot, seq)
+        self._since_snapshot = 0
+        log.info("snapshot_written", seq=seq, workflows=len(self.table.workflows), forgotten=len(gone))
+        return seq
+
+    def _write_snapshot(self, seq: int) -> None:
+        if self._active is not None and self._active.size() > 0:
+            self._seal_active(seq)
+        record = {"v": codec.VERSION, "k": "snapshot", "q": seq, "epoch": self.epoch, "mode": self.table.mode,
+                  "held": self.table.held, "workflows": [wf.to_dict() for wf in self.table.workflows.values()]}
+        name = f"{seq:020d}.snap"
+        self.backend.put_snapshot(name, codec.encode(record))
+        self.snapshot_seq = seq
+        for old in self.backend.snapshots():
+            if old != name:
+                self.backend.delete_snapshot(old)
+        covered = [s for s in self._segments if s.ref.sealed and s.last_seq <= seq]
+        for seg in covered:
+            self.backend.delete(seg.ref)
+        self._segments = [s for s in self._segments if s not in covered]
+
+    def state(self, offset: int = 0, limit: int = 50_000) -> dict[str, Any]:
+        """A page of the fold: every workflow kept (unfinished, or finished within the
+        retention) as a dict, with the mode; what a supervisor starts from."""
+        workflows = list(self.table.workflows.values())[offset:offset + limit]
+        return {"mode": self.table.mode, "held": self.table.held, "total": len(self.table.workflows),
+                "workflows": [wf.to_dict() for wf in workflows], "seq": self.table.last_seq}
+
     # --- reads --------------------------------------------------------------------
 
     def records(self, from_seq: int = 0) -> Iterator[codec.Record]:
@@ -349,14 +447,9 @@ class Journal:
                 break
         return out
 
-    def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[codec.Record]:
-        out: list[codec.Record] = []
-        for r in self.records(since_seq):
-            if r["k"] == "outcome" and r["service"] == service:
-                out.append(r)
-                if len(out) >= limit:
-                    break
-        return out
+    def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
+        """Durable outcomes of ``service`` (of workflows kept), in journal order."""
+        return self.table.outcomes(service, since_seq, limit)
 
     def live_steps(self, workflow_ids: list[str]) -> dict[str, tuple[list[Outcome], list[Outcome]]]:
         """The journaled outcomes and compensations of unfinished workflows."""

@@ -137,6 +137,23 @@ class S3Backend(Backend):
         else:
             self.local.delete(ref)
 
+    def put_snapshot(self, name: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(f"snapshots/{name}"), Body=data)
+
+    def get_snapshot(self, name: str) -> bytes:
+        body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(f"snapshots/{name}"))["Body"].read()
+        return body
+
+    def snapshots(self) -> list[str]:
+        names: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                            Prefix=self._key("snapshots/")):
+            names += [obj["Key"].rsplit("/", 1)[-1] for obj in page.get("Contents", [])]
+        return sorted(n for n in names if n.endswith(".snap"))
+
+    def delete_snapshot(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(f"snapshots/{name}"))
+
     def describe(self, ref: SegmentRef) -> str:
         if ref.sealed:
             return f"s3://{self.bucket}/{self._key('segments/' + ref.name)}"

@@ -124,7 +124,7 @@ async def test_append_then_reopen_returns_the_same_records(uri: str, journals: O
     j = reopen(j, journals)
     assert j.read()[: len(before)] == before
     assert j.read(3, limit=2) == before[3:5]
-    assert [r["w"] for r in j.outcomes("svc", since_seq=4)] == ["b", "a"]
+    assert [r["workflow_id"] for r in j.outcomes("svc", since_seq=4)] == ["b", "a"]
     assert j.live_steps(["a", "b", "zz"]) == {"b": ([(0, "svc", [1, 2])], [])}
 
 
