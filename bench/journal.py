@@ -1,0 +1,184 @@
+"""Journal benchmarks: group commit against the disk's fsync limit, replication, start-up.
+
+    python -m bench.journal [--quick]
+
+Prints figures measured side by side in one run:
+- the disk's own rate of fsynced 200-byte appends (one fsync each): the limit that
+  group commit must beat;
+- journal appends/s, in process (one replica) and through LogActors with 1 and 3
+  replicas (3 co-located on this one machine: each replica fsyncs its own files);
+- start-up (recovery) time with N finished and 1,000 live workflows in the history,
+  from the raw log and from a snapshot (finished ones past the retention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import tempfile
+import time
+from typing import Any
+
+from cluster.journal import Journal, codec, open_backend
+from cluster.journal.backends import FileBackend
+
+
+def fsync_limit(seconds: float = 2.0) -> float:
+    """fsynced 200-byte appends per second, one fsync each."""
+    folder = tempfile.mkdtemp(prefix="fsync-")
+    path = os.path.join(folder, "f")
+    payload = b"x" * 200
+    n = 0
+    with open(path, "ab") as f:
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+            n += 1
+        elapsed = time.perf_counter() - start
+    shutil.rmtree(folder)
+    return n / elapsed
+
+
+def record(i: int) -> dict[str, Any]:
+    return {"k": "submitted", "w": f"w{i}", "type": "bench.sagas:Saga3", "fields": {"n": i, "pad": "x" * 100},
+            "t": 0.0}
+
+
+async def _in_process(n: int, writers: int) -> float:
+    folder = tempfile.mkdtemp(prefix="journal-")
+    j = Journal(open_backend("file://" + folder), owner="bench")
+    j.open()
+    per = n // writers
+
+    async def writer(k: int) -> None:
+        for i in range(per):
+            await j.append([record(k * per + i)])
+
+    start = time.perf_counter()
+    await asyncio.gather(*[writer(k) for k in range(writers)])
+    rate = per * writers / (time.perf_counter() - start)
+    j.close()
+    shutil.rmtree(folder)
+    return rate
+
+
+def through_actors(n: int, writers: int, batch: int, replicas: int) -> float:
+    """Appends/s through LogActors: ``writers`` concurrent callers, ``batch`` records a call."""
+    import uuid
+
+    from actors.supervisor import _journal_replicas
+    from cluster.options import Options
+
+    folder = tempfile.mkdtemp(prefix="journal-")
+    options = Options(storage=folder, namespace=f"bench-j-{uuid.uuid4().hex[:6]}", replicas=replicas,
+                      colocated_replicas=True)
+
+    async def run() -> float:
+        leader = await _journal_replicas(options)
+        await leader.info.remote()
+        calls = n // (writers * batch)
+
+        async def writer(k: int) -> None:
+            for c in range(calls):
+                base = (k * calls + c) * batch
+                await leader.append.remote([record(base + i) for i in range(batch)])
+
+        start = time.perf_counter()
+        await asyncio.gather(*[writer(k) for k in range(writers)])
+        return calls * writers * batch / (time.perf_counter() - start)
+
+    try:
+        return asyncio.run(run())
+    finally:
+        import cluster
+
+        cluster.stop(options.namespace)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def write_history(folder: str, finished: int, live: int) -> None:
+    """A journal with ``finished`` completed and ``live`` unfinished 1-step workflows,
+    written straight to segment files (what a long-lived coordinator leaves behind)."""
+    backend = FileBackend(folder)
+    os.makedirs(backend.wal, exist_ok=True)
+    os.makedirs(backend.sealed, exist_ok=True)
+    q, first, chunk = 0, 0, bytearray()
+
+    def emit(r: dict[str, Any]) -> None:
+        nonlocal q
+        r["v"], r["q"] = codec.VERSION, q
+        chunk.extend(codec.encode(r))
+        q += 1
+
+    emit({"k": "epoch", "epoch": 1, "owner": "history"})
+    for i in range(finished + live):
+        w = f"w{i}"
+        emit({"k": "submitted", "w": w, "type": "bench.sagas:Saga3", "fields": {"n": i}, "t": 1.0})
+        emit({"k": "outcome", "w": w, "step": 0, "service": "svc", "value": {"ok": i}})
+        if i < finished:
+            emit({"k": "completed", "w": w, "result": {"ok": i}, "t": 1.0})
+        if len(chunk) > 64 << 20:
+            with open(os.path.join(backend.sealed, f"{first:020d}.seg"), "wb") as f:
+                f.write(chunk)
+            first, chunk = q, bytearray()
+    with open(os.path.join(backend.wal, f"{first:020d}.log"), "wb") as f:
+        f.write(chunk)
+
+
+def start_up(finished: int, live: int) -> dict[str, float]:
+    folder = tempfile.mkdtemp(prefix="history-")
+    try:
+        write_history(folder, finished, live)
+        start = time.perf_counter()
+        j = Journal(open_backend("file://" + folder), owner="a", retention_s=0.0)
+        j.open()
+        raw = time.perf_counter() - start
+        kept = j.state()["total"]
+        asyncio.run(j.snapshot())
+        j.close()
+        start = time.perf_counter()
+        j = Journal(open_backend("file://" + folder), owner="b", retention_s=0.0)
+        j.open()
+        snap = time.perf_counter() - start
+        after = j.state()["total"]
+        j.close()
+        return {"raw_s": raw, "snapshot_s": snap, "kept_before": kept, "kept_after": after}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--finished", type=int, default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    n = 20_000 if args.quick else 100_000
+    finished = args.finished or (100_000 if args.quick else 1_000_000)
+    disk = fsync_limit()
+    print(f"disk: {disk:,.0f} fsynced 200-byte appends/s (one fsync each)", flush=True)
+    local = asyncio.run(_in_process(n, 256))
+    print(f"journal in process, 1 replica, 256 writers x 1 record: {local:,.0f} records/s = {local / disk:.1f}x disk",
+          flush=True)
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    for replicas in (1, 3):
+        rate = through_actors(n, 32, 20, replicas)
+        print(f"LogActor, {replicas} replica(s), 32 writers x 20 records a call: {rate:,.0f} records/s = "
+              f"{rate / disk:.1f}x disk", flush=True)
+    ray.shutdown()
+    figures = start_up(finished, 1000)
+    print(f"start-up with {finished:,} finished + 1,000 live workflows: {figures['raw_s']:.2f} s from the log "
+          f"({figures['kept_before']:,} workflows kept), {figures['snapshot_s']:.3f} s from a snapshot "
+          f"({figures['kept_after']:,} kept: the retention dropped the finished); "
+          f"ratio {figures['raw_s'] / max(figures['snapshot_s'], 1e-9):.0f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
