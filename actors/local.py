@@ -67,7 +67,8 @@ class LocalCoordinator:
         self.options = options
         self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
                                segment_bytes=options.segment_bytes, owner=f"{options.namespace}/local",
-                               snapshot_records=options.snapshot_records, retention_s=options.retention_s)
+                               snapshot_records=options.snapshot_records, retention_s=options.retention_s,
+                               seal_idle_s=options.seal_idle_s)
         self.pool = LocalPool(options.command_actors)
         self.core = SupervisorCore(options, LocalJournal(self.journal), self.pool)
         gateway = gateway if gateway is not None else build_gateway(options)

@@ -56,7 +56,8 @@ class LogActor:
             if replica == 0:
                 self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
                                        segment_bytes=options.segment_bytes, owner=owner,
-                                       snapshot_records=options.snapshot_records, retention_s=options.retention_s)
+                                       snapshot_records=options.snapshot_records, retention_s=options.retention_s,
+                                       seal_idle_s=options.seal_idle_s)
                 if followers:
                     await self.journal.open_replicated(
                         Replicator([_RayFollower(f) for f in followers], timeout_s=options.replica_timeout_s))

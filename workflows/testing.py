@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from workflows.command import Command
 from workflows.context import Context
@@ -59,6 +59,16 @@ class Flaky(Command):
         if ctx.attempt <= self.failures:
             raise (Blocked if self.kind == "blocked" else Delayed)(f"attempt {ctx.attempt}: service out")
         return {"first_attempt": first, "attempts": ctx.attempt}
+
+
+@dataclass
+class Impatient(Command):
+    """Always delayed, with a deadline: it ends as a failure (`DeadlineExceeded`)."""
+
+    deadline_s: ClassVar[float | None] = 0.3
+
+    async def exec(self, ctx: Context) -> Any:
+        raise Delayed(f"attempt {ctx.attempt}: still no answer")
 
 
 class ServiceTimeout(Exception):

@@ -62,10 +62,11 @@ class Journal:
     """One replica's journal over a `Backend`; see the module docstring for the protocol."""
 
     def __init__(self, backend: Backend, *, fsync: bool = True, segment_bytes: int = 64 << 20, owner: str = "",
-                 snapshot_records: int = 100_000, retention_s: float = float("inf"),
+                 snapshot_records: int = 100_000, retention_s: float = float("inf"), seal_idle_s: float = 60.0,
                  clock: Callable[[], float] = time.time) -> None:
         self.backend = backend
         self.snapshot_records = snapshot_records
+        self.seal_idle_s = seal_idle_s
         self.retention_s = retention_s
         self.clock = clock
         # The fold of every durable record: what a snapshot stores and start-up reads.
@@ -279,7 +280,11 @@ class Journal:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
-            await self._wake.wait()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.seal_idle_s)
+            except TimeoutError:
+                await loop.run_in_executor(self._pool, self._seal_idle)
+                continue
             self._wake.clear()
             batch, self._open = self._open, None
             if batch is None:
@@ -308,6 +313,12 @@ class Journal:
                     await self.snapshot()
                 except OSError as exc:  # a failed snapshot costs start-up time, never data
                     log.error("snapshot_failed", error=repr(exc))
+
+    def _seal_idle(self) -> None:
+        """An idle log seals its tail, so the object store holds it (s3: off the node)."""
+        if self._open is None and self._active is not None and self._active.size() > 0 and self._segments:
+            self._seal_active(self._segments[-1].last_seq)
+            log.info("idle_segment_sealed", up_to=self._segments[-2].last_seq if len(self._segments) > 1 else -1)
 
     def _applied(self, batch: _Batch) -> None:
         for r in batch.records:

@@ -13,7 +13,7 @@ from actors.local import LocalCoordinator
 from cluster.journal import MemoryBackend
 from cluster.options import Options
 from workflows.errors import AtCapacity, CommandFailed, InvalidCommand, Suspended, UnknownWorkflow
-from workflows.testing import Echo, Fails, Flaky, RaisesFrom, Returns, Tracked, read_calls
+from workflows.testing import Echo, Fails, Flaky, Impatient, RaisesFrom, Returns, Tracked, read_calls
 
 FAST = {"slow_retry_interval_s": 0.05, "fast_retry_interval_s": 0.0, "jitter_s": 0.01, "gateway": None}
 
@@ -229,3 +229,12 @@ async def test_lost_worker_redispatches_from_journal() -> None:
 def teardown_module() -> None:
     for name in list(MemoryBackend._stores):
         MemoryBackend.drop(name)
+
+
+async def test_deadline_turns_retries_into_a_failure(coord: LocalCoordinator) -> None:
+    wid = await coord.core.submit(Impatient())
+    with pytest.raises(CommandFailed, match=r"deadline_s=0\.3") as info:
+        await coord.core.result(wid, 5)
+    assert info.value.error_type.endswith("DeadlineExceeded")
+    status = await coord.core.status(wid)
+    assert status["state"] == "failed" and status["attempts"] >= 3

@@ -153,3 +153,20 @@ async def test_coordinator_restarts_from_a_snapshot(tmp_path: Path) -> None:
     with pytest.raises(UnknownWorkflow):
         await c.core.result(ids[0])
     await c.close()
+
+
+async def test_an_idle_log_seals_its_tail(uri: str) -> None:
+    clock = Clock()
+    j = Journal(open_backend(uri), owner="idle", clock=clock, seal_idle_s=0.05)
+    j.open()
+    await j.append([sub("a")])
+    for _ in range(200):
+        if any(r.sealed for r in j.backend.segments()):
+            break
+        await asyncio.sleep(0.01)
+    assert [r.sealed for r in j.backend.segments()] == [True, False]
+    await j.append([sub("b")])
+    j.close()
+    again = journal(uri, clock)
+    assert {r["w"] for r in again.read() if r["k"] == "submitted"} == {"a", "b"}
+    again.close()
