@@ -16,18 +16,23 @@ T = TypeVar("T")
 
 
 class Batcher(Generic[T]):
-    """Collects items and sends them in order, one call at a time, in batches.
+    """Collects items and sends them in batches, at most ``max_in_flight`` calls at once.
 
     ``send(items)`` returns one answer per item; `submit` returns its items' answers.
-    If a send fails, every caller in that batch gets its exception.
+    If a send fails, every caller in that batch gets its exception. With one call in
+    flight, batches leave in submission order.
     """
 
-    def __init__(self, send: Callable[[list[T]], Awaitable[list[Any]]], max_batch: int = 5000) -> None:
+    def __init__(self, send: Callable[[list[T]], Awaitable[list[Any]]], max_batch: int = 5000,
+                 max_in_flight: int = 1) -> None:
         self._send = send
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
         self._pending: deque[tuple[list[T], asyncio.Future[list[Any]]]] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        self._sends: set[asyncio.Task[None]] = set()
 
     async def submit(self, items: list[T]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -52,24 +57,36 @@ class Batcher(Generic[T]):
     async def _loop(self) -> None:
         assert self._wake is not None
         while True:
-            if not self._pending:
+            if not self._pending or self._in_flight >= self._max_in_flight:
                 self._wake.clear()
                 await self._wake.wait()
-            taken = self._take()
-            items = [item for entry, _ in taken for item in entry]
-            try:
-                answers = await self._send(items)
-            except Exception as exc:  # the one catch-all: the batch's callers get the error
-                for _, future in taken:
-                    if not future.done():
-                        future.set_exception(exc)
                 continue
-            start = 0
-            for entry, future in taken:
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._deliver(self._take()))
+            self._sends.add(task)
+            task.add_done_callback(self._sends.discard)
+
+    async def _deliver(self, taken: list[tuple[list[T], asyncio.Future[list[Any]]]]) -> None:
+        items = [item for entry, _ in taken for item in entry]
+        try:
+            answers = await self._send(items)
+        except Exception as exc:  # the one catch-all: the batch's callers get the error
+            for _, future in taken:
                 if not future.done():
-                    future.set_result(answers[start : start + len(entry)])
-                start += len(entry)
+                    future.set_exception(exc)
+            return
+        finally:
+            self._in_flight -= 1
+            assert self._wake is not None
+            self._wake.set()
+        start = 0
+        for entry, future in taken:
+            if not future.done():
+                future.set_result(answers[start : start + len(entry)])
+            start += len(entry)
 
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
+        for task in self._sends:
+            task.cancel()

@@ -375,6 +375,27 @@ class SupervisorCore:
         err = wf.error or {}
         raise CommandFailed(workflow_id, err.get("type", "unknown"), err.get("message", ""), err.get("traceback", ""))
 
+    async def wait(self, workflow_ids: builtins.list[str], timeout_s: float | None = None) -> dict[str, Any]:
+        """Wait until at least one of ``workflow_ids`` has finished (or ``timeout_s``);
+        return each finished one's ``{"state", "result", "error"}`` by id. One call for
+        many workflows: a driver with many in flight pays a call per round, not per result."""
+        await self.started.wait()
+        wfs = [self._get(w) for w in workflow_ids]
+        if wfs and not any(wf.state.finished for wf in wfs):
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            for w in workflow_ids:
+                self.waiters.setdefault(w, []).append(future)
+            try:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(future), timeout_s)
+            finally:
+                for w in workflow_ids:
+                    pending = self.waiters.get(w)
+                    if pending and future in pending:
+                        pending.remove(future)
+        return {wf.id: {"state": wf.state.value, "result": wf.result, "error": wf.error}
+                for wf in wfs if wf.state.finished}
+
     async def status(self, workflow_id: str) -> dict[str, Any]:
         await self.started.wait()
         wf = self._get(workflow_id)

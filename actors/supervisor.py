@@ -154,6 +154,9 @@ class SupervisorActor:
     async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:
         return await self._ready().result(workflow_id, timeout_s)
 
+    async def wait(self, workflow_ids: builtins.list[str], timeout_s: float | None = None) -> dict[str, Any]:
+        return await self._ready().wait(workflow_ids, timeout_s)
+
     async def status(self, workflow_id: str) -> dict[str, Any]:
         return await self._ready().status(workflow_id)
 

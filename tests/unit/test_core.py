@@ -238,3 +238,18 @@ async def test_deadline_turns_retries_into_a_failure(coord: LocalCoordinator) ->
     assert info.value.error_type.endswith("DeadlineExceeded")
     status = await coord.core.status(wid)
     assert status["state"] == "failed" and status["attempts"] >= 3
+
+
+async def test_wait_returns_whichever_finished(coord: LocalCoordinator) -> None:
+    slow = await coord.core.submit(Flaky(failures=3))
+    fast = await coord.core.submit(Echo("quick"))
+    done = await coord.core.wait([slow, fast], 5)
+    assert done[fast] == {"state": "completed", "result": "quick", "error": None}
+    assert slow not in done
+    assert await coord.core.wait([slow], 0.01) == {}
+    failed = await coord.core.submit(Fails(steps=0))
+    done = await coord.core.wait([slow, failed], 5)
+    assert done[failed]["state"] == "failed" and "rejected" in done[failed]["error"]["message"]
+    with pytest.raises(UnknownWorkflow):
+        await coord.core.wait(["nope"])
+    assert not any(coord.core.waiters.get(w) for w in (slow, failed))  # nothing left behind
