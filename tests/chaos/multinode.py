@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 import uuid
 from typing import Any
 
@@ -19,19 +18,10 @@ from ray.cluster_utils import Cluster
 
 import cluster as coordinator
 from cluster import Options
+from tests.support import wait_for
 from workflows.testing import Tracked, read_calls
 
 HEALTH = {"health_check_period_ms": 300, "health_check_failure_threshold": 3, "health_check_timeout_ms": 300}
-
-
-def wait_for(cond: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out waiting for {what}")
 
 
 def main(root: str) -> dict[str, Any]:
