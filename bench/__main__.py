@@ -1,0 +1,212 @@
+"""``python -m bench``: the coordinator against bare asyncio and DBOS, in one run.
+
+Workloads (issue 3): ``saga3`` (N=2,000, 50 in flight), ``saga3-io`` (10 ms per step,
+N=1,000, 100 in flight), ``scale`` (saga3 at N=1k, 10k, 100k), ``recovery`` (1,000
+unfinished workflows: time from `cluster.start` to all completed). ``--quick`` runs
+smaller sizes. Prints a table, the ratios and the targets, and writes
+``bench-results.json`` (after every run, so a long run leaves partial results).
+
+The coordinator runs durable with fsync on, on one local Ray (2 CPUs), a fresh
+namespace and journal per run; ``saga3`` and ``saga3-io`` sweep ``command_actors`` and
+``slots_per_actor`` and compare the best configuration; ``scale`` and ``recovery``
+use saga3's best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from bench import report
+from bench.profile import print_summary
+
+WORKLOADS = ("saga3", "saga3-io", "scale", "recovery")
+SYSTEMS = ("bare", "dbos", "coordinator", "ray-floor")
+# workload -> [(n, in_flight, io_ms)]
+FULL: dict[str, list[tuple[int, int, int]]] = {
+    "saga3": [(2000, 50, 0)], "saga3-io": [(1000, 100, 10)],
+    "scale": [(1000, 50, 0), (10_000, 50, 0), (100_000, 50, 0)], "recovery": [(1000, 1000, 0)],
+}
+QUICK: dict[str, list[tuple[int, int, int]]] = {
+    "saga3": [(500, 50, 0)], "saga3-io": [(300, 100, 10)],
+    "scale": [(1000, 50, 0), (10_000, 50, 0)], "recovery": [(200, 200, 0)],
+}
+SWEPT = ("saga3", "saga3-io")
+DEFAULT_SWEEP = [(2, 1), (2, 8), (2, 32), (1, 32), (1, 64), (1, 128)]
+"""(command_actors, slots_per_actor) pairs swept when neither knob is given."""
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smaller sizes; scale at 1k and 10k only")
+    p.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default: all")
+    p.add_argument("--system", action="append", choices=SYSTEMS, help="repeatable; default: all")
+    p.add_argument("--n", type=int, help="override N of every selected workload (scale: the largest N)")
+    p.add_argument("--command-actors", type=int, action="append",
+                   help="repeatable; CommandActor pool sizes saga3/saga3-io sweep (with --slots-per-actor: "
+                        "every pair; neither given: " + ", ".join(f"{a}x{s}" for a, s in DEFAULT_SWEEP) + ")")
+    p.add_argument("--slots-per-actor", type=int, action="append",
+                   help="repeatable; slots per CommandActor saga3/saga3-io sweep")
+    p.add_argument("--no-fsync", action="store_true",
+                   help="DIAGNOSIS ONLY: journal without fsync; such rows are labelled and never compared")
+    p.add_argument("--dbos-scale-max", type=int,
+                   help="largest scale N DBOS runs (default 10,000; 1,000 with --quick): at ~30-60 wf/s, "
+                        "100k would take most of an hour")
+    p.add_argument("--profile", metavar="DIR", help="py-spy record the coordinator's actors into DIR")
+    p.add_argument("--out", default="bench-results.json")
+    p.add_argument("--report", metavar="JSON", help="run nothing: print the table and targets of an earlier run")
+    return p.parse_args(argv)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.rows: list[dict[str, Any]] = []
+        self.workdir = tempfile.mkdtemp(prefix="ray-coordinator-bench-")
+        self.systems = args.system or list(SYSTEMS)
+        if args.command_actors is None and args.slots_per_actor is None:
+            self.sweep = DEFAULT_SWEEP
+        else:
+            self.sweep = [(a, s) for a in args.command_actors or [2] for s in args.slots_per_actor or [32]]
+        self.host: Any = None
+        self.best: tuple[int, int] | None = None
+        self.dbos_scale_max = args.dbos_scale_max or (1000 if args.quick else 10_000)
+
+    def sizes(self, workload: str) -> list[tuple[int, int, int]]:
+        sizes = (QUICK if self.args.quick else FULL)[workload]
+        if self.args.n is None:
+            return sizes
+        if workload == "scale":
+            return [s for s in sizes if s[0] < self.args.n] + [(self.args.n, sizes[0][1], 0)]
+        return [(self.args.n, min(in_flight, self.args.n), io) for _, in_flight, io in sizes]
+
+    def record(self, what: str, fn: Callable[[], dict[str, Any]], fallback: dict[str, Any]) -> None:
+        print(f"-- {what} ...", flush=True)
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        try:
+            row = fn()
+        except Exception as exc:  # one failed run is reported, the others still run
+            traceback.print_exc()
+            row = {**fallback, "wf_per_s": 0.0, "p50_ms": 0.0, "p99_ms": 0.0, "mean_ms": 0.0, "ok": False,
+                   "cpu_s_per_wf": 0.0, "error": f"{type(exc).__name__}: {exc}"}
+        row["loadavg_1m_before"] = load
+        print(f"   {row['wf_per_s']:,.1f} wf/s  p50 {row['p50_ms']:.1f} ms  p99 {row['p99_ms']:.1f} ms  "
+              f"ok={row['ok']}  ({time.perf_counter() - t0:.0f} s, load before {load:.1f})", flush=True)
+        self.rows.append(row)
+        report.derive(self.rows)
+        report.write(self.rows, self.args.out)
+
+    def coordinator(self) -> Any:
+        if self.host is None:
+            from bench.coordinator import RayHost
+
+            self.host = RayHost(self.workdir)
+        return self.host
+
+    def run_dir(self, tag: str) -> str:
+        return tempfile.mkdtemp(prefix=tag + "-", dir=self.workdir)
+
+    def configs(self, workload: str) -> list[Any]:
+        from bench.coordinator import CoordConfig
+
+        fsync = not self.args.no_fsync
+        if workload in SWEPT:
+            return [CoordConfig(a, s, fsync) for a, s in self.sweep]
+        actors, slots = self.best if self.best is not None else self.sweep[-1]
+        return [CoordConfig(actors, slots, fsync)]
+
+    def run_workload(self, workload: str) -> None:
+        for n, in_flight, io_ms in self.sizes(workload):
+            base = {"workload": workload, "n": n, "in_flight": in_flight}
+            if workload == "recovery":
+                self.run_recovery(n, base)
+                continue
+            from bench.local import run_local
+
+            for system in ("bare", "dbos"):
+                if system not in self.systems or (system == "dbos" and workload == "scale"
+                                                  and n > self.dbos_scale_max):
+                    continue
+                run = functools.partial(run_local, system, workload, n, in_flight, io_ms, self.run_dir(system))
+                self.record(f"{system} {workload} n={n}", run, {"system": system, **base})
+            if "coordinator" in self.systems:
+                self.run_coordinator(workload, n, in_flight, io_ms, base)
+            if "ray-floor" in self.systems and workload == "saga3":
+                from bench.coordinator import run_floor
+
+                floor = functools.partial(run_floor, self.coordinator(), workload, n, in_flight)
+                self.record(f"ray-floor {workload} n={n} (diagnostic)", floor, {"system": "ray-floor", **base})
+
+    def run_coordinator(self, workload: str, n: int, in_flight: int, io_ms: int, base: dict[str, Any]) -> None:
+        from bench.coordinator import run_workload
+
+        host = self.coordinator()
+        profile = self.args.profile if workload != "scale" else None
+        for cfg in self.configs(workload):
+            run = functools.partial(run_workload, host, workload, n, in_flight, io_ms, cfg, profile)
+            self.record(f"coordinator {workload} n={n} [{cfg.name}]", run,
+                        {"system": "coordinator", "config": cfg.name, **base})
+        if workload == "saga3":
+            best = report._find(self.rows, "coordinator", "saga3", n)
+            if best is not None and best["wf_per_s"] > 0:
+                self.best = int(best["command_actors"]), int(best["slots_per_actor"])
+
+    def run_recovery(self, n: int, base: dict[str, Any]) -> None:
+        if "dbos" in self.systems:
+            from bench.local import run_dbos_recovery
+
+            self.record(f"dbos recovery n={n}", functools.partial(run_dbos_recovery, n, self.run_dir("dbos")),
+                        {"system": "dbos", **base})
+        if "coordinator" in self.systems:
+            from bench.coordinator import run_recovery
+
+            host = self.coordinator()
+            for cfg in self.configs("recovery"):
+                self.record(f"coordinator recovery n={n} [{cfg.name}]", functools.partial(run_recovery, host, n, cfg),
+                            {"system": "coordinator", "config": cfg.name, **base})
+
+    def close(self) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.host is not None:
+            import ray
+
+            ray.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    args = parse(argv)
+    if args.report:
+        rows = report.read(args.report)
+        report.derive(rows)
+    else:
+        bench = Bench(args)
+        try:
+            for workload in args.workload or list(WORKLOADS):
+                bench.run_workload(workload)
+        finally:
+            bench.close()
+        rows = bench.rows
+    print()
+    print(report.table(rows))
+    print()
+    print("\n".join(report.ratios(rows)))
+    print_summary(rows)
+    if not args.report:
+        print(f"\nwrote {os.path.abspath(args.out)}")
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
