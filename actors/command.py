@@ -13,6 +13,7 @@ from typing import Any, cast
 import ray
 
 from actors.batching import Batcher
+from actors.hot import hot
 from actors.runner import Runner
 from cluster import logs
 from cluster.options import Options
@@ -55,6 +56,7 @@ class CommandActor:
         self._incarnation = incarnation
         return self.runner.cancel_all()
 
+    @hot
     async def run(self, items: list[dict[str, Any]]) -> None:
         """Run a dispatch batch; returns once each attempt in it has been reported.
 

@@ -17,6 +17,7 @@ from typing import Any, cast
 
 import ray
 
+from actors.hot import hot
 from cluster import logs
 from cluster.journal import Journal, open_backend
 from cluster.journal.replica import Replica, Replicator, replica_backend
@@ -28,6 +29,7 @@ class _RayFollower:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
+    @hot
     async def accept(self, epoch: int, epoch_seq: int, first_seq: int, data: bytes, count: int,
                      sealed_upto: int) -> int:
         end: int = await self.handle.accept.remote(epoch, epoch_seq, first_seq, data, count, sealed_upto)
@@ -92,6 +94,7 @@ class LogActor:
 
     # --- leader --------------------------------------------------------------------------
 
+    @hot
     async def append(self, records: list[dict[str, Any]]) -> list[Any]:
         return await self._leader().append(records)
 

@@ -20,6 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.batching import Batcher
 from actors.command import RemoteCommandActor
 from actors.core import SupervisorCore
+from actors.hot import hot
 from actors.log import RemoteLogActor
 from cluster import logs
 from cluster.options import Options
@@ -140,9 +141,11 @@ class SupervisorActor:
         """Raises what stopped start-up (`Fenced`, `JournalCorrupt`); else the stats."""
         return self._ready().stats()
 
+    @hot
     async def submit(self, cmd: Any, workflow_id: str | None = None) -> str:
         return (await self.submit_many([cmd], [workflow_id]))[0]
 
+    @hot
     async def submit_many(self, cmds: list[Any], workflow_ids: list[str | None] | None = None) -> list[str]:
         # A default id comes from the Ray task id, which a retried call keeps: a submit
         # that Ray re-sends after a supervisor restart finds its command, not a twin.
@@ -151,9 +154,11 @@ class SupervisorActor:
         ids: list[str | None] = [w if w is not None else f"{task[:40]}-{i}" for i, w in enumerate(given)]
         return await self._ready().submit_many(cmds, ids)
 
+    @hot
     async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:
         return await self._ready().result(workflow_id, timeout_s)
 
+    @hot
     async def wait(self, workflow_ids: builtins.list[str], timeout_s: float | None = None) -> dict[str, Any]:
         return await self._ready().wait(workflow_ids, timeout_s)
 
@@ -173,6 +178,7 @@ class SupervisorActor:
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         return await self._ready().outcomes(service, since_seq, limit)
 
+    @hot
     async def report(self, reports: list[dict[str, Any]]) -> None:
         """From CommandActors: the ends of attempts."""
         await self._ready().report(reports)

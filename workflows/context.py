@@ -56,7 +56,14 @@ class Context:
         self._recorder = recorder
         self._gateway = gateway
         self._cursor = 0
-        self.log = structlog.get_logger("workflow").bind(workflow_id=workflow_id, attempt=attempt)
+        self._log: Any = None
+
+    @property
+    def log(self) -> Any:
+        """A structlog logger bound to this workflow and attempt (made on first use)."""
+        if self._log is None:
+            self._log = structlog.get_logger("workflow").bind(workflow_id=self.workflow_id, attempt=self.attempt)
+        return self._log
 
     @property
     def outcomes(self) -> tuple[Outcome, ...]:
@@ -92,7 +99,6 @@ class Context:
         stored = await self._recorder.record(self.workflow_id, kind, index, service, value)
         current.append(Outcome(index, service, stored))
         self._cursor = index + 1
-        self.log.debug("outcome_recorded", step=index, service=service)
         return stored
 
     async def step(self, service: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
