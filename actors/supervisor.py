@@ -48,16 +48,18 @@ async def _journal_replicas(options: Options) -> Any:
         return RemoteLogActor.options(**_actor_options(options, "log-0")).remote(options, 0)
     placement: list[dict[str, Any]] = [{} for _ in range(options.replicas)]
     if not options.colocated_replicas:
-        alive = [n for n in cast(Any, ray).nodes() if n["Alive"]]
-        if len(alive) < options.replicas:
-            raise ValueError(f"Options.replicas={options.replicas} needs as many Ray nodes, {len(alive)} alive; "
-                             "set colocated_replicas=True to run replicas on one node (tests only)")
         try:
+            # A restarted supervisor finds the group (and its replicas) as they are: a
+            # bundle whose node died waits for a new node; the others go on.
             group = ray.util.get_placement_group(journal_group_name(options))
         except ValueError:
+            alive = [n for n in cast(Any, ray).nodes() if n["Alive"]]
+            if len(alive) < options.replicas:
+                raise ValueError(f"Options.replicas={options.replicas} needs as many Ray nodes, {len(alive)} alive; "
+                                 "set colocated_replicas=True to run replicas on one node (tests only)") from None
             group = ray.util.placement_group([{"CPU": 0.01}] * options.replicas, strategy="STRICT_SPREAD",
                                              name=journal_group_name(options), lifetime="detached")
-        await group.ready()
+            await group.ready()
         placement = [{"num_cpus": 0.01, "scheduling_strategy": PlacementGroupSchedulingStrategy(group, i)}
                      for i in range(options.replicas)]
     followers = [RemoteLogActor.options(**_actor_options(options, f"log-{i}"), **placement[i]).remote(options, i)
