@@ -14,6 +14,7 @@ import ray
 
 from actors.batching import Batcher
 from actors.hot import hot
+from actors.log import append_within
 from actors.runner import Runner
 from cluster import logs
 from cluster.options import Options
@@ -35,14 +36,14 @@ class CommandActor:
         self._log = log
         self._supervisor = supervisor
         self._incarnation = ""
+        self._append_timeout_s = options.append_timeout_s
         # A few journal calls in flight: a step waits for its own batch, not the one before.
         self._journal: Batcher[dict[str, Any]] = Batcher(self._append, max_in_flight=4)
         self._reports: Batcher[dict[str, Any]] = Batcher(self._send_reports)
         self.runner = Runner(self._journal.submit, self._report, build_gateway(options), options.max_payload_bytes)
 
     async def _append(self, records: list[dict[str, Any]]) -> list[Any]:
-        answers: list[Any] = await self._log.append.remote(records)
-        return answers
+        return await append_within(self._log, records, self._append_timeout_s)
 
     async def _send_reports(self, reports: list[dict[str, Any]]) -> list[Any]:
         await self._supervisor.report.remote(reports)

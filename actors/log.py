@@ -13,16 +13,36 @@ retried call) is answered, not journaled twice; ``accept`` of records already he
 
 from __future__ import annotations
 
+import asyncio
+import os
 from typing import Any, cast
 
 import ray
+from ray.exceptions import RayActorError
 
 from actors.hot import hot
 from cluster import logs
 from cluster.journal import Journal, open_backend
 from cluster.journal.replica import Replica, Replicator, replica_backend
 from cluster.options import Options
-from workflows.errors import JournalError
+from workflows.errors import JournalError, JournalUnavailable
+
+
+async def append_within(leader: Any, records: list[dict[str, Any]], timeout_s: float) -> list[Any]:
+    """Append through the leader LogActor. Ray re-sends a call to a restarting leader;
+    one that does not answer within ``timeout_s`` (its node is gone and no other can
+    hold it yet) is `JournalUnavailable`, never a silent wait."""
+    try:
+        answers: list[Any] = await asyncio.wait_for(_await(leader.append.remote(records)), timeout_s)
+    except TimeoutError:
+        raise JournalUnavailable(f"the journal leader did not answer within {timeout_s} s") from None
+    except RayActorError as exc:
+        raise JournalUnavailable(f"the journal leader is gone: {exc}") from exc
+    return answers
+
+
+async def _await(ref: Any) -> Any:
+    return await ref
 
 
 class _RayFollower:
@@ -87,10 +107,10 @@ class LogActor:
     async def info(self) -> dict[str, Any]:
         if self.replica is not None:
             r = self._follower()
-            return {"role": "follower", "next_seq": r.next_seq, "epoch": r.epoch, "node": _node()}
+            return {"role": "follower", "next_seq": r.next_seq, "epoch": r.epoch, "node": _node(), "pid": os.getpid()}
         j = self._leader()
         return {"role": "leader", "epoch": j.epoch, "next_seq": j.next_seq, "storage": j.backend.uri,
-                "torn_bytes": j.torn_bytes, "node": _node()}
+                "torn_bytes": j.torn_bytes, "node": _node(), "pid": os.getpid()}
 
     # --- leader --------------------------------------------------------------------------
 

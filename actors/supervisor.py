@@ -21,7 +21,7 @@ from actors.batching import Batcher
 from actors.command import RemoteCommandActor
 from actors.core import SupervisorCore
 from actors.hot import hot
-from actors.log import RemoteLogActor
+from actors.log import RemoteLogActor, append_within
 from cluster import logs
 from cluster.options import Options
 from workflows.errors import CoordinatorError, WorkerLost
@@ -70,13 +70,13 @@ async def _journal_replicas(options: Options) -> Any:
 class RayJournal:
     """The supervisor's port to the LogActor; its appends ride in batches."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: Any, append_timeout_s: float) -> None:
         self.handle = handle
+        self.append_timeout_s = append_timeout_s
         self._batcher: Batcher[dict[str, Any]] = Batcher(self._send)
 
     async def _send(self, records: list[dict[str, Any]]) -> list[Any]:
-        answers: list[Any] = await self.handle.append.remote(records)
-        return answers
+        return await append_within(self.handle, records, self.append_timeout_s)
 
     async def append(self, records: list[dict[str, Any]]) -> list[Any]:
         return await self._batcher.submit(records)
@@ -131,7 +131,7 @@ class SupervisorActor:
             for i in range(options.command_actors)
         ]
         self.pool = pool
-        self.core = SupervisorCore(options, RayJournal(self.log), RayPool(pool))
+        self.core = SupervisorCore(options, RayJournal(self.log, options.append_timeout_s), RayPool(pool))
         await self.core.start()
 
     def _ready(self) -> SupervisorCore:

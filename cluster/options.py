@@ -57,6 +57,8 @@ class Options:
     """A snapshot (and compaction) is taken after this many journaled records."""
     seal_idle_s: float = 60.0
     """A journal segment idle this long is sealed into the object store."""
+    append_timeout_s: float = 60.0
+    """How long a writer waits for the journal leader before `JournalUnavailable`."""
     replica_timeout_s: float = 10.0
     """How long a journal batch waits for a majority of replicas before `JournalUnavailable`."""
     colocated_replicas: bool = False
@@ -68,7 +70,7 @@ class Options:
         if not isinstance(self.max_cmds, int) or self.max_cmds < 1:
             raise ValueError(f"Options.max_cmds must be an integer >= 1, got {self.max_cmds!r}")
         intervals = ("slow_retry_interval_s", "fast_retry_interval_s", "jitter_s", "admission_timeout_s", "retention_s",
-                     "replica_timeout_s", "seal_idle_s")
+                     "replica_timeout_s", "seal_idle_s", "append_timeout_s")
         for name in intervals:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:  # `not >=` also refuses NaN

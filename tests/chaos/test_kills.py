@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -15,7 +16,7 @@ import ray
 import cluster
 from cluster import Options
 from tests.support import FAST, Coordinator, wait_for
-from workflows.errors import Fenced, JournalCorrupt
+from workflows.errors import Fenced, JournalCorrupt, JournalUnavailable
 from workflows.testing import Echo, Tracked, read_calls
 
 pytestmark = pytest.mark.ray
@@ -108,3 +109,22 @@ def test_corrupt_journal_stops_start_up_and_torn_tail_is_cut(ray_session: str, t
     with pytest.raises(JournalCorrupt, match=r"offset \d+"):
         Coordinator(tmp_path / "j")
     assert path.read_bytes() == bytes(data)
+
+
+def test_an_unanswering_journal_is_journal_unavailable_not_a_hang(coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator(append_timeout_s=2.0)
+    ray.get(c.sup.result.remote(ray.get(c.sup.submit.remote(Echo(1))), 60))
+    leader = c.actors()["log"][0]
+    pid = ray.get(leader.info.remote())["pid"]
+    os.kill(pid, signal.SIGSTOP)  # alive but silent, like a leader whose node is cut off
+    try:
+        with pytest.raises(JournalUnavailable, match="did not answer"):
+            ray.get(c.sup.submit.remote(Echo(2), "during-outage"))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    # Back: the refused submit was not acknowledged, so it may be sent again; it runs once.
+    wid = ray.get(c.sup.submit.remote(Echo(2), "during-outage"))
+    assert ray.get(c.sup.result.remote(wid, 60)) == 2
+    ray.kill(leader, no_restart=True)
+    with pytest.raises(JournalUnavailable, match="gone"):
+        ray.get(c.sup.submit.remote(Echo(3)))
