@@ -37,6 +37,9 @@ def _actor_options(options: Options, name: str) -> dict[str, Any]:
     return opts
 
 
+HEAD = "node:__internal_head__"
+
+
 def journal_group_name(options: Options) -> str:
     return f"{options.namespace}-journal"
 
@@ -57,10 +60,15 @@ async def _journal_replicas(options: Options) -> Any:
             if len(alive) < options.replicas:
                 raise ValueError(f"Options.replicas={options.replicas} needs as many Ray nodes, {len(alive)} alive; "
                                  "set colocated_replicas=True to run replicas on one node (tests only)") from None
-            group = ray.util.placement_group([{"CPU": 0.01}] * options.replicas, strategy="STRICT_SPREAD",
+            # The leader (bundle 0) lives on the head node, beside the GCS: losing that
+            # node stops the Ray cluster itself, so any node loss Ray survives leaves
+            # the leader up, and the followers elsewhere keep a majority.
+            bundles = [{"CPU": 0.01, HEAD: 0.001}] + [{"CPU": 0.01}] * (options.replicas - 1)
+            group = ray.util.placement_group(bundles, strategy="STRICT_SPREAD",
                                              name=journal_group_name(options), lifetime="detached")
             await group.ready()
-        placement = [{"num_cpus": 0.01, "scheduling_strategy": PlacementGroupSchedulingStrategy(group, i)}
+        placement = [{"num_cpus": 0.01, "resources": {HEAD: 0.001} if i == 0 else {},
+                      "scheduling_strategy": PlacementGroupSchedulingStrategy(group, i)}
                      for i in range(options.replicas)]
     followers = [RemoteLogActor.options(**_actor_options(options, f"log-{i}"), **placement[i]).remote(options, i)
                  for i in range(1, options.replicas)]

@@ -39,6 +39,7 @@ def main(root: str) -> dict[str, Any]:
     logs = [ray.get_actor(f"log-{i}", namespace=options.namespace) for i in range(3)]
     where = [ray.get(h.info.remote())["node"] for h in logs]
     head = nodes.head_node.node_id
+    assert where[0] == head, "the leader replica lives on the head node"
     victim_replica = next(i for i in (1, 2) if where[i] != head)
     victim = next(n for n in workers if n.node_id == where[victim_replica])
     ids = ray.get(sup.submit_many.remote([Tracked(calls, steps=3, sleep_s=0.2) for _ in range(30)]))
