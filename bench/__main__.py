@@ -7,9 +7,11 @@ smaller sizes. Prints a table, the ratios and the targets, and writes
 ``bench-results.json`` (after every run, so a long run leaves partial results).
 
 The coordinator runs durable with fsync on, on one local Ray (2 CPUs), a fresh
-namespace and journal per run; ``saga3`` and ``saga3-io`` sweep ``command_actors`` and
-``slots_per_actor`` and compare the best configuration; ``scale`` and ``recovery``
-use saga3's best.
+namespace and journal per run; ``saga3`` and ``saga3-io`` sweep ``command_actors``,
+``slots_per_actor`` and the driver (``calls``: a ``submit`` and a ``result`` Ray call per
+workflow; ``client``: `cluster.client.Client`, batching them) and compare the best
+configuration; ``scale`` and ``recovery`` use saga3's best. The ``ray-floor`` diagnostic
+runs each driver against an actor that answers at once.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ QUICK: dict[str, list[tuple[int, int, int]]] = {
     "scale": [(1000, 50, 0), (10_000, 50, 0)], "recovery": [(200, 200, 0)],
 }
 SWEPT = ("saga3", "saga3-io")
-DEFAULT_SWEEP = [(2, 1), (2, 8), (2, 32), (1, 32), (1, 64), (1, 128)]
-"""(command_actors, slots_per_actor) pairs swept when neither knob is given."""
+DRIVERS = ("calls", "client")
+DEFAULT_SWEEP = [(1, 64, "calls"), (1, 64, "client"), (1, 128, "client"), (2, 64, "client")]
+"""(command_actors, slots_per_actor, driver) swept when no knob is given."""
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -52,10 +55,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--system", action="append", choices=SYSTEMS, help="repeatable; default: all")
     p.add_argument("--n", type=int, help="override N of every selected workload (scale: the largest N)")
     p.add_argument("--command-actors", type=int, action="append",
-                   help="repeatable; CommandActor pool sizes saga3/saga3-io sweep (with --slots-per-actor: "
-                        "every pair; neither given: " + ", ".join(f"{a}x{s}" for a, s in DEFAULT_SWEEP) + ")")
+                   help="repeatable; CommandActor pool sizes saga3/saga3-io sweep (every combination with "
+                        "--slots-per-actor and --driver; none of the three given: "
+                        + ", ".join(f"{a}x{s} {d}" for a, s, d in DEFAULT_SWEEP) + ")")
     p.add_argument("--slots-per-actor", type=int, action="append",
                    help="repeatable; slots per CommandActor saga3/saga3-io sweep")
+    p.add_argument("--driver", action="append", choices=DRIVERS,
+                   help="repeatable; calls: a submit and a result Ray call per workflow; client: "
+                        "cluster.client.Client (submit_many + wait long-polls); default client")
     p.add_argument("--no-fsync", action="store_true",
                    help="DIAGNOSIS ONLY: journal without fsync; such rows are labelled and never compared")
     p.add_argument("--dbos-scale-max", type=int,
@@ -73,12 +80,13 @@ class Bench:
         self.rows: list[dict[str, Any]] = []
         self.workdir = tempfile.mkdtemp(prefix="ray-coordinator-bench-")
         self.systems = args.system or list(SYSTEMS)
-        if args.command_actors is None and args.slots_per_actor is None:
+        if args.command_actors is None and args.slots_per_actor is None and args.driver is None:
             self.sweep = DEFAULT_SWEEP
         else:
-            self.sweep = [(a, s) for a in args.command_actors or [2] for s in args.slots_per_actor or [32]]
+            self.sweep = [(a, s, d) for a in args.command_actors or [1] for s in args.slots_per_actor or [64]
+                          for d in args.driver or ["client"]]
         self.host: Any = None
-        self.best: tuple[int, int] | None = None
+        self.best: tuple[int, int, str] | None = None
         self.dbos_scale_max = args.dbos_scale_max or (1000 if args.quick else 10_000)
 
     def sizes(self, workload: str) -> list[tuple[int, int, int]]:
@@ -121,9 +129,9 @@ class Bench:
 
         fsync = not self.args.no_fsync
         if workload in SWEPT:
-            return [CoordConfig(a, s, fsync) for a, s in self.sweep]
-        actors, slots = self.best if self.best is not None else self.sweep[-1]
-        return [CoordConfig(actors, slots, fsync)]
+            return [CoordConfig(a, s, fsync, d) for a, s, d in self.sweep]
+        actors, slots, driver = self.best if self.best is not None else self.sweep[-1]
+        return [CoordConfig(actors, slots, fsync, driver)]
 
     def run_workload(self, workload: str) -> None:
         for n, in_flight, io_ms in self.sizes(workload):
@@ -144,8 +152,10 @@ class Bench:
             if "ray-floor" in self.systems and workload == "saga3":
                 from bench.coordinator import run_floor
 
-                floor = functools.partial(run_floor, self.coordinator(), workload, n, in_flight)
-                self.record(f"ray-floor {workload} n={n} (diagnostic)", floor, {"system": "ray-floor", **base})
+                for driver in sorted({d for _, _, d in self.sweep}):
+                    floor = functools.partial(run_floor, self.coordinator(), workload, n, in_flight, driver)
+                    self.record(f"ray-floor {workload} n={n} driver={driver} (diagnostic)", floor,
+                                {"system": "ray-floor", "driver": driver, **base})
 
     def run_coordinator(self, workload: str, n: int, in_flight: int, io_ms: int, base: dict[str, Any]) -> None:
         from bench.coordinator import run_workload
@@ -159,7 +169,7 @@ class Bench:
         if workload == "saga3":
             best = report._find(self.rows, "coordinator", "saga3", n)
             if best is not None and best["wf_per_s"] > 0:
-                self.best = int(best["command_actors"]), int(best["slots_per_actor"])
+                self.best = int(best["command_actors"]), int(best["slots_per_actor"]), str(best["driver"])
 
     def run_recovery(self, n: int, base: dict[str, Any]) -> None:
         if "dbos" in self.systems:

@@ -1,7 +1,15 @@
 """Runs on the coordinator: durable, fsync on, one Ray instance, a fresh namespace and journal per run.
 
-The driver talks to the coordinator as a user does: ``submit`` then ``result`` per
-workflow, both awaited as ObjectRefs, ``in_flight`` workflows outstanding. CPU and
+The driver talks to the coordinator as a user does, ``in_flight`` workflows outstanding,
+each timed from the start of its submit to the arrival of its result, in one of two ways
+(`CoordConfig.driver`):
+
+- ``calls``: a ``submit`` then a ``result`` Ray call per workflow, both awaited as ObjectRefs;
+- ``client``: `cluster.client.Client` per workflow (``await client.execute(cmd)``), which
+  sends the submits of one event-loop turn as one ``submit_many`` and the result waits as
+  ``wait`` long-polls covering many workflows.
+
+CPU and
 memory are those of every process of this Ray instance (GCS, raylet, the actors,
 idle workers) plus the driver's own: a Ray call's cost is paid on both sides.
 """
@@ -24,8 +32,11 @@ from bench.measure import Run, Sampler, closed_loop, psutil
 from bench.profile import Profiler
 from bench.sagas import Saga3, check, keylog_path_for
 from cluster import Options
+from cluster.client import Client
 
 ACTOR_LABELS = ("ray::SupervisorActor", "ray::CommandActor", "ray::LogActor")
+DRIVERS = ("calls", "client")
+"""How the driver talks to the supervisor: a Ray call per submit and per result, or `Client`."""
 
 
 @dataclass(frozen=True)
@@ -35,10 +46,11 @@ class CoordConfig:
     command_actors: int = 2
     slots_per_actor: int = 8
     fsync: bool = True
+    driver: str = "calls"
 
     @property
     def name(self) -> str:
-        name = f"actors={self.command_actors} slots={self.slots_per_actor}"
+        name = f"a={self.command_actors} s={self.slots_per_actor} driver={self.driver}"
         return name if self.fsync else name + " NO-FSYNC(diagnosis only)"
 
 
@@ -46,7 +58,8 @@ class RayHost:
     """The one Ray instance of a bench run, started by this process."""
 
     def __init__(self, workdir: str) -> None:
-        context: Any = ray.init(num_cpus=2, include_dashboard=False, namespace="bench", configure_logging=False)
+        context: Any = ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="bench",
+                                configure_logging=False)
         self.session_dir: str = context.address_info["session_dir"]
         self.workdir = workdir
 
@@ -87,7 +100,11 @@ class RayHost:
 
 
 class EchoActor:
-    """Answers ``submit`` and ``result`` at once: the Ray-call floor of a 2-call-per-workflow protocol."""
+    """Answers at once: the Ray-call floor of the driver's protocol, with no work behind it.
+
+    ``submit``/``result``: the per-call driver's two calls per workflow; ``submit_many``/``wait``:
+    what `Client` sends (every waited-for workflow is already finished, its result its id).
+    """
 
     async def submit(self, cmd: Any, workflow_id: str) -> str:
         return workflow_id
@@ -95,25 +112,36 @@ class EchoActor:
     async def result(self, workflow_id: str) -> Any:
         return workflow_id
 
+    async def submit_many(self, cmds: list[Any], workflow_ids: list[str]) -> list[str]:
+        return list(workflow_ids)
+
+    async def wait(self, workflow_ids: list[str], timeout_s: float | None = None) -> dict[str, Any]:
+        return {w: {"state": "completed", "result": w, "error": None} for w in workflow_ids}
+
 
 RemoteEchoActor: Any = ray.remote(num_cpus=0)(EchoActor)
 
 
-def run_floor(host: RayHost, workload: str, n: int, in_flight: int) -> dict[str, Any]:
-    """The driver's loop against `EchoActor`: two async actor calls per workflow and no work.
+FLOOR_CONFIG = {"calls": "driver=calls (empty)", "client": "driver=client (empty)"}
 
-    Diagnostic: no design that pays a ``submit`` and a ``result`` call per workflow from
-    the driver can beat this rate on the machine, whatever happens behind the calls.
+
+def run_floor(host: RayHost, workload: str, n: int, in_flight: int, driver: str = "calls") -> dict[str, Any]:
+    """The driver's loop against `EchoActor`: the driver's calls and no work behind them.
+
+    Diagnostic: ``calls``: no design that pays a ``submit`` and a ``result`` call per
+    workflow from the driver can beat this rate on the machine; ``client``: the same for
+    `Client`'s batched ``submit_many`` + ``wait``, whatever happens behind the calls.
     """
     echo = RemoteEchoActor.remote()
     try:
-        asyncio.run(_drive(echo, WARMUP, in_flight, 0, "warm"))
+        asyncio.run(_drive(echo, WARMUP, in_flight, 0, "warm", driver))
         sampler = Sampler(host.roots())
         sampler.start()
-        run = asyncio.run(_drive(echo, n, in_flight, 0, "wf"))
+        run = asyncio.run(_drive(echo, n, in_flight, 0, "wf", driver))
         sampler.stop()
         result = row("ray-floor", workload, n, in_flight, run, sampler, {})
-        result.update(config="2 empty calls/wf", ok=True, note="diagnostic: not a system, no work, no journal")
+        result.update(config=FLOOR_CONFIG[driver], driver=driver, ok=True,
+                      note="diagnostic: not a system, no work, no journal")
         return result
     finally:
         ray.kill(echo)
@@ -126,12 +154,26 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def _drive(sup: Any, n: int, in_flight: int, io_ms: int, prefix: str) -> Run:
-    async def one(i: int) -> tuple[str, Any]:
-        wid: str = await sup.submit.remote(Saga3(io_ms=io_ms), f"{prefix}-{i}")
-        return wid, await sup.result.remote(wid)
+async def _drive(sup: Any, n: int, in_flight: int, io_ms: int, prefix: str, driver: str = "calls") -> Run:
+    """``n`` Saga3 workflows, ``in_flight`` at a time, each timed from submit to result."""
+    if driver == "calls":
+        async def one(i: int) -> tuple[str, Any]:
+            wid: str = await sup.submit.remote(Saga3(io_ms=io_ms), f"{prefix}-{i}")
+            return wid, await sup.result.remote(wid)
 
-    return await closed_loop(n, in_flight, one)
+        return await closed_loop(n, in_flight, one)
+    if driver != "client":
+        raise ValueError(f"unknown driver {driver!r}: one of {', '.join(DRIVERS)}")
+    client = Client(sup)
+
+    async def one_client(i: int) -> tuple[str, Any]:
+        wid = f"{prefix}-{i}"
+        return wid, await client.execute(Saga3(io_ms=io_ms), wid)
+
+    try:
+        return await closed_loop(n, in_flight, one_client)
+    finally:
+        client.close()
 
 
 def run_workload(host: RayHost, workload: str, n: int, in_flight: int, io_ms: int, cfg: CoordConfig,
@@ -141,13 +183,14 @@ def run_workload(host: RayHost, workload: str, n: int, in_flight: int, io_ms: in
     options = host.options(namespace, run_dir, cfg, max_cmds=max(100, 2 * in_flight))
     sup = cluster.start(options)
     try:
-        asyncio.run(_drive(sup, WARMUP, in_flight, io_ms, "warm"))
+        asyncio.run(_drive(sup, WARMUP, in_flight, io_ms, "warm", cfg.driver))
         sampler = Sampler(host.roots())
         sampler.start()
         pids = {name: sampler.pids(name) for name in ACTOR_LABELS} | {"driver": [os.getpid()]}
-        profiler = Profiler(profile_dir, pids, tag=f"{workload}-s{cfg.slots_per_actor}")
+        tag = f"{workload}-a{cfg.command_actors}-s{cfg.slots_per_actor}-{cfg.driver}"
+        profiler = Profiler(profile_dir, pids, tag=tag)
         try:
-            run = asyncio.run(_drive(sup, n, in_flight, io_ms, "wf"))
+            run = asyncio.run(_drive(sup, n, in_flight, io_ms, "wf", cfg.driver))
         finally:
             profiler.stop()
             sampler.stop()
@@ -164,7 +207,7 @@ def run_workload(host: RayHost, workload: str, n: int, in_flight: int, io_ms: in
 
 def _config_fields(cfg: CoordConfig) -> dict[str, Any]:
     return {"config": cfg.name, "command_actors": cfg.command_actors, "slots_per_actor": cfg.slots_per_actor,
-            "fsync": cfg.fsync}
+            "fsync": cfg.fsync, "driver": cfg.driver}
 
 
 def run_recovery(host: RayHost, n: int, cfg: CoordConfig, settle_s: float = 1.0) -> dict[str, Any]:
@@ -199,7 +242,7 @@ def run_recovery(host: RayHost, n: int, cfg: CoordConfig, settle_s: float = 1.0)
     sup = cluster.start(options)
     start_s = time.perf_counter() - t0
     try:
-        run = asyncio.run(_collect(sup, ids, t0))
+        run = asyncio.run(_collect(sup, ids, t0, cfg.driver))
     finally:
         sampler.stop()
     try:
@@ -211,16 +254,22 @@ def run_recovery(host: RayHost, n: int, cfg: CoordConfig, settle_s: float = 1.0)
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
-async def _collect(sup: Any, ids: list[str], t0: float) -> Run:
+async def _collect(sup: Any, ids: list[str], t0: float, driver: str = "calls") -> Run:
+    """Every result of ``ids``, each timed from ``t0`` (a ``result`` call each, or `Client`'s ``wait``s)."""
     run = Run(started_at=t0)
+    client = Client(sup) if driver == "client" else None
 
     async def one(wid: str) -> None:
-        run.results[wid] = await sup.result.remote(wid)
+        run.results[wid] = await (client.result(wid) if client is not None else sup.result.remote(wid))
         t = time.perf_counter()
         run.latencies_s.append(t - t0)
         run.done_at.append(t)
 
-    await asyncio.gather(*(one(w) for w in ids))
+    try:
+        await asyncio.gather(*(one(w) for w in ids))
+    finally:
+        if client is not None:
+            client.close()
     run.elapsed_s = time.perf_counter() - t0
     return run
 

@@ -48,7 +48,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-COLUMNS = [("system", 11), ("workload", 9), ("n", 7), ("infl", 5), ("config", 22), ("wf/s", 10), ("p50 ms", 9),
+COLUMNS = [("system", 11), ("workload", 9), ("n", 7), ("infl", 5), ("config", 26), ("wf/s", 10), ("p50 ms", 9),
            ("p99 ms", 9), ("cpu ms/wf", 9), ("KiB/infl", 9), ("step ms", 8), ("step cpu", 8), ("ok", 4)]
 
 
@@ -64,7 +64,8 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(" ".join(c[-w:].rjust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True)))
     lines.append("(* = the coordinator configuration compared below; step ms = latency added per step, "
                  "step cpu = CPU ms added per step, both against bare asyncio; ray-floor = the driver's loop "
-                 "against an actor answering submit/result at once, a diagnostic bound, not a system)")
+                 "against an actor answering at once (driver=calls: submit+result per workflow; driver=client: "
+                 "Client's submit_many+wait), a diagnostic bound, not a system)")
     busy = sorted({round(r["loadavg_1m_before"], 1) for r in rows if r.get("loadavg_1m_before", 0) > 2.5})
     if busy:
         lines.append(f"WARNING: the host was busy during some runs (1-min load average before a run up to "
@@ -85,10 +86,13 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
             if coord is None:
                 continue
             parts = [f"{workload} n={n:,}: coordinator {coord['wf_per_s']:,.1f} wf/s [{coord.get('config')}]"]
-            for other in ("dbos", "bare", "ray-floor"):
+            for other in ("dbos", "bare"):
                 r = _find(rows, other, workload, n)
                 if r is not None and r["wf_per_s"] > 0:
                     parts.append(f"/{other} = {coord['wf_per_s'] / r['wf_per_s']:.3g}x")
+            for r in [r for r in rows if r["system"] == "ray-floor" and r["workload"] == workload
+                      and r["n"] == n and r["wf_per_s"] > 0]:
+                parts.append(f"/ray-floor({r.get('driver', 'calls')}) = {coord['wf_per_s'] / r['wf_per_s']:.3g}x")
             out.append("  ".join(parts))
     out.extend(_targets(rows))
     return out
