@@ -38,7 +38,7 @@ class CommandActor:
         self._incarnation = ""
         self._append_timeout_s = options.append_timeout_s
         # A few journal calls in flight: a step waits for its own batch, not the one before.
-        self._journal: Batcher[dict[str, Any]] = Batcher(self._append, max_in_flight=4)
+        self._journal: Batcher[dict[str, Any]] = Batcher(self._append, max_in_flight=2)
         self._reports: Batcher[dict[str, Any]] = Batcher(self._send_reports)
         self.runner = Runner(self._journal.submit, self._report, build_gateway(options), options.max_payload_bytes)
 
