@@ -25,7 +25,7 @@ import structlog
 from actors.admission import Admission
 from actors.modes import Mode, Signal, next_mode
 from actors.retry import TimerHeap, retry_delay
-from actors.state import State, Workflow, WorkflowTable
+from actors.state import Event, State, Workflow, WorkflowTable, transition
 from cluster.options import Options
 from workflows.command import encode_command, resolve_type
 from workflows.context import Outcome
@@ -39,6 +39,8 @@ from workflows.errors import (
 )
 
 log = structlog.get_logger("supervisor")
+
+FINISH_EVENTS = {"completed": Event.COMPLETE, "failed": Event.FAIL, "compensated": Event.COMPENSATE}
 
 
 class JournalPort(Protocol):
@@ -102,7 +104,7 @@ class SupervisorCore:
                 self.retrying.add(wf.id)
                 self.timers.push(wf.next_retry_at or now, wf.id)
             else:
-                wf.state = State.PENDING
+                wf.state = transition(wf.state, Event.LOST)  # cut off by the restart
                 self.ready.append(wf.id)
         if not self.retrying and not self.held and self.mode is not Mode.NORMAL:
             await self._signal(Signal.DRAINED)
@@ -194,7 +196,7 @@ class SupervisorCore:
                 if wf is None or wf.state is not State.PENDING:
                     continue
                 self.free[worker] -= 1
-                wf.state = State.RUNNING
+                wf.state = transition(wf.state, Event.DISPATCH)
                 wf.attempts += 1
                 self.running[wf.id] = (worker, wf.attempts)
                 batches.setdefault(worker, []).append(self._item(wf))
@@ -236,7 +238,7 @@ class SupervisorCore:
                 outs, comps = steps[wid]
                 wf.outcomes = [Outcome(*o) for o in outs]
                 wf.compensations = [Outcome(*o) for o in comps]
-            wf.state = State.PENDING
+            wf.state = transition(wf.state, Event.LOST)
             self.ready.appendleft(wid)
         self._wake_dispatch.set()
 
@@ -274,10 +276,9 @@ class SupervisorCore:
         if deadline is not None and due > wf.submitted_at + deadline:
             error = {"type": f"{DeadlineExceeded.__module__}.DeadlineExceeded",
                      "message": f"deadline_s={deadline} passed after {wf.attempts} attempts", "traceback": ""}
-            wf.state = State.FAILED
             self._finish(wf, "failed", None, error)
             return {"k": "failed", "w": wf.id, "error": error, "t": now}
-        wf.state = State.BLOCKED if kind == "blocked" else State.DELAYED
+        wf.state = transition(wf.state, Event.BLOCK if kind == "blocked" else Event.DELAY)
         wf.next_retry_at = due
         self.retrying.add(wf.id)
         self.timers.push(due, wf.id)
@@ -285,7 +286,7 @@ class SupervisorCore:
         return {"k": kind, "w": wf.id, "attempt": wf.attempts, "next_retry_at": due, "t": now}
 
     def _finish(self, wf: Workflow, kind: str, result: Any, error: dict[str, Any] | None) -> None:
-        wf.state = State(kind)
+        wf.state = transition(wf.state, FINISH_EVENTS[kind])
         wf.finished_at, wf.next_retry_at = self.clock(), None
         wf.result, wf.error = result, error if error is not None else wf.error
         self.admission.release(1)
@@ -340,7 +341,7 @@ class SupervisorCore:
             for wid in self.timers.pop_due(self.clock()):
                 wf = self.table.workflows.get(wid)
                 if wf is not None and wf.state.parked:
-                    wf.state = State.PENDING
+                    wf.state = transition(wf.state, Event.RETRY_DUE)
                     self.ready.append(wid)
                     self._wake_dispatch.set()
 

@@ -160,8 +160,8 @@ async def test_an_idle_log_seals_its_tail(uri: str) -> None:
     j = Journal(open_backend(uri), owner="idle", clock=clock, seal_idle_s=0.05)
     j.open()
     await j.append([sub("a")])
-    for _ in range(200):
-        if any(r.sealed for r in j.backend.segments()):
+    for _ in range(300):  # sealing renames, then opens the next segment: wait for both
+        if [r.sealed for r in j.backend.segments()] == [True, False]:
             break
         await asyncio.sleep(0.01)
     assert [r.sealed for r in j.backend.segments()] == [True, False]
