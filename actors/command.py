@@ -13,7 +13,7 @@ from typing import Any, cast
 import ray
 
 from actors.batching import Batcher
-from actors.hot import hot
+from actors.hot import hot, tune_gc
 from actors.log import append_within
 from actors.runner import Runner
 from cluster import logs
@@ -33,6 +33,7 @@ class CommandActor:
     def __init__(self, options: Options, log: Any, supervisor: Any, index: int) -> None:
         node = ray.get_runtime_context().get_node_id()
         logs.configure(options.log_level, component="command", actor=str(index), node_id=node[:12])
+        tune_gc()
         self._log = log
         self._supervisor = supervisor
         self._incarnation = ""

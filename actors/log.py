@@ -20,7 +20,7 @@ from typing import Any, cast
 import ray
 from ray.exceptions import RayActorError
 
-from actors.hot import hot
+from actors.hot import hot, tune_gc
 from cluster import logs
 from cluster.journal import Journal, open_backend
 from cluster.journal.replica import Replica, Replicator, replica_backend
@@ -68,6 +68,7 @@ class LogActor:
     async def __init__(self, options: Options, replica: int = 0,  # type: ignore[misc]  # Ray awaits it
                        followers: list[Any] | None = None) -> None:
         logs.configure(options.log_level, component="log", replica=str(replica))
+        tune_gc()
         self._fault: JournalError | None = None
         # The owner names this Ray cluster too: a restarted replica re-takes its own lock,
         # a coordinator of the same namespace on another cluster is fenced.

@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors.batching import Batcher
 from actors.command import RemoteCommandActor
 from actors.core import SupervisorCore
-from actors.hot import hot
+from actors.hot import hot, tune_gc
 from actors.log import RemoteLogActor, append_within
 from cluster import logs
 from cluster.options import Options
@@ -124,6 +124,7 @@ class RayPool:
 class SupervisorActor:
     async def __init__(self, options: Options) -> None:  # type: ignore[misc]  # Ray awaits it
         logs.configure(options.log_level, component="supervisor")
+        tune_gc()
         self.options = options
         self._fault: Exception | None = None
         try:
