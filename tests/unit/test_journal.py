@@ -159,9 +159,8 @@ async def test_group_commit_makes_far_fewer_fsyncs_than_appends(uri: str, journa
     assert {r["w"] for r in user_records(j)} == {f"w{i}" for i in range(n)}
 
 
-async def test_an_append_is_acknowledged_only_after_its_batch_is_synced(uri: str, journals: Opener,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    j = journals(uri)
+def gate_sync(j: Journal, monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Hold every fsync of ``j`` until ``release`` is set; ``entered`` tells one started."""
     assert j._active is not None
     entered, release = threading.Event(), threading.Event()
     real_sync = type(j._active).sync
@@ -172,6 +171,13 @@ async def test_an_append_is_acknowledged_only_after_its_batch_is_synced(uri: str
         real_sync(self)
 
     monkeypatch.setattr(type(j._active), "sync", gated_sync)
+    return entered, release
+
+
+async def test_an_append_is_acknowledged_only_after_its_batch_is_synced(uri: str, journals: Opener,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    j = journals(uri)
+    entered, release = gate_sync(j, monkeypatch)
     first = asyncio.ensure_future(j.append([submitted("a")]))
     try:
         await wait_for(entered.is_set)
@@ -306,16 +312,7 @@ async def test_sealing_while_the_next_batch_is_filling_keeps_sequence_numbers_in
     uri: str, journals: Opener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     j = journals(uri, segment_bytes=1)  # every write seals its segment
-    assert j._active is not None
-    entered, release = threading.Event(), threading.Event()
-    real_sync = type(j._active).sync
-
-    def gated_sync(self: Any) -> None:
-        entered.set()
-        assert release.wait(5)
-        real_sync(self)
-
-    monkeypatch.setattr(type(j._active), "sync", gated_sync)
+    entered, release = gate_sync(j, monkeypatch)
     first = asyncio.ensure_future(j.append([submitted("a")]))
     try:
         await wait_for(entered.is_set)  # batch 1 is being written; batch 2 is stamped meanwhile
