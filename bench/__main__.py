@@ -1,6 +1,6 @@
 """``python -m bench``: the coordinator against bare asyncio and DBOS, in one run.
 
-Workloads (issue 3): ``saga3`` (N=2,000, 50 in flight), ``saga3-io`` (10 ms per step,
+Workloads: ``saga3`` (N=2,000, 50 in flight), ``saga3-io`` (10 ms per step,
 N=1,000, 100 in flight), ``scale`` (saga3 at N=1k, 10k, 100k), ``recovery`` (1,000
 unfinished workflows: time from `cluster.start` to all completed). ``--quick`` runs
 smaller sizes. Prints a table, the ratios and the targets, and writes
@@ -10,8 +10,16 @@ The coordinator runs durable with fsync on, on one local Ray (2 CPUs), a fresh
 namespace and journal per run; ``saga3`` and ``saga3-io`` sweep ``command_actors``,
 ``slots_per_actor`` and the driver (``calls``: a ``submit`` and a ``result`` Ray call per
 workflow; ``client``: `cluster.client.Client`, batching them) and compare the best
-configuration; ``scale`` and ``recovery`` use saga3's best. The ``ray-floor`` diagnostic
+configuration, and separately its best per-call (``calls``) configuration, against each
+DBOS peer; ``scale`` and ``recovery`` use saga3's best. The ``ray-floor`` diagnostic
 runs each driver against an actor that answers at once.
+
+DBOS (3.4, the same saga as ``@DBOS.workflow`` over ``@DBOS.step``) runs as two peers:
+``dbos-sqlite`` on its default SQLite system database, and ``dbos-postgres`` on a
+private PostgreSQL server the bench starts for the run (`bench.postgres`: initdb into a
+temporary directory, fsync on, 127.0.0.1 on a free port) and stops at the end. Without
+PostgreSQL (not installed, and not installable), the run says so and goes on without
+the ``dbos-postgres`` rows.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import functools
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -28,10 +37,13 @@ from collections.abc import Callable
 from typing import Any
 
 from bench import report
+from bench.local import DBOS_PEERS
 from bench.profile import print_summary
 
 WORKLOADS = ("saga3", "saga3-io", "scale", "recovery")
-SYSTEMS = ("bare", "dbos", "coordinator", "ray-floor")
+SYSTEMS = ("bare", *DBOS_PEERS, "coordinator", "ray-floor")
+ALIASES = {"dbos": tuple(DBOS_PEERS)}
+"""``--system dbos``: both DBOS peers."""
 # workload -> [(n, in_flight, io_ms)]
 FULL: dict[str, list[tuple[int, int, int]]] = {
     "saga3": [(2000, 50, 0)], "saga3-io": [(1000, 100, 10)],
@@ -52,7 +64,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller sizes; scale at 1k and 10k only")
     p.add_argument("--workload", action="append", choices=WORKLOADS, help="repeatable; default: all")
-    p.add_argument("--system", action="append", choices=SYSTEMS, help="repeatable; default: all")
+    p.add_argument("--system", action="append", choices=[*SYSTEMS, *ALIASES],
+                   help="repeatable; dbos = dbos-sqlite and dbos-postgres; default: all")
     p.add_argument("--n", type=int, help="override N of every selected workload (scale: the largest N)")
     p.add_argument("--command-actors", type=int, action="append",
                    help="repeatable; CommandActor pool sizes saga3/saga3-io sweep (every combination with "
@@ -66,7 +79,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-fsync", action="store_true",
                    help="DIAGNOSIS ONLY: journal without fsync; such rows are labelled and never compared")
     p.add_argument("--dbos-scale-max", type=int,
-                   help="largest scale N DBOS runs (default 10,000; 1,000 with --quick): at ~30-60 wf/s, "
+                   help="largest scale N each DBOS peer runs (default 10,000; 1,000 with --quick): at ~30-60 wf/s, "
                         "100k would take most of an hour")
     p.add_argument("--profile", metavar="DIR", help="py-spy record the coordinator's actors into DIR")
     p.add_argument("--out", default="bench-results.json")
@@ -79,13 +92,15 @@ class Bench:
         self.args = args
         self.rows: list[dict[str, Any]] = []
         self.workdir = tempfile.mkdtemp(prefix="ray-coordinator-bench-")
-        self.systems = args.system or list(SYSTEMS)
+        self.systems = [s for name in args.system or SYSTEMS for s in ALIASES.get(name, (name,))]
         if args.command_actors is None and args.slots_per_actor is None and args.driver is None:
             self.sweep = DEFAULT_SWEEP
         else:
             self.sweep = [(a, s, d) for a in args.command_actors or [1] for s in args.slots_per_actor or [64]
                           for d in args.driver or ["client"]]
         self.host: Any = None
+        self.pg: Any = None
+        self.notes: list[str] = []
         self.best: tuple[int, int, str] | None = None
         self.dbos_scale_max = args.dbos_scale_max or (1000 if args.quick else 10_000)
 
@@ -121,6 +136,34 @@ class Bench:
             self.host = RayHost(self.workdir)
         return self.host
 
+    def postgres(self) -> Any:
+        """The private PostgreSQL server, started on first use; None (and a note) if it cannot be."""
+        if "dbos-postgres" not in self.systems:
+            return None
+        if self.pg is None:
+            from bench.postgres import PrivateCluster, Unavailable
+
+            self.pg = PrivateCluster()
+            try:
+                self.pg.start()
+            except (Unavailable, RuntimeError, OSError) as exc:
+                self.pg.stop()
+                note = f"PostgreSQL unavailable, no DBOS(PostgreSQL) rows in this run: {exc}"
+                print(f"-- {note}", flush=True)
+                self.notes.append(note)
+                self.systems.remove("dbos-postgres")
+                return None
+            print(f"-- private PostgreSQL {self.pg.version} (fsync=on) on 127.0.0.1:{self.pg.port}, "
+                  f"pid {self.pg.pid}, in {self.pg.root}", flush=True)
+        return self.pg
+
+    def database(self, system: str) -> dict[str, Any] | None:
+        """`run_local`'s database arguments for ``system``; None if it cannot run."""
+        if system != "dbos-postgres":
+            return {}
+        pg = self.postgres()
+        return {"database_url": pg.url(), "db_pid": pg.pid} if pg is not None else None
+
     def run_dir(self, tag: str) -> str:
         return tempfile.mkdtemp(prefix=tag + "-", dir=self.workdir)
 
@@ -141,11 +184,14 @@ class Bench:
                 continue
             from bench.local import run_local
 
-            for system in ("bare", "dbos"):
-                if system not in self.systems or (system == "dbos" and workload == "scale"
+            for system in ("bare", *DBOS_PEERS):
+                if system not in self.systems or (system in DBOS_PEERS and workload == "scale"
                                                   and n > self.dbos_scale_max):
                     continue
-                run = functools.partial(run_local, system, workload, n, in_flight, io_ms, self.run_dir(system))
+                db = self.database(system)
+                if db is None:
+                    continue
+                run = functools.partial(run_local, system, workload, n, in_flight, io_ms, self.run_dir(system), **db)
                 self.record(f"{system} {workload} n={n}", run, {"system": system, **base})
             if "coordinator" in self.systems:
                 self.run_coordinator(workload, n, in_flight, io_ms, base)
@@ -172,11 +218,16 @@ class Bench:
                 self.best = int(best["command_actors"]), int(best["slots_per_actor"]), str(best["driver"])
 
     def run_recovery(self, n: int, base: dict[str, Any]) -> None:
-        if "dbos" in self.systems:
-            from bench.local import run_dbos_recovery
+        from bench.local import run_dbos_recovery
 
-            self.record(f"dbos recovery n={n}", functools.partial(run_dbos_recovery, n, self.run_dir("dbos")),
-                        {"system": "dbos", **base})
+        for system in DBOS_PEERS:
+            if system not in self.systems:
+                continue
+            db = self.database(system)
+            if db is None:
+                continue
+            self.record(f"{system} recovery n={n}",
+                        functools.partial(run_dbos_recovery, n, self.run_dir(system), **db), {"system": system, **base})
         if "coordinator" in self.systems:
             from bench.coordinator import run_recovery
 
@@ -186,36 +237,49 @@ class Bench:
                             {"system": "coordinator", "config": cfg.name, **base})
 
     def close(self) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        if self.host is not None:
-            import ray
+        try:
+            if self.pg is not None:
+                self.pg.stop()
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            if self.host is not None:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     args = parse(argv)
+    notes: list[str] = []
     if args.report:
         rows = report.read(args.report)
         report.derive(rows)
     else:
         bench = Bench(args)
+        # SIGTERM ends the run as Ctrl-C does: `close` stops the PostgreSQL server and Ray
+        signal.signal(signal.SIGTERM, _terminate)
         try:
             for workload in args.workload or list(WORKLOADS):
                 bench.run_workload(workload)
         finally:
             bench.close()
-        rows = bench.rows
+        rows, notes = bench.rows, bench.notes
     print()
     print(report.table(rows))
     print()
     print("\n".join(report.ratios(rows)))
+    for note in notes:
+        print(f"NOTE: {note}")
     print_summary(rows)
     if not args.report:
         print(f"\nwrote {os.path.abspath(args.out)}")
     return 0 if all(r["ok"] for r in rows) else 1
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The saga on DBOS Transact: ``@DBOS.workflow`` over three ``@DBOS.step`` calls.
 
-DBOS runs on its default SQLite system database (a file in the run's directory).
+DBOS runs on one of two system databases: SQLite (its default; a file in the run's
+directory) or PostgreSQL (a database of the bench's private server, `bench.postgres`).
 Imported only in the DBOS subprocess (see `bench.local`): DBOS keeps a process-wide
 registry of decorated functions, so the workflow and step live at module level and
 find the process's services through `SERVICES_OF_PROCESS`, set once at start.
@@ -41,12 +42,12 @@ async def dbos_saga3(io_ms: int, hold: str) -> list[dict[str, Any]]:
     return out
 
 
-def launch(run_dir: str, keylog: str) -> None:
-    """Start DBOS on ``run_dir/dbos.sqlite``; recovers that database's pending workflows."""
+def launch(run_dir: str, keylog: str, database_url: str = "") -> None:
+    """Start DBOS on ``database_url`` (default ``run_dir/dbos.sqlite``); recovers its pending workflows."""
     SERVICES_OF_PROCESS.services = Services(keylog)
     config: DBOSConfig = {
         "name": "bench",
-        "system_database_url": f"sqlite:///{os.path.join(run_dir, 'dbos.sqlite')}",
+        "system_database_url": database_url or f"sqlite:///{os.path.join(run_dir, 'dbos.sqlite')}",
         "log_level": "WARNING",
     }
     DBOS(config=config)

@@ -1,4 +1,4 @@
-"""The results table, the derived overheads, and the ratios against the issue's targets.
+"""The results table, the derived overheads, the ratios, and the targets.
 
 Per-step overhead against bare asyncio, two ways, both per step of the 3-step saga:
 
@@ -7,8 +7,11 @@ Per-step overhead against bare asyncio, two ways, both per step of the 3-step sa
 - ``step_cpu_overhead_ms``: CPU, ``(cpu_s_per_wf - bare cpu_s_per_wf) * 1000 / 3``:
   the CPU each step costs beyond the saga's own work, summed over every process.
 
-The coordinator row compared for a workload is its best fsync-on configuration
-(highest workflows/s); rows run with ``--no-fsync`` are for diagnosis and never compared.
+The coordinator rows compared for a workload are its best fsync-on configuration
+(highest workflows/s) and its best with the per-call driver (``driver=calls``: one
+``submit`` and one ``result`` Ray call per workflow), each against every DBOS peer
+(DBOS on SQLite, DBOS on PostgreSQL), bare asyncio, and the ray-floor of its driver;
+rows run with ``--no-fsync`` are for diagnosis and never compared.
 """
 
 from __future__ import annotations
@@ -17,15 +20,20 @@ import json
 from typing import Any
 
 STEPS = 3
+DBOS_PEERS = {"dbos-sqlite": "DBOS(SQLite)", "dbos-postgres": "DBOS(PostgreSQL)"}
+OLD_NAMES = {"dbos": "dbos-sqlite"}
+"""System names of earlier result files: DBOS ran on SQLite only."""
 SAGA3_VS_DBOS = 6.0
 SAGA3_P99_MS = 100.0
 IO_VS_BARE = 1 / 3
 SCALE_DRIFT = 0.20
 
 
-def _find(rows: list[dict[str, Any]], system: str, workload: str, n: int | None = None) -> dict[str, Any] | None:
+def _find(rows: list[dict[str, Any]], system: str, workload: str, n: int | None = None,
+          driver: str | None = None) -> dict[str, Any] | None:
     found = [r for r in rows if r["system"] == system and r["workload"] == workload
-             and (n is None or r["n"] == n) and r.get("fsync", True) and "error" not in r]
+             and (n is None or r["n"] == n) and r.get("fsync", True) and "error" not in r
+             and (driver is None or r.get("driver") == driver)]
     return max(found, key=lambda r: r["wf_per_s"]) if found else None
 
 
@@ -48,7 +56,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-COLUMNS = [("system", 11), ("workload", 9), ("n", 7), ("infl", 5), ("config", 26), ("wf/s", 10), ("p50 ms", 9),
+COLUMNS = [("system", 13), ("workload", 9), ("n", 7), ("infl", 5), ("config", 26), ("wf/s", 10), ("p50 ms", 9),
            ("p99 ms", 9), ("cpu ms/wf", 9), ("KiB/infl", 9), ("step ms", 8), ("step cpu", 8), ("ok", 4)]
 
 
@@ -65,7 +73,9 @@ def table(rows: list[dict[str, Any]]) -> str:
     lines.append("(* = the coordinator configuration compared below; step ms = latency added per step, "
                  "step cpu = CPU ms added per step, both against bare asyncio; ray-floor = the driver's loop "
                  "against an actor answering at once (driver=calls: submit+result per workflow; driver=client: "
-                 "Client's submit_many+wait), a diagnostic bound, not a system)")
+                 "Client's submit_many+wait), a diagnostic bound, not a system; dbos-sqlite / dbos-postgres = "
+                 "DBOS on its SQLite file / on the bench's private PostgreSQL server, fsync on, whose processes' "
+                 "CPU and memory count for the row)")
     busy = sorted({round(r["loadavg_1m_before"], 1) for r in rows if r.get("loadavg_1m_before", 0) > 2.5})
     if busy:
         lines.append(f"WARNING: the host was busy during some runs (1-min load average before a run up to "
@@ -77,33 +87,46 @@ def _verdict(met: bool) -> str:
     return "MET" if met else "NOT MET"
 
 
+def _against(rows: list[dict[str, Any]], coord: dict[str, Any]) -> str:
+    """``X wf/s = Nx DBOS(SQLite), Mx DBOS(PostgreSQL), ...``: ``coord`` over each peer at its N."""
+    workload, n = coord["workload"], coord["n"]
+    peers = [(label, _find(rows, system, workload, n)) for system, label in DBOS_PEERS.items()]
+    peers.append(("bare", _find(rows, "bare", workload, n)))
+    driver = coord.get("driver", "calls")
+    peers.append((f"ray-floor({driver})", _find(rows, "ray-floor", workload, n, driver)))
+    parts = [f"{coord['wf_per_s'] / r['wf_per_s']:.3g}x {label}" for label, r in peers
+             if r is not None and r["wf_per_s"] > 0]
+    return f"{coord['wf_per_s']:,.1f} wf/s" + (" = " + ", ".join(parts) if parts else "")
+
+
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
-    """Coordinator against DBOS and bare per workload, scale drift, and the targets."""
+    """The coordinator's best and its best per-call configuration against each peer, and the targets."""
     out: list[str] = []
     for workload in ("saga3", "saga3-io", "scale"):
         for n in sorted({r["n"] for r in rows if r["workload"] == workload}):
-            coord = _find(rows, "coordinator", workload, n)
-            if coord is None:
+            best = _find(rows, "coordinator", workload, n)
+            if best is None:
                 continue
-            parts = [f"{workload} n={n:,}: coordinator {coord['wf_per_s']:,.1f} wf/s [{coord.get('config')}]"]
-            for other in ("dbos", "bare"):
-                r = _find(rows, other, workload, n)
-                if r is not None and r["wf_per_s"] > 0:
-                    parts.append(f"/{other} = {coord['wf_per_s'] / r['wf_per_s']:.3g}x")
-            for r in [r for r in rows if r["system"] == "ray-floor" and r["workload"] == workload
-                      and r["n"] == n and r["wf_per_s"] > 0]:
-                parts.append(f"/ray-floor({r.get('driver', 'calls')}) = {coord['wf_per_s'] / r['wf_per_s']:.3g}x")
-            out.append("  ".join(parts))
+            line = f"{workload} n={n:,}: coordinator best [{best.get('config')}] {_against(rows, best)}"
+            calls = _find(rows, "coordinator", workload, n, "calls")
+            if calls is not None:
+                line += f"; per-call driver [{calls.get('config')}] {_against(rows, calls)}"
+            out.append(line)
+    missing = [label for system, label in DBOS_PEERS.items() if not any(r["system"] == system for r in rows)]
+    if missing and out:
+        out.append(f"(no {' or '.join(missing)} rows in this run)")
     out.extend(_targets(rows))
     return out
 
 
 def _targets(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["", "targets (issue 3, fsync on):"]
-    coord, dbos = _find(rows, "coordinator", "saga3"), _find(rows, "dbos", "saga3")
-    if coord is not None and dbos is not None:
-        ratio = coord["wf_per_s"] / max(1e-9, dbos["wf_per_s"])
-        out.append(f"  saga3 >= {SAGA3_VS_DBOS:g}x DBOS: {ratio:.2f}x -> {_verdict(ratio >= SAGA3_VS_DBOS)}")
+    out = ["", "targets (fsync on):"]
+    coord = _find(rows, "coordinator", "saga3")
+    for system, label in DBOS_PEERS.items():
+        dbos = _find(rows, system, "saga3")
+        if coord is not None and dbos is not None:
+            ratio = coord["wf_per_s"] / max(1e-9, dbos["wf_per_s"])
+            out.append(f"  saga3 >= {SAGA3_VS_DBOS:g}x {label}: {ratio:.2f}x -> {_verdict(ratio >= SAGA3_VS_DBOS)}")
     if coord is not None:
         out.append(f"  saga3 p99 < {SAGA3_P99_MS:g} ms: {coord['p99_ms']:.1f} ms "
                    f"-> {_verdict(coord['p99_ms'] < SAGA3_P99_MS)}")
@@ -116,9 +139,10 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
     if rec is not None:
         line = f"  recovery (no target): {rec['n']:,} unfinished -> all completed {rec['elapsed_s']:.2f} s after " \
                f"cluster.start (start itself {rec.get('start_s', 0):.2f} s)"
-        dbos = _find(rows, "dbos", "recovery")
-        if dbos is not None:
-            line += f"; DBOS {dbos['elapsed_s']:.2f} s after launch"
+        for system, label in DBOS_PEERS.items():
+            dbos = _find(rows, system, "recovery")
+            if dbos is not None:
+                line += f"; {label} {dbos['elapsed_s']:.2f} s after launch"
         out.append(line)
     return out
 
@@ -144,6 +168,8 @@ def _scale_target(rows: list[dict[str, Any]]) -> list[str]:
 def read(path: str) -> list[dict[str, Any]]:
     with open(path) as f:
         rows: list[dict[str, Any]] = json.load(f)
+    for r in rows:
+        r["system"] = OLD_NAMES.get(r["system"], r["system"])
     return rows
 
 
