@@ -9,10 +9,15 @@ immutable and lives in the object store named by the storage URI. Backends:
 
 Each backend also fences: `lock` takes the storage for one owner and raises `Fenced`
 while another holds it.
+
+``mem://`` stores carry named fault-injection points (`Faults`): tests and the
+deterministic simulation arm an operation to fail, and the journal must survive it.
 """
 
 from __future__ import annotations
 
+import collections
+import errno
 import fcntl
 import json
 import os
@@ -24,6 +29,55 @@ from typing import IO, ClassVar
 from urllib.parse import urlparse
 
 from workflows.errors import Fenced
+
+FAULT_OPS = frozenset({"lock", "segments", "read", "truncate", "open_active", "append", "sync", "flush", "seal",
+                       "delete", "put_snapshot", "get_snapshot", "snapshots", "delete_snapshot"})
+
+
+class Faults:
+    """Named fault-injection points of one ``mem://`` store.
+
+    ``arm(op)`` makes the next ``times`` calls of ``op`` raise ``error`` (by default
+    ``OSError(EIO)``); `check` is called by the backend at the start of each operation,
+    before it changes anything; ``fired`` counts the faults raised per operation.
+    Thread-safe: the journal calls its backend from a worker thread.
+    """
+
+    def __init__(self) -> None:
+        self.fired: collections.Counter[str] = collections.Counter()
+        self._armed: dict[str, tuple[int, BaseException | None]] = {}
+        self._lock = threading.Lock()
+
+    def arm(self, op: str, *, times: int = 1, error: BaseException | None = None) -> None:
+        """Fail the next ``times`` calls of ``op`` with ``error`` (a fresh EIO `OSError` when None)."""
+        if op not in FAULT_OPS:
+            raise ValueError(f"unknown fault point {op!r}; one of {sorted(FAULT_OPS)}")
+        if times < 1:
+            raise ValueError("times must be at least 1")
+        with self._lock:
+            self._armed[op] = (times, error)
+
+    def disarm(self, op: str | None = None) -> None:
+        """Disarm ``op``, or every operation when None."""
+        with self._lock:
+            if op is None:
+                self._armed.clear()
+            else:
+                self._armed.pop(op, None)
+
+    def check(self, op: str) -> None:
+        """Raise the armed error for ``op`` and count one down; nothing when unarmed."""
+        with self._lock:
+            armed = self._armed.get(op)
+            if armed is None:
+                return
+            times, error = armed
+            if times <= 1:
+                del self._armed[op]
+            else:
+                self._armed[op] = (times - 1, error)
+            self.fired[op] += 1
+        raise error if error is not None else OSError(errno.EIO, f"injected fault: {op}")
 
 
 @dataclass(frozen=True, order=True)
@@ -222,7 +276,12 @@ class FileBackend(Backend):
 
     def seal(self, first_seq: int) -> None:
         os.makedirs(self.sealed, exist_ok=True)
-        os.rename(self._path(SegmentRef(first_seq, False)), self._path(SegmentRef(first_seq, True)))
+        try:
+            os.rename(self._path(SegmentRef(first_seq, False)), self._path(SegmentRef(first_seq, True)))
+        except FileNotFoundError:
+            # Idempotent: a seal retried after its rename landed but a directory fsync failed.
+            if not os.path.exists(self._path(SegmentRef(first_seq, True))):
+                raise
         _fsync_dir(self.sealed)
         _fsync_dir(self.wal)
 
@@ -253,17 +312,19 @@ class FileBackend(Backend):
 
 
 class _MemorySegment(ActiveSegment):
-    def __init__(self, buf: bytearray) -> None:
+    def __init__(self, buf: bytearray, faults: Faults) -> None:
         self._buf = buf
+        self._faults = faults
 
     def append(self, data: bytes) -> None:
+        self._faults.check("append")
         self._buf += data
 
     def sync(self) -> None:
-        pass
+        self._faults.check("sync")
 
     def flush(self) -> None:
-        pass
+        self._faults.check("flush")
 
     def size(self) -> int:
         return len(self._buf)
@@ -273,11 +334,12 @@ class _MemorySegment(ActiveSegment):
 
 
 class MemoryBackend(Backend):
-    """Segments in process memory, shared by name within the process."""
+    """Segments in process memory, shared by name within the process, with `Faults`."""
 
     _stores: ClassVar[dict[str, dict[SegmentRef, bytearray]]] = {}
     _owners: ClassVar[dict[str, str]] = {}
     _snapshot_store: ClassVar[dict[str, dict[str, bytes]]] = {}
+    _faults: ClassVar[dict[str, Faults]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(self, name: str) -> None:
@@ -285,9 +347,11 @@ class MemoryBackend(Backend):
         self.uri = f"mem://{name}"
         with self._guard:
             self._segments = self._stores.setdefault(name, {})
+            self.faults: Faults = self._faults.setdefault(name, Faults())
         self._owner: str | None = None
 
     def lock(self, owner: str) -> None:
+        self.faults.check("lock")
         with self._guard:
             holder = self._owners.get(self.name)
             if holder is not None and holder != owner:
@@ -302,33 +366,51 @@ class MemoryBackend(Backend):
             self._owner = None
 
     def segments(self) -> list[SegmentRef]:
-        return sorted(self._segments)
+        self.faults.check("segments")
+        refs = list(self._segments)  # one C-level copy: the fsync thread may seal meanwhile
+        return merge_refs([r for r in refs if not r.sealed], [r for r in refs if r.sealed])
 
     def read(self, ref: SegmentRef) -> bytes:
-        return bytes(self._segments[ref])
+        self.faults.check("read")
+        try:
+            return bytes(self._segments[ref])
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "no such segment", self.describe(ref)) from None
 
     def truncate(self, ref: SegmentRef, size: int) -> None:
+        self.faults.check("truncate")
         del self._segments[ref][size:]
 
     def open_active(self, first_seq: int) -> ActiveSegment:
-        return _MemorySegment(self._segments.setdefault(SegmentRef(first_seq, False), bytearray()))
+        self.faults.check("open_active")
+        return _MemorySegment(self._segments.setdefault(SegmentRef(first_seq, False), bytearray()), self.faults)
 
     def seal(self, first_seq: int) -> None:
-        self._segments[SegmentRef(first_seq, True)] = self._segments.pop(SegmentRef(first_seq, False))
+        self.faults.check("seal")
+        active = self._segments.pop(SegmentRef(first_seq, False), None)
+        if active is not None:
+            self._segments[SegmentRef(first_seq, True)] = active
+        elif SegmentRef(first_seq, True) not in self._segments:  # idempotent, like the file backend
+            raise FileNotFoundError(errno.ENOENT, "no such segment", self.describe(SegmentRef(first_seq, False)))
 
     def delete(self, ref: SegmentRef) -> None:
+        self.faults.check("delete")
         del self._segments[ref]
 
     def put_snapshot(self, name: str, data: bytes) -> None:
+        self.faults.check("put_snapshot")
         self._blobs()[name] = bytes(data)
 
     def get_snapshot(self, name: str) -> bytes:
+        self.faults.check("get_snapshot")
         return self._blobs()[name]
 
     def snapshots(self) -> list[str]:
+        self.faults.check("snapshots")
         return sorted(self._blobs())
 
     def delete_snapshot(self, name: str) -> None:
+        self.faults.check("delete_snapshot")
         del self._blobs()[name]
 
     def _blobs(self) -> dict[str, bytes]:
@@ -337,7 +419,9 @@ class MemoryBackend(Backend):
 
     @classmethod
     def drop(cls, name: str) -> None:
+        """Forget the store ``name``: its segments, snapshots, lock and faults."""
         with cls._guard:
             cls._stores.pop(name, None)
             cls._owners.pop(name, None)
             cls._snapshot_store.pop(name, None)
+            cls._faults.pop(name, None)

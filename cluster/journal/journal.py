@@ -1,96 +1,108 @@
-"""The journal: recovery, group commit, and the one-outcome-per-step rule.
+"""The journal: recovery, group commit, and what its background work does on failure.
 
-Group commit, as implemented by `Journal.append` and `Journal._flush_loop`:
+Group commit, as implemented by `Journal.append` and the flusher (`_flush_loop`):
 
-1. ``append(records)`` checks each record against the index (a duplicate outcome of a
-   step index, or a second terminal record, is dropped and answered with what the
-   journal already holds), gives the accepted ones sequence numbers, frames them into
-   the open batch, and waits on that batch's future.
-2. The flusher takes the whole open batch, writes it to the active segment and fsyncs
-   it on a worker thread, while new appends fill the next batch.
-3. Once the write is durable the batch's future resolves: every caller's records are
-   acknowledged together, one fsync for many records.
-4. A failed write fails the journal: waiting and later appends raise
-   `JournalUnavailable`; nothing is acknowledged that is not durable.
+1. ``append(records)`` checks each record against the `Index` (duplicates are dropped
+   and answered with what the journal holds), gives the accepted ones sequence
+   numbers, frames them into the open batch, and waits on that batch's future. A
+   record that cannot be framed (unencodable, `codec.RecordTooLarge`) fails the whole
+   call and leaves nothing behind.
+2. The flusher takes the whole open batch and writes it to the active segment on the
+   executor (`SegmentLog.write`: append, fsync), while new appends fill the next batch.
+3. Once the write is durable (and, with replicas, held by a majority) the batch's
+   future resolves: every caller's records are acknowledged together, one fsync for
+   many records.
+4. A failed write fails the batch being written and the open one with
+   `JournalUnavailable` and rolls both back (sequence numbers and index); the next
+   batch repairs the active segment (truncates it to its durable size) and writes
+   again, so a storage that comes back serves appends without a restart.
+5. `Fenced` from the storage (another coordinator took it) fails every pending and
+   later append with `Fenced`; nothing is retried.
+6. Between batches the flusher seals full or idle segments, retries failed seals and
+   writes snapshots (`Maintenance`). Their failures never fail an append: they are
+   logged and retried with exponential backoff.
+7. If the flusher dies of an unexpected error, pending appends fail with
+   `JournalUnavailable` and the next append starts a new flusher.
 
-Recovery (`open`): take the storage lock (`Fenced` if held), scan every segment in
-order with CRC checks, cut a torn tail off the last active segment, raise
-`JournalCorrupt` for damage anywhere else, rebuild the index, then journal a new
-``epoch`` record.
+Recovery (`open`): take the storage lock (`Fenced` if held), read the snapshot and
+every segment by the rules of `recovery.walk` (a torn tail is cut; any other damage
+is `JournalCorrupt`), rebuild the index, then journal a new ``epoch`` record.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import math
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
 from actors.state import Workflow, WorkflowTable
-from cluster.journal import codec
-from cluster.journal.backends import ActiveSegment, Backend, SegmentRef
+from cluster.journal import codec, recovery
+from cluster.journal.backends import Backend, SegmentRef
+from cluster.journal.index import Index, Undo
+from cluster.journal.maintenance import Maintenance
 from cluster.journal.replica import Replicator
+from cluster.journal.segments import SegmentLog
 from workflows.context import Outcome
-from workflows.errors import JournalCorrupt, JournalUnavailable
+from workflows.errors import Fenced, JournalUnavailable
 
 log = structlog.get_logger("journal")
-
-TERMINAL = frozenset({"completed", "failed", "compensated"})
-STEP_KINDS = {"outcome": 0, "compensation": 1}
+T = TypeVar("T")
 
 
 @dataclass
 class _Batch:
+    future: asyncio.Future[None]
     frames: list[bytes] = field(default_factory=list)
     records: list[codec.Record] = field(default_factory=list)
-    future: asyncio.Future[None] | None = None
+    undo: Undo = field(default_factory=list)
     last_seq: int = -1
+    durable: bool = False
+    applied: bool = False
 
-
-@dataclass
-class _Segment:
-    ref: SegmentRef
-    last_seq: int
+    @property
+    def first_seq(self) -> int:
+        return self.last_seq - len(self.frames) + 1
 
 
 class Journal:
-    """One replica's journal over a `Backend`; see the module docstring for the protocol."""
+    """One replica's journal over a `Backend`; see the module docstring for the protocol.
+
+    ``executor`` runs storage calls (a private one-thread pool when None; one given is
+    not shut down by `close`); an inline executor makes the journal deterministic.
+    """
 
     def __init__(self, backend: Backend, *, fsync: bool = True, segment_bytes: int = 64 << 20, owner: str = "",
                  snapshot_records: int = 100_000, retention_s: float = float("inf"), seal_idle_s: float = 60.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, executor: concurrent.futures.Executor | None = None,
+                 retry_min_s: float = 0.05, retry_max_s: float = 30.0) -> None:
         self.backend = backend
-        self.snapshot_records = snapshot_records
-        self.seal_idle_s = seal_idle_s
-        self.retention_s = retention_s
+        self.owner = owner
         self.clock = clock
+        self.log = SegmentLog(backend, fsync=fsync, segment_bytes=segment_bytes)
         # The fold of every durable record: what a snapshot stores and start-up reads.
         self.table = WorkflowTable()
+        self.index = Index(self.table)
         self.snapshot_seq = -1
-        self._since_snapshot = 0
-        self.fsync = fsync
-        self.segment_bytes = segment_bytes
-        self.owner = owner
         self.epoch = 0
         self.next_seq = 0
         self.torn_bytes = 0
-        self._segments: list[_Segment] = []
-        self._active: ActiveSegment | None = None
-        self._active_first = 0
-        # Steps of live workflows: id -> (outcomes, compensations). Finished ids.
-        self._live: dict[str, tuple[list[Outcome], list[Outcome]]] = {}
-        self._finished: set[str] = set()
+        self.replicator: Replicator | None = None
+        self._own_pool = executor is None
+        self._pool = executor or concurrent.futures.ThreadPoolExecutor(max_workers=1,
+                                                                       thread_name_prefix="journal-fsync")
+        self.maintenance = Maintenance(self, snapshot_records=snapshot_records, retention_s=retention_s,
+                                       seal_idle_s=seal_idle_s, retry_min_s=retry_min_s, retry_max_s=retry_max_s)
         self._open: _Batch | None = None
+        self._inflight: _Batch | None = None
         self._wake: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
-        self._failure: BaseException | None = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal-fsync")
-        self.replicator: Replicator | None = None
+        self._fenced: Fenced | None = None
 
     # --- recovery -----------------------------------------------------------------
 
@@ -112,26 +124,39 @@ class Journal:
         self.replicator = replicator
         self.epoch += 1
         replicator.epoch, replicator.epoch_seq = self.epoch, self.next_seq
-        replicator.sealed_upto = self._active_first
+        replicator.sealed_upto = self.log.sealed_upto
         await self.append([{"k": "epoch", "epoch": self.epoch, "owner": self.owner}])
         self._opened()
 
     def _opened(self) -> None:
         log.info("journal_opened", storage=self.backend.uri, epoch=self.epoch, next_seq=self.next_seq,
-                 live=len(self._live), torn_bytes=self.torn_bytes)
+                 live=len(self.index.live), torn_bytes=self.torn_bytes)
 
     def _recover_local(self) -> None:
         self.backend.lock(self.owner)
-        self._load_snapshot()
-        refs = self.backend.segments()
-        for i, ref in enumerate(refs):
-            self._recover_segment(ref, last=i == len(refs) - 1)
-        tail = self._segments[-1] if self._segments else None
-        if tail is not None and not tail.ref.sealed:
-            self._active_first = tail.ref.first_seq
-            self._active = self.backend.open_active(self._active_first)
-        else:
-            self._start_segment(self.next_seq)
+        found = recovery.walk(self.backend, repair=True, on_snapshot=self._load_snapshot, on_record=self._index)
+        self.next_seq, self.torn_bytes = found.next_seq, found.torn_bytes
+        # Frames of the current format never follow old ones in a segment this writes.
+        self.log.restore(found.segments, found.next_seq, fresh=found.legacy_tail)
+
+    def _load_snapshot(self, snap: recovery.Snapshot) -> None:
+        for d in snap.workflows:
+            wf = Workflow.from_dict(d)
+            self.table.workflows[wf.id] = wf
+            if wf.state.finished:
+                self.index.finished.add(wf.id)
+            else:
+                self.index.live[wf.id] = (list(wf.outcomes), list(wf.compensations))
+        self.table.mode, self.table.held = snap.mode, snap.held
+        self.snapshot_seq = self.table.last_seq = snap.seq
+        self.epoch = snap.epoch
+        log.info("snapshot_loaded", snapshot=snap.name, seq=snap.seq, workflows=len(snap.workflows))
+
+    def _index(self, r: codec.Record) -> None:
+        self.table.apply(r)
+        self.index.index(r)
+        if r["k"] == "epoch":
+            self.epoch = max(self.epoch, r["epoch"])
 
     def _adopt(self, data: bytes) -> None:
         """Take records another replica holds past this log's end (catch-up at recovery)."""
@@ -142,56 +167,8 @@ class Journal:
         for r in keep:
             self._index(r)
         self.next_seq = keep[-1]["q"] + 1
-        self._write_now_frames([codec.encode(r) for r in keep], self.next_seq - 1)
+        self.log.write([codec.encode(r) for r in keep], self.next_seq - 1)
         log.warning("journal_caught_up", records=len(keep), next_seq=self.next_seq)
-
-    def _recover_segment(self, ref: SegmentRef, last: bool) -> None:
-        where = self.backend.describe(ref)
-        buf = self.backend.read(ref)
-        records, end = codec.scan(buf, where)
-        if end < len(buf):
-            if ref.sealed or not last:
-                raise JournalCorrupt(where, end, "damaged record at the end of a segment that is not the log's tail")
-            log.warning("torn_tail_truncated", segment=where, offset=end, bytes=len(buf) - end)
-            self.torn_bytes += len(buf) - end
-            self.backend.truncate(ref, end)
-        if ref.first_seq > self.next_seq:
-            raise JournalCorrupt(where, 0, f"segment starts at {ref.first_seq}: "
-                                           f"records from {self.next_seq} are missing")
-        if ref.first_seq < self.next_seq and ref.first_seq > self.snapshot_seq:
-            raise JournalCorrupt(where, 0, f"segment starts at {ref.first_seq}, before {self.next_seq}")
-        expected = ref.first_seq
-        for r in records:
-            if r["q"] != expected:
-                raise JournalCorrupt(where, -1, f"record {r['q']} where {expected} was expected")
-            expected += 1
-            if r["q"] > self.snapshot_seq:  # older ones are in the snapshot already
-                self._index(r)
-        self.next_seq = max(self.next_seq, expected)
-        if ref.sealed and expected - 1 <= self.snapshot_seq:
-            self.backend.delete(ref)  # wholly in the snapshot: a compaction that was cut short
-            return
-        self._segments.append(_Segment(ref, expected - 1))
-
-    def _index(self, r: codec.Record) -> None:
-        self.table.apply(r)
-        kind, wid = r["k"], str(r.get("w"))
-        if kind == "submitted":
-            if wid not in self._finished:
-                self._live.setdefault(wid, ([], []))
-        elif kind in STEP_KINDS:
-            steps = self._live.get(wid)
-            if steps is not None:
-                lst = steps[STEP_KINDS[kind]]
-                if r["step"] == len(lst):
-                    lst.append(Outcome(r["step"], r["service"], r["value"]))
-        elif kind in TERMINAL:
-            self._live.pop(wid, None)
-            self._finished.add(wid)
-        elif kind == "forgotten":
-            self._finished.discard(wid)
-        elif kind == "epoch":
-            self.epoch = max(self.epoch, r["epoch"])
 
     # --- appends ------------------------------------------------------------------
 
@@ -200,60 +177,31 @@ class Journal:
         self.next_seq += 1
         return record
 
-    def _admit(self, r: codec.Record, undo: list[Callable[[], object]]) -> tuple[bool, Any]:
-        """Whether to journal ``r``, and the value to answer its writer with; ``undo`` gets its reversal."""
-        kind, wid = r.get("k"), str(r.get("w"))
-        if kind not in codec.KINDS:
-            raise ValueError(f"unknown record kind {kind!r}")
-        if kind in STEP_KINDS:
-            steps = self._live.get(wid)
-            if steps is None:
-                return False, None  # finished or unknown: a late writer, nothing to keep
-            lst, step = steps[STEP_KINDS[kind]], r["step"]
-            if step < len(lst):
-                return False, lst[step].value
-            if step > len(lst):
-                raise ValueError(f"{kind} step {step} of {wid} skips step {len(lst)}")
-            lst.append(Outcome(step, r["service"], r["value"]))
-            undo.append(lst.pop)
-            return True, r["value"]
-        if kind == "submitted":
-            if wid in self._live or wid in self._finished:
-                return False, None
-            self._live[wid] = ([], [])
-            undo.append(lambda: self._live.pop(wid))
-        elif kind in TERMINAL:
-            if wid in self._finished:
-                return False, None
-            steps = self._live.pop(wid, None)
-            self._finished.add(wid)
-            undo.append(lambda: self._reopen(wid, steps))
-        return True, None
-
-    def _reopen(self, wid: str, steps: tuple[list[Outcome], list[Outcome]] | None) -> None:
-        self._finished.discard(wid)
-        if steps is not None:
-            self._live[wid] = steps
-
     async def append(self, records: list[codec.Record]) -> list[Any]:
-        """Journal ``records`` durably; return, per record, the value the journal holds."""
-        if self._failure is not None:
-            raise JournalUnavailable(f"journal failed: {self._failure}")
+        """Journal ``records`` durably; return, per record, the value the journal holds.
+
+        That is None for a kept record other than an outcome; for a dropped duplicate
+        ``submitted``, `Index.submitted_answer`. Raises `JournalUnavailable` if the
+        write failed (the records may be journaled or not), `Fenced` once fenced.
+        """
+        if self._fenced is not None:
+            raise self._fenced
         answers: list[Any] = []
         frames: list[bytes] = []
-        first_seq, undo = self.next_seq, list[Callable[[], object]]()
+        first_seq, undo = self.next_seq, Undo()
         kept: list[codec.Record] = []
         try:
             for r in records:
-                keep, value = self._admit(r, undo)
+                keep, value = self.index.admit(r, undo)
                 answers.append(value)
                 if keep:
                     frames.append(codec.encode(self._stamp(r)))
                     kept.append(r)
         except BaseException:
-            # A bad record (unknown kind, a skipped step, an unencodable value) fails the
-            # whole call and leaves nothing behind: a stamped but unwritten record would
-            # leave a hole in the sequence that the next `open` reads as corruption.
+            # A bad record (unknown kind, a skipped step, an unencodable or oversized
+            # value) fails the whole call and leaves nothing behind: a stamped but
+            # unwritten record would leave a hole in the sequence that the next `open`
+            # reads as corruption.
             self.next_seq = first_seq
             for step in reversed(undo):
                 step()
@@ -261,75 +209,120 @@ class Journal:
         batch = self._open_batch()
         batch.frames.extend(frames)
         batch.records.extend(kept)
+        batch.undo.extend(undo)
         batch.last_seq = self.next_seq - 1
-        assert batch.future is not None
         await asyncio.shield(batch.future)
         return answers
 
     def _open_batch(self) -> _Batch:
+        self._ensure_flusher()
+        if self._open is None:
+            self._open = _Batch(asyncio.get_running_loop().create_future(), last_seq=self.next_seq - 1)
+            self.wake()
+        return self._open
+
+    def wake(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _ensure_flusher(self) -> None:
         if self._flusher is None:
             self._wake = asyncio.Event()
             self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
-        if self._open is None:
-            self._open = _Batch(future=asyncio.get_running_loop().create_future())
-            assert self._wake is not None
-            self._wake.set()
-        return self._open
+            self._flusher.add_done_callback(self._flusher_done)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` on the executor: storage calls never block the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _flush_loop(self) -> None:
         assert self._wake is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.seal_idle_s)
-            except TimeoutError:
-                await loop.run_in_executor(self._pool, self._seal_idle)
-                continue
+        while self._fenced is None:
+            with contextlib.suppress(TimeoutError):  # work fell due before a batch came
+                await asyncio.wait_for(self._wake.wait(), self.maintenance.delay())
             self._wake.clear()
             batch, self._open = self._open, None
-            if batch is None:
-                continue
-            assert batch.future is not None
-            try:
-                await loop.run_in_executor(self._pool, self._write_now_frames, batch.frames, batch.last_seq)
-            except Exception as exc:  # the one catch-all: any failed write fails the journal
-                self._failure = exc
-                log.error("journal_write_failed", error=repr(exc))
-                batch.future.set_exception(JournalUnavailable(f"journal write failed: {exc}"))
-                return
-            if self.replicator is not None and batch.frames:
-                try:
-                    await self._replicate(batch)
-                except JournalUnavailable as exc:
-                    # Not acknowledged; the records stay in this log and reach the
-                    # followers by catch-up with a later batch, when a majority is back.
-                    batch.future.set_exception(exc)
-                    self._applied(batch)
-                    continue
-            batch.future.set_result(None)
-            self._applied(batch)
-            if self._since_snapshot >= self.snapshot_records:
-                try:
-                    await self.snapshot()
-                except OSError as exc:  # a failed snapshot costs start-up time, never data
-                    log.error("snapshot_failed", error=repr(exc))
+            if batch is not None:
+                self._inflight = batch
+                await self._flush(batch)
+                self._inflight = None
+            if self._fenced is None:
+                await self.maintenance.run(idle=batch is None)
 
-    def _seal_idle(self) -> None:
-        """An idle log seals its tail, so the object store holds it (s3: off the node)."""
-        if self._open is None and self._active is not None and self._active.size() > 0 and self._segments:
-            self._seal_active(self._segments[-1].last_seq)
-            log.info("idle_segment_sealed", up_to=self._segments[-2].last_seq if len(self._segments) > 1 else -1)
+    async def _flush(self, batch: _Batch) -> None:
+        try:
+            await self.run(self.log.write, batch.frames, batch.last_seq)
+        except Fenced as exc:
+            self.fence(exc)
+            return
+        except Exception as exc:  # the one catch-all of the write path: any storage error
+            log.error("journal_write_failed", error=repr(exc))
+            self._fail_pending(JournalUnavailable(f"journal write failed: {exc}"))
+            return
+        batch.durable = True
+        self.maintenance.written()
+        if self.replicator is not None and batch.frames:
+            try:
+                await self._replicate(batch)
+            except JournalUnavailable as exc:
+                # Not acknowledged; the records stay in this log and reach the
+                # followers by catch-up with a later batch, when a majority is back.
+                self._applied(batch)
+                batch.future.set_exception(exc)
+                return
+        self._applied(batch)
+        batch.future.set_result(None)
 
     def _applied(self, batch: _Batch) -> None:
         for r in batch.records:
             self.table.apply(r)
-        self._since_snapshot += len(batch.records)
+        self.index.written(batch.records)
+        self.maintenance.since_snapshot += len(batch.records)
+        batch.applied = True
+
+    def _fail_pending(self, error: BaseException) -> None:
+        """Fail the batch being written and the open one; roll back what is not durable."""
+        batches = [b for b in (self._inflight, self._open) if b is not None]
+        self._open = None
+        undone = [b for b in batches if not b.durable]
+        for b in reversed(undone):
+            for step in reversed(b.undo):
+                step()
+        if undone:
+            self.next_seq = undone[0].first_seq
+        for b in batches:
+            if b.durable and not b.applied:
+                self._applied(b)
+            if not b.future.done():
+                b.future.set_exception(error)
+                b.future.exception()  # retrieved here: a batch may have no waiter left
+
+    def fence(self, exc: Fenced) -> None:
+        """Another coordinator holds the storage: fail everything pending and to come."""
+        log.error("journal_fenced", error=str(exc))
+        self._fenced = exc
+        self._fail_pending(exc)
+        self.maintenance.fail_waiters(exc)
+        self.wake()
+
+    def _flusher_done(self, task: asyncio.Task[None]) -> None:
+        if self._flusher is task:
+            self._flusher = None
+        if task.cancelled():
+            self._fail_pending(JournalUnavailable("journal closed"))
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("journal_flusher_died", error=repr(exc))
+            error = JournalUnavailable(f"journal flusher died: {exc!r}")
+            self._fail_pending(error)
+            self.maintenance.fail_waiters(error)
 
     async def _replicate(self, batch: _Batch) -> None:
         assert self.replicator is not None
-        first = batch.last_seq - len(batch.frames) + 1
-        self.replicator.sealed_upto = self._active_first
-        await self.replicator.replicate(first, b"".join(batch.frames), len(batch.frames), self._frames_between)
+        self.replicator.sealed_upto = self.log.sealed_upto
+        await self.replicator.replicate(batch.first_seq, b"".join(batch.frames), len(batch.frames),
+                                        self._frames_between)
 
     async def _frames_between(self, start: int, stop: int) -> bytes:
         """This log's records ``start <= q < stop``, framed (for a follower's catch-up)."""
@@ -341,89 +334,21 @@ class Journal:
         return b"".join(out)
 
     def _write_now(self, records: list[codec.Record]) -> None:
-        self._write_now_frames([codec.encode(r) for r in records], self.next_seq - 1)
+        self.log.write([codec.encode(r) for r in records], self.next_seq - 1)
+        for r in records:
+            self.table.apply(r)
 
-    def _write_now_frames(self, frames: list[bytes], last_seq: int) -> None:
-        # ``last_seq`` is the batch's last record, not ``next_seq - 1``: this runs on the
-        # fsync thread while appends keep stamping the next batch, whose records must go
-        # to the segment that follows and be counted there.
-        assert self._active is not None
-        if frames:
-            self._active.append(b"".join(frames))
-        if self.fsync:
-            self._active.sync()
-        else:
-            self._active.flush()
-        self._segments[-1].last_seq = last_seq
-        if self._active.size() >= self.segment_bytes:
-            self._seal_active(last_seq)
-
-    def _start_segment(self, first_seq: int) -> None:
-        self._active_first = first_seq
-        self._active = self.backend.open_active(self._active_first)
-        self._segments.append(_Segment(SegmentRef(self._active_first, False), self._active_first - 1))
-
-    def _seal_active(self, last_seq: int) -> None:
-        assert self._active is not None
-        self._active.sync()
-        self._active.close()
-        self.backend.seal(self._active_first)
-        self._segments[-1] = _Segment(SegmentRef(self._active_first, True), last_seq)
-        self._start_segment(last_seq + 1)
-
-    # --- snapshots and compaction ---------------------------------------------------
-
-    def _load_snapshot(self) -> None:
-        names = self.backend.snapshots()
-        if not names:
-            return
-        name = names[-1]
-        data = self.backend.get_snapshot(name)
-        records, end = codec.scan(data, f"snapshot {name}")
-        if end != len(data) or len(records) != 1 or records[0]["k"] != "snapshot":
-            raise JournalCorrupt(f"snapshot {name}", end, "snapshot is damaged")
-        snap = records[0]
-        for d in snap["workflows"]:
-            wf = Workflow.from_dict(d)
-            self.table.workflows[wf.id] = wf
-            if wf.state.finished:
-                self._finished.add(wf.id)
-            else:
-                self._live[wf.id] = (list(wf.outcomes), list(wf.compensations))
-        self.table.mode, self.table.held = snap["mode"], snap["held"]
-        self.snapshot_seq = self.table.last_seq = snap["q"]
-        self.next_seq, self.epoch = snap["q"] + 1, snap["epoch"]
-        log.info("snapshot_loaded", snapshot=name, seq=snap["q"], workflows=len(snap["workflows"]))
+    # --- snapshots ------------------------------------------------------------------
 
     async def snapshot(self) -> int:
-        """Compact: forget workflows finished before the retention, seal the active
-        segment, store the fold of every durable record as a snapshot, then delete the
-        sealed segments and older snapshots it covers. Runs between two batches, so
-        the fold is exactly the records up to the last durable one. Returns its seq."""
-        gone = self.table.forget(self.clock() - self.retention_s) if math.isfinite(self.retention_s) else []
-        self._finished.difference_update(gone)
-        seq = self._segments[-1].last_seq if self._segments else -1
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._pool, self._write_snapshot, seq)
-        self._since_snapshot = 0
-        log.info("snapshot_written", seq=seq, workflows=len(self.table.workflows), forgotten=len(gone))
-        return seq
-
-    def _write_snapshot(self, seq: int) -> None:
-        if self._active is not None and self._active.size() > 0:
-            self._seal_active(seq)
-        record = {"v": codec.VERSION, "k": "snapshot", "q": seq, "epoch": self.epoch, "mode": self.table.mode,
-                  "held": self.table.held, "workflows": [wf.to_dict() for wf in self.table.workflows.values()]}
-        name = f"{seq:020d}.snap"
-        self.backend.put_snapshot(name, codec.encode(record))
-        self.snapshot_seq = seq
-        for old in self.backend.snapshots():
-            if old != name:
-                self.backend.delete_snapshot(old)
-        covered = [s for s in self._segments if s.ref.sealed and s.last_seq <= seq]
-        for seg in covered:
-            self.backend.delete(seg.ref)
-        self._segments = [s for s in self._segments if s not in covered]
+        """Compact now, between two batches (see `Maintenance.snapshot`); returns the snapshot's seq."""
+        if self._fenced is not None:
+            raise self._fenced
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.maintenance.waiters.append(waiter)
+        self._ensure_flusher()
+        self.wake()
+        return await waiter
 
     def state(self, offset: int = 0, limit: int = 50_000) -> dict[str, Any]:
         """A page of the fold: every workflow kept (unfinished, or finished within the
@@ -436,10 +361,10 @@ class Journal:
 
     def records(self, from_seq: int = 0) -> Iterator[codec.Record]:
         """Every durable record with ``q >= from_seq``, in order, read from storage."""
-        for seg in list(self._segments):
+        for seg in list(self.log.segments):
             if seg.last_seq < from_seq:
                 continue
-            ref = seg.ref
+            ref, last = seg.ref, seg.last_seq
             try:
                 buf = self.backend.read(ref)
             except FileNotFoundError:  # sealed meanwhile: read the sealed copy
@@ -447,7 +372,7 @@ class Journal:
                 buf = self.backend.read(ref)
             records, _ = codec.scan(buf, self.backend.describe(ref))
             for r in records:
-                if r["q"] >= from_seq:
+                if from_seq <= r["q"] <= last:  # not past what is durable
                     yield r
 
     def read(self, from_seq: int = 0, limit: int = 10_000) -> list[codec.Record]:
@@ -464,13 +389,12 @@ class Journal:
 
     def live_steps(self, workflow_ids: list[str]) -> dict[str, tuple[list[Outcome], list[Outcome]]]:
         """The journaled outcomes and compensations of unfinished workflows."""
-        return {w: self._live[w] for w in workflow_ids if w in self._live}
+        return {w: self.index.live[w] for w in workflow_ids if w in self.index.live}
 
     def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()
-        if self._active is not None:
-            self._active.close()
-            self._active = None
-        self._pool.shutdown(wait=True)
+        self.log.close()
+        if self._own_pool:
+            self._pool.shutdown(wait=True)
         self.backend.unlock()

@@ -29,11 +29,14 @@ from urllib.parse import urlparse
 
 import structlog
 
-from cluster.journal import codec
+from cluster.journal import recovery
 from cluster.journal.backends import ActiveSegment, Backend, FileBackend, MemoryBackend, SegmentRef, open_backend
-from workflows.errors import JournalCorrupt, JournalUnavailable
+from cluster.journal.codec import frame_bounds
+from workflows.errors import JournalUnavailable
 
 log = structlog.get_logger("replica")
+
+__all__ = ["Follower", "Replica", "Replicator", "frame_bounds", "replica_backend"]
 
 
 def replica_backend(uri: str, replica: int) -> Backend:
@@ -48,19 +51,6 @@ def replica_backend(uri: str, replica: int) -> Backend:
     if not isinstance(local, FileBackend):
         raise ValueError(f"storage {uri!r} has no local directory for replicas")
     return FileBackend(f"{local.root}-replica-{replica}")
-
-
-def frame_bounds(buf: bytes) -> list[tuple[int, int]]:
-    """(start, end) of each whole frame in ``buf`` (already checked by `codec.scan`)."""
-    bounds, offset = [], 0
-    while offset + codec.HEADER.size <= len(buf):
-        length, _ = codec.HEADER.unpack_from(buf, offset)
-        end = offset + codec.HEADER.size + length
-        if end > len(buf):
-            break
-        bounds.append((offset, end))
-        offset = end
-    return bounds
 
 
 class Replica:
@@ -81,13 +71,10 @@ class Replica:
         self.backend.lock(self.owner)
         refs = [r for r in self.backend.segments() if not r.sealed]
         for i, ref in enumerate(refs):
-            where = self.backend.describe(ref)
-            buf = self.backend.read(ref)
-            records, end = codec.scan(buf, where)
-            if end < len(buf):
-                if i != len(refs) - 1:
-                    raise JournalCorrupt(where, end, "damaged record at the end of a segment that is not the tail")
-                self.backend.truncate(ref, end)
+            seg = recovery.scan_segment(self.backend, ref, tail=i == len(refs) - 1)
+            if seg.torn_bytes:
+                self.backend.truncate(ref, seg.valid_end)
+            records = seg.records
             for r in records:
                 if r["k"] == "epoch":
                     self.epoch = max(self.epoch, r["epoch"])

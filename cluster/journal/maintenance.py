@@ -1,0 +1,149 @@
+"""The journal's background work between batches: sealing, seal retries, snapshots.
+
+It runs on the flusher (`Journal._flush_loop`), after a batch or when work falls
+due, so it never overlaps a write. None of it can fail an append:
+
+- A full segment, or one idle for ``seal_idle_s``, is sealed into the object store. If
+  the store refuses, appends go on in a new active segment and the seal is retried.
+- A snapshot every ``snapshot_records`` records compacts the log. If it fails, start-up
+  reads more log until one succeeds; nothing else is lost.
+- Any failure (an `OSError`, an S3 client error, ...) is logged and all background
+  work waits an exponential backoff, ``retry_min_s`` doubling up to ``retry_max_s``.
+  `Fenced` is not retried: it fences the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import TYPE_CHECKING
+
+import structlog
+
+from cluster.journal import recovery
+from workflows.errors import Fenced
+
+if TYPE_CHECKING:
+    from cluster.journal.journal import Journal
+
+log = structlog.get_logger("journal")
+
+
+class Maintenance:
+    """When background work is due, and doing it; see the module docstring."""
+
+    def __init__(self, journal: Journal, *, snapshot_records: int, retention_s: float, seal_idle_s: float,
+                 retry_min_s: float, retry_max_s: float) -> None:
+        self.journal = journal
+        self.snapshot_records = snapshot_records
+        self.retention_s = retention_s
+        self.seal_idle_s = seal_idle_s
+        self.retry_min_s = retry_min_s
+        self.retry_max_s = retry_max_s
+        self.since_snapshot = 0
+        self.waiters: list[asyncio.Future[int]] = []  # explicit `Journal.snapshot` calls
+        self.failures = 0
+        self._last_write: float | None = None
+        self._retry_at: float | None = None
+
+    @staticmethod
+    def _now() -> float:
+        return asyncio.get_running_loop().time()
+
+    def written(self) -> None:
+        self._last_write = self._now()
+
+    def _due_at(self) -> float | None:
+        """Loop time at which background work is next due, backoff aside; None for none."""
+        now = self._now()
+        log_ = self.journal.log
+        if log_.pending or log_.full or self.since_snapshot >= self.snapshot_records:
+            return now
+        if log_.active_bytes > 0:
+            if self._last_write is None:
+                self._last_write = now
+            return self._last_write + self.seal_idle_s
+        return None
+
+    def delay(self) -> float | None:
+        """Seconds the flusher may wait for a batch before work falls due (None: no work)."""
+        if self.waiters:
+            return 0.0
+        due = self._due_at()
+        if due is None:
+            return None
+        if self._retry_at is not None:
+            due = max(due, self._retry_at)
+        return max(0.0, due - self._now())
+
+    async def run(self, *, idle: bool) -> None:
+        """Do the work that is due (all of it, for an explicit snapshot)."""
+        due = self._due_at()
+        now = self._now() + 1e-3  # a timer may fire a hair early
+        if not self.waiters and (due is None or now < due or (self._retry_at is not None and now < self._retry_at)):
+            return
+        j = self.journal
+        try:
+            if j.log.pending:
+                await j.run(j.log.seal_pending)
+            if j.log.full or (j.log.active_bytes > 0 and self._last_write is not None
+                              and now >= self._last_write + self.seal_idle_s):
+                await j.run(j.log.rotate)
+                log.info("segment_sealed", up_to=j.log.last_seq, idle=idle)
+            if self.waiters or self.since_snapshot >= self.snapshot_records:
+                await self.snapshot()
+        except Fenced as exc:
+            j.fence(exc)
+            return
+        except Exception as exc:  # any storage error (OSError, the S3 client's, ...): retried with backoff
+            self.failures += 1
+            backoff = min(self.retry_max_s, self.retry_min_s * 2 ** min(self.failures - 1, 30))
+            self._retry_at = self._now() + backoff
+            log.error("journal_background_failed", error=repr(exc), retry_in_s=backoff, failures=self.failures)
+            self.fail_waiters(exc)
+            return
+        self.failures, self._retry_at = 0, None
+
+    def fail_waiters(self, exc: BaseException) -> None:
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_exception(exc)
+        self.waiters.clear()
+
+    async def snapshot(self) -> int:
+        """Compact: forget workflows finished before the retention, seal the active
+        segment, store the fold of every durable record as a snapshot, then delete the
+        sealed segments and older snapshots it covers. Runs between two batches, so
+        the fold is exactly the records up to the last durable one. Returns its seq."""
+        j = self.journal
+        kept = dict(j.table.workflows)
+        gone = j.table.forget(j.clock() - self.retention_s) if math.isfinite(self.retention_s) else []
+        try:
+            seq = await j.run(self._write)
+        except BaseException:
+            j.table.workflows = kept  # forgotten only once a snapshot without them is stored
+            raise
+        j.index.forget(gone)
+        self.since_snapshot = 0
+        log.info("snapshot_written", seq=seq, workflows=len(j.table.workflows), forgotten=len(gone))
+        for waiter in self.waiters:
+            if not waiter.done():
+                waiter.set_result(seq)
+        self.waiters.clear()
+        return seq
+
+    def _write(self) -> int:
+        j = self.journal
+        if j.log.active_bytes > 0:
+            j.log.rotate()
+        seq = j.log.last_seq
+        data = recovery.encode_snapshot(seq, j.epoch, j.table.mode, j.table.held,
+                                        [wf.to_dict() for wf in j.table.workflows.values()])
+        name = f"{seq:020d}.snap"
+        j.backend.put_snapshot(name, data)
+        j.snapshot_seq = seq
+        for old in j.backend.snapshots():
+            if old != name:
+                j.backend.delete_snapshot(old)
+        j.log.delete_covered(seq)
+        return seq
