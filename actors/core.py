@@ -3,7 +3,9 @@
 `SupervisorCore` is driven by the Ray shell in `actors.supervisor` and, in unit
 tests, by an in-process journal and pool. Its state is a cache of the journal:
 `start` rebuilds it by folding every record, then schedules each unfinished command
-again before any new one is admitted.
+again before any new one is admitted. Intake (submits, adoption of workflows the
+journal keeps) is in `actors.intake`, the read side (results, status, stats) in
+`actors.queries`.
 
 What survives a crash: everything journaled. Idempotent: `submit` (same id, same
 command), `report` (a duplicate report of an attempt is ignored), `start`.
@@ -12,52 +14,37 @@ command), `report` (a duplicate report of an attempt is ignored), `start`.
 from __future__ import annotations
 
 import asyncio
-import builtins
 import contextlib
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 
 from actors.admission import Admission
+from actors.intake import Encoded, Intake
 from actors.modes import Mode, Signal, next_mode
+from actors.ports import JournalPort, PoolPort
+from actors.queries import Queries
 from actors.retry import TimerHeap, retry_delay
 from actors.state import Event, State, Workflow, WorkflowTable, transition
 from cluster.options import Options
-from workflows.command import encode_command, resolve_type
+from workflows.command import resolve_type
 from workflows.context import Outcome
-from workflows.errors import (
-    CommandFailed,
-    DeadlineExceeded,
-    InvalidCommand,
-    Suspended,
-    UnknownWorkflow,
-    WorkerLost,
-)
+from workflows.errors import DeadlineExceeded, InvalidCommand, JournalError, WorkerLost
+
+__all__ = ["JournalPort", "PoolPort", "SupervisorCore"]
 
 log = structlog.get_logger("supervisor")
 
 FINISH_EVENTS = {"completed": Event.COMPLETE, "failed": Event.FAIL, "compensated": Event.COMPENSATE}
+PARKED = ("delayed", "blocked")
+REQUEUE_RETRY_MAX_S = 5.0
 
 
-class JournalPort(Protocol):
-    async def append(self, records: list[dict[str, Any]]) -> list[Any]: ...
-    async def state(self, offset: int, limit: int) -> dict[str, Any]: ...
-    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]: ...
-    async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]: ...
-
-
-class PoolPort(Protocol):
-    size: int
-
-    async def run(self, worker: int, items: list[dict[str, Any]]) -> None: ...
-    async def reset(self, incarnation: str) -> None: ...
-
-
-class SupervisorCore:
+class SupervisorCore(Intake, Queries):
     def __init__(self, options: Options, journal: JournalPort, pool: PoolPort,
                  clock: Callable[[], float] = time.time) -> None:
         self.options = options
@@ -74,8 +61,10 @@ class SupervisorCore:
         self.running: dict[str, tuple[int, int]] = {}  # id -> (worker, attempt)
         self.free = [options.slots_per_actor] * pool.size
         self.retrying: set[str] = set()
+        """Parked workflows: the backlog whose draining reopens intake. Never a finished one."""
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
-        self.submitting: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.submitting: dict[str, tuple[Encoded, asyncio.Future[None]]] = {}
+        """Ids being admitted: their command, and a future that ends as their submit does."""
         self.started = asyncio.Event()
         self._wake_dispatch = asyncio.Event()
         self._wake_timer = asyncio.Event()
@@ -100,12 +89,7 @@ class SupervisorCore:
         now = self.clock()
         for wf in self.table.unfinished():
             self.admission.force(1)
-            if wf.state.parked:
-                self.retrying.add(wf.id)
-                self.timers.push(wf.next_retry_at or now, wf.id)
-            else:
-                wf.state = transition(wf.state, Event.LOST)  # cut off by the restart
-                self.ready.append(wf.id)
+            self._schedule(wf, now)
         if not self.retrying and not self.held and self.mode is not Mode.NORMAL:
             await self._signal(Signal.DRAINED)
         self._loops = [asyncio.get_running_loop().create_task(self._dispatch_loop()),
@@ -120,66 +104,6 @@ class SupervisorCore:
     def close(self) -> None:
         for task in [*self._loops, *self._tasks]:
             task.cancel()
-
-    # --- intake ---------------------------------------------------------------------
-
-    async def submit(self, cmd: Any, workflow_id: str | None = None) -> str:
-        return (await self.submit_many([cmd], [workflow_id]))[0]
-
-    async def submit_many(self, cmds: list[Any], workflow_ids: list[str | None] | None = None) -> list[str]:
-        """Journal new commands as one batch once there is room; return their ids."""
-        await self.started.wait()
-        if workflow_ids is not None and len(workflow_ids) != len(cmds):
-            raise InvalidCommand(f"{len(cmds)} commands but {len(workflow_ids)} workflow ids")
-        ids = list(workflow_ids or [None] * len(cmds))
-        new: dict[str, tuple[str, dict[str, Any]]] = {}
-        out: list[str] = []
-        for cmd, wid in zip(cmds, ids, strict=True):
-            encoded = encode_command(cmd, self.options.max_payload_bytes)
-            wid = wid if wid is not None else uuid.uuid4().hex
-            if not isinstance(wid, str) or not wid:
-                raise InvalidCommand(f"workflow id must be a non-empty string, got {wid!r}")
-            known = self._known(wid) or new.get(wid)
-            if known is not None and known != encoded:
-                raise InvalidCommand(f"workflow id {wid!r} was already submitted with another command ({known[0]})")
-            if known is None:
-                new[wid] = encoded
-            out.append(wid)
-        if new:
-            await self._admit(new)
-        return out
-
-    def _known(self, wid: str) -> tuple[str, dict[str, Any]] | None:
-        wf = self.table.workflows.get(wid)
-        if wf is not None:
-            return wf.type, wf.fields
-        return self.submitting.get(wid)
-
-    def _check_intake(self) -> None:
-        if self.mode is not Mode.NORMAL:
-            reason = "suspended by an operator" if self.held else "a service is out (circuit breaker open)"
-            raise Suspended(f"intake is closed: {reason}; mode {self.mode.value}")
-
-    async def _admit(self, new: dict[str, tuple[str, dict[str, Any]]]) -> None:
-        self._check_intake()
-        self.submitting.update(new)
-        try:
-            await self.admission.acquire(len(new), self.options.admission_timeout_s)
-            try:
-                self._check_intake()
-                now = self.clock()
-                records = [{"k": "submitted", "w": w, "type": t, "fields": f, "t": now} for w, (t, f) in new.items()]
-                await self.journal.append(records)
-            except BaseException:
-                self.admission.release(len(new))
-                raise
-            for wid, r in zip(new, records, strict=True):
-                self.table.apply(r)
-                self.ready.append(wid)
-            self._wake_dispatch.set()
-        finally:
-            for w in new:
-                self.submitting.pop(w, None)
 
     # --- dispatch -------------------------------------------------------------------
 
@@ -216,18 +140,42 @@ class SupervisorCore:
         task.add_done_callback(self._tasks.discard)
 
     async def _run_on(self, worker: int, items: list[dict[str, Any]]) -> None:
+        """Run a batch on a worker; whatever ends the call, attempts it did not report
+        go back to be dispatched again (a workflow is never left running on nothing)."""
         try:
             await self.pool.run(worker, items)
         except WorkerLost as exc:
             log.warning("command_actor_lost", worker=worker, workflows=len(items), error=str(exc))
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this supervisor is closing
+            log.error("dispatch_failed", worker=worker, workflows=len(items), error=repr(exc))
+        except Exception as exc:  # the dispatch's one catch-all: any failed call (Ray's object lost,
+            # out of memory, task cancelled, a journal error) leaves its attempts to requeue below
+            log.error("dispatch_failed", worker=worker, workflows=len(items), error=repr(exc))
         # The actor reports each attempt before `run` returns: what is left was lost.
         lost = {i["w"]: (worker, i["attempt"]) for i in items if self.running.get(i["w"]) == (worker, i["attempt"])}
         if lost:
             await self._requeue(lost)
 
     async def _requeue(self, lost: dict[str, tuple[int, int]]) -> None:
-        """Dispatch again, from their journaled outcomes, attempts whose actor was lost."""
-        steps = await self.journal.live_steps(list(lost))
+        """Dispatch again, from their journaled outcomes, attempts whose actor was lost.
+
+        The outcomes come from the journal (the lost attempt may have recorded more than
+        this cache knows); while it cannot answer, the attempts wait and ask again."""
+        delay = max(self.options.slow_retry_interval_s, 0.01)
+        while True:
+            lost = {w: slot for w, slot in lost.items() if self.running.get(w) == slot}
+            if not lost:
+                return  # reported meanwhile
+            try:
+                steps = await self.journal.live_steps(list(lost))
+                break
+            except Exception as exc:  # the requeue's one catch-all: ask again, never drop them
+                log.warning("requeue_retrying", workflows=len(lost), error=repr(exc), retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, REQUEUE_RETRY_MAX_S)
         for wid, slot in lost.items():
             if self.running.get(wid) != slot:
                 continue  # reported meanwhile
@@ -245,8 +193,15 @@ class SupervisorCore:
     # --- reports from CommandActors --------------------------------------------------
 
     async def report(self, reports: list[dict[str, Any]]) -> None:
-        """Take the ends of attempts; terminal ones are journaled already by the runner."""
-        parked: list[dict[str, Any]] = []
+        """Take the ends of attempts; terminal ones are journaled already by the runner.
+
+        A parked attempt's record is journaled here; one past its deadline is journaled
+        as ``compensating`` (then dispatched to compensate) or ``failed`` before it
+        moves on, so neither is answered before it is durable.
+        """
+        records: list[dict[str, Any]] = []
+        ends: list[tuple[Workflow, dict[str, Any]]] = []
+        blocked = succeeded = False
         for rep in reports:
             wf = self.table.workflows.get(rep["w"])
             slot = self.running.get(rep["w"])
@@ -256,28 +211,53 @@ class SupervisorCore:
             self.free[slot[0]] += 1
             wf.outcomes = [Outcome(*o) for o in rep["outcomes"]]
             wf.compensations = [Outcome(*o) for o in rep["compensations"]]
-            if rep["kind"] in ("delayed", "blocked"):
+            if rep["kind"] in PARKED:
+                blocked = blocked or rep["kind"] == "blocked"
                 if "error" in rep:
                     wf.compensating, wf.error = True, rep["error"]
-                parked.append(self._park(wf, rep["kind"]))
+                record = self._park(wf, rep["kind"])
+                records.append(record)
+                if record["k"] not in PARKED:
+                    ends.append((wf, record))
             else:
+                succeeded = succeeded or wf.id in self.retrying
                 self._finish(wf, rep["kind"], rep.get("result"), rep.get("error"))
         self._wake_dispatch.set()
-        if parked:
-            await self.journal.append(parked)
-        await self._settle_mode(reports)
+        if records:
+            try:
+                await self.journal.append(records)
+            except JournalError:
+                for wf, _ in ends:  # not journaled: run again, to be parked or expired anew
+                    wf.state = transition(wf.state, Event.LOST)
+                    self.ready.append(wf.id)
+                raise
+        for wf, record in ends:
+            if record["k"] == "failed":
+                self._finish(wf, "failed", None, record["error"])
+            else:
+                wf.state = transition(wf.state, Event.EXPIRE)
+                self.ready.append(wf.id)
+                self._wake_dispatch.set()
+        await self._settle_mode(blocked, succeeded)
 
     def _park(self, wf: Workflow, kind: str) -> dict[str, Any]:
+        """The record that ends a parked attempt: ``delayed``/``blocked`` with its retry
+        time; past the command's deadline, ``compensating`` (it has outcomes to undo) or
+        ``failed`` with `DeadlineExceeded`. A compensation is retried past the deadline:
+        what was done is undone, however late."""
         now = self.clock()
         interval = (self.options.fast_retry_interval_s if self.mode is Mode.SUSPENDED_FAST
                     else self.options.slow_retry_interval_s)
         due = now + retry_delay(interval, self.options.jitter_s, wf.id, wf.attempts)
         deadline = resolve_deadline(wf.type)
-        if deadline is not None and due > wf.submitted_at + deadline:
+        if deadline is not None and due > wf.submitted_at + deadline and not wf.compensating:
             error = {"type": f"{DeadlineExceeded.__module__}.DeadlineExceeded",
                      "message": f"deadline_s={deadline} passed after {wf.attempts} attempts", "traceback": ""}
-            self._finish(wf, "failed", None, error)
-            return {"k": "failed", "w": wf.id, "error": error, "t": now}
+            self.retrying.discard(wf.id)
+            if not wf.outcomes:
+                return {"k": "failed", "w": wf.id, "error": error, "t": now}
+            wf.compensating, wf.error = True, error
+            return {"k": "compensating", "w": wf.id, "error": error, "t": now}
         wf.state = transition(wf.state, Event.BLOCK if kind == "blocked" else Event.DELAY)
         wf.next_retry_at = due
         self.retrying.add(wf.id)
@@ -289,19 +269,18 @@ class SupervisorCore:
         wf.state = transition(wf.state, FINISH_EVENTS[kind])
         wf.finished_at, wf.next_retry_at = self.clock(), None
         wf.result, wf.error = result, error if error is not None else wf.error
+        self.retrying.discard(wf.id)  # a finished workflow is no backlog
+        self.timers.discard(wf.id)
         self.admission.release(1)
-        for future in self.waiters.pop(wf.id, []):
-            if not future.done():
-                future.set_result(None)
+        self._notify(wf.id)
 
-    async def _settle_mode(self, reports: list[dict[str, Any]]) -> None:
-        if any(r["kind"] == "blocked" for r in reports):
+    async def _settle_mode(self, blocked: bool, succeeded: bool) -> None:
+        """Move the mode on: a Blocked report suspends, a parked command's success
+        hastens retries, an empty backlog reopens intake."""
+        if blocked:
             await self._signal(Signal.BLOCKED)
         if self.mode is Mode.NORMAL:
-            self.retrying.difference_update(r["w"] for r in reports if r["kind"] not in ("delayed", "blocked"))
             return
-        succeeded = [r["w"] for r in reports if r["kind"] not in ("delayed", "blocked") and r["w"] in self.retrying]
-        self.retrying.difference_update(succeeded)
         if succeeded and self.mode is Mode.SUSPENDED_SLOW:
             await self._signal(Signal.RETRY_SUCCEEDED)
         if not self.retrying:
@@ -347,84 +326,14 @@ class SupervisorCore:
 
     async def _forget_loop(self) -> None:
         """Drop finished workflows past ``retention_s`` from the cache (the journal's
-        snapshot drops them from storage)."""
+        snapshot drops them from storage). An id forgotten here and still kept by the
+        journal stays reserved: the journal answers a submit of it (see `_take_answers`)."""
         period = min(max(self.options.retention_s / 4, 0.05), 60.0)
         while True:
             await asyncio.sleep(period)
             self.table.forget(self.clock() - self.options.retention_s)
 
-    # --- queries --------------------------------------------------------------------
-
-    def _get(self, workflow_id: str) -> Workflow:
-        wf = self.table.workflows.get(workflow_id)
-        if wf is None:
-            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
-        return wf
-
-    async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:
-        await self.started.wait()
-        wf = self._get(workflow_id)
-        if not wf.state.finished:
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self.waiters.setdefault(workflow_id, []).append(future)
-            try:
-                await asyncio.wait_for(future, timeout_s)
-            except TimeoutError:
-                raise TimeoutError(f"workflow {workflow_id} did not finish within {timeout_s} s") from None
-        if wf.state is State.COMPLETED:
-            return wf.result
-        err = wf.error or {}
-        raise CommandFailed(workflow_id, err.get("type", "unknown"), err.get("message", ""), err.get("traceback", ""))
-
-    async def wait(self, workflow_ids: builtins.list[str], timeout_s: float | None = None) -> dict[str, Any]:
-        """Wait until at least one of ``workflow_ids`` has finished (or ``timeout_s``);
-        return each finished one's ``{"state", "result", "error"}`` by id. One call for
-        many workflows: a driver with many in flight pays a call per round, not per result."""
-        await self.started.wait()
-        wfs = [self._get(w) for w in workflow_ids]
-        if wfs and not any(wf.state.finished for wf in wfs):
-            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            for w in workflow_ids:
-                self.waiters.setdefault(w, []).append(future)
-            try:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(future), timeout_s)
-            finally:
-                for w in workflow_ids:
-                    pending = self.waiters.get(w)
-                    if pending and future in pending:
-                        pending.remove(future)
-        return {wf.id: {"state": wf.state.value, "result": wf.result, "error": wf.error}
-                for wf in wfs if wf.state.finished}
-
-    async def status(self, workflow_id: str) -> dict[str, Any]:
-        await self.started.wait()
-        wf = self._get(workflow_id)
-        status = wf.status()
-        if wf.state is State.RUNNING:
-            steps = await self.journal.live_steps([workflow_id])
-            if workflow_id in steps:
-                status["outcomes"] = [list(o) for o in steps[workflow_id][0]]
-        return status
-
-    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
-        if state is not None and state not in {s.value for s in State}:
-            raise ValueError(f"unknown state {state!r}: one of {', '.join(s.value for s in State)}")
-        out = []
-        for wf in self.table.workflows.values():
-            if state is None or wf.state.value == state:
-                out.append(wf.status())
-                if len(out) >= limit:
-                    break
-        return out
-
-    def stats(self) -> dict[str, Any]:
-        counts = {s.value: 0 for s in State}
-        for wf in self.table.workflows.values():
-            counts[wf.state.value] += 1
-        return {"mode": self.mode.value, "held": self.held, "in_flight": self.admission.admitted,
-                "max_cmds": self.options.max_cmds, "waiting_admission": self.admission.waiting,
-                "running": len(self.running), "parked": len(self.timers), "counts": counts}
+    # --- operator -------------------------------------------------------------------
 
     async def suspend(self) -> dict[str, Any]:
         self.held = True
@@ -435,9 +344,6 @@ class SupervisorCore:
         self.held = False
         await self._signal(Signal.RESUME, force=True)
         return self.stats()
-
-    async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> builtins.list[dict[str, Any]]:
-        return await self.journal.outcomes(service, since_seq, limit)
 
 
 def resolve_deadline(type_name: str) -> float | None:

@@ -7,6 +7,8 @@ the Ray actors wire the same classes across processes.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from actors.batching import Batcher
@@ -39,20 +41,28 @@ class LocalJournal:
 
 
 class LocalPool:
-    """`PoolPort` over in-process runners; `lose` makes a worker's next batch fail as lost."""
+    """`PoolPort` over in-process runners. Faults for tests: a worker in ``lost`` fails
+    its next batch with `WorkerLost`; `fail` makes its next batch raise any error."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.runners: list[Runner] = []
         self.lost: set[int] = set()
+        self.failures: dict[int, list[BaseException]] = {}
 
     def bind(self, runners: list[Runner]) -> None:
         self.runners = runners
+
+    def fail(self, worker: int, error: BaseException) -> None:
+        """Make the next batch sent to ``worker`` raise ``error`` without running."""
+        self.failures.setdefault(worker, []).append(error)
 
     async def run(self, worker: int, items: list[dict[str, Any]]) -> None:
         if worker in self.lost:
             self.lost.discard(worker)
             raise WorkerLost(f"worker {worker} lost")
+        if self.failures.get(worker):
+            raise self.failures[worker].pop(0)
         await self.runners[worker].run(items)
 
     async def reset(self, incarnation: str) -> None:
@@ -63,14 +73,15 @@ class LocalPool:
 class LocalCoordinator:
     """A whole coordinator in this process and event loop; call `start`, then use `core`."""
 
-    def __init__(self, options: Options, gateway: Any = None) -> None:
+    def __init__(self, options: Options, gateway: Any = None, clock: Callable[[], float] = time.time) -> None:
+        """``clock`` is the supervisor's and the journal's (retention, retry times)."""
         self.options = options
         self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
                                segment_bytes=options.segment_bytes, owner=f"{options.namespace}/local",
                                snapshot_records=options.snapshot_records, retention_s=options.retention_s,
-                               seal_idle_s=options.seal_idle_s)
+                               seal_idle_s=options.seal_idle_s, clock=clock)
         self.pool = LocalPool(options.command_actors)
-        self.core = SupervisorCore(options, LocalJournal(self.journal), self.pool)
+        self.core = SupervisorCore(options, LocalJournal(self.journal), self.pool, clock=clock)
         gateway = gateway if gateway is not None else build_gateway(options)
         port = LocalJournal(self.journal)
         self._batchers: list[Batcher[dict[str, Any]]] = []

@@ -43,6 +43,7 @@ class Event(enum.StrEnum):
     COMPLETE = "complete"
     FAIL = "fail"
     COMPENSATE = "compensate"  # compensation finished with outcomes
+    EXPIRE = "expire"  # its deadline passed: it goes back to run its compensation
 
 
 class IllegalTransition(ValueError):
@@ -57,6 +58,7 @@ _EDGES: dict[tuple[State, Event], State] = {
     (State.RUNNING, Event.FAIL): State.FAILED,
     (State.RUNNING, Event.COMPENSATE): State.COMPENSATED,
     (State.RUNNING, Event.LOST): State.PENDING,
+    (State.RUNNING, Event.EXPIRE): State.PENDING,
     (State.DELAYED, Event.RETRY_DUE): State.PENDING,
     (State.BLOCKED, Event.RETRY_DUE): State.PENDING,
     (State.DELAYED, Event.LOST): State.PENDING,
@@ -95,6 +97,8 @@ class Workflow:
     finished_at: float | None = None
     outcome_seqs: list[int] = field(default_factory=list)
     """The journal sequence number of each outcome (for replay after compaction)."""
+    compensation_seqs: list[int] = field(default_factory=list)
+    """The same for each compensation; empty in snapshots written before they were kept."""
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, msgpack-encodable: the snapshot form."""
@@ -102,14 +106,22 @@ class Workflow:
                 "state": self.state.value, "attempts": self.attempts, "outcomes": [list(o) for o in self.outcomes],
                 "compensations": [list(o) for o in self.compensations], "compensating": self.compensating,
                 "error": self.error, "result": self.result, "next_retry_at": self.next_retry_at,
-                "finished_at": self.finished_at, "outcome_seqs": self.outcome_seqs}
+                "finished_at": self.finished_at, "outcome_seqs": self.outcome_seqs,
+                "compensation_seqs": self.compensation_seqs}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Workflow:
-        return cls(d["id"], d["type"], d["fields"], d["submitted_at"], State(d["state"]), d["attempts"],
-                   [Outcome(*o) for o in d["outcomes"]], [Outcome(*o) for o in d["compensations"]],
-                   d["compensating"], d["error"], d["result"], d["next_retry_at"], d["finished_at"],
-                   list(d.get("outcome_seqs", [])))
+        """The inverse of `to_dict`. A snapshot that kept no compensation sequence
+        numbers gets the last outcome's for each: they are replayed after every
+        outcome of their workflow, which is where the journal had them."""
+        wf = cls(d["id"], d["type"], d["fields"], d["submitted_at"], State(d["state"]), d["attempts"],
+                 [Outcome(*o) for o in d["outcomes"]], [Outcome(*o) for o in d["compensations"]],
+                 d["compensating"], d["error"], d["result"], d["next_retry_at"], d["finished_at"],
+                 list(d.get("outcome_seqs", [])), list(d.get("compensation_seqs", [])))
+        missing = len(wf.compensations) - len(wf.compensation_seqs)
+        if missing > 0:
+            wf.compensation_seqs += [wf.outcome_seqs[-1] if wf.outcome_seqs else -1] * missing
+        return wf
 
     def status(self) -> dict[str, Any]:
         return {
@@ -171,12 +183,22 @@ class WorkflowTable:
         return gone
 
     def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
-        """Journaled outcomes of ``service`` with sequence number >= ``since_seq``, in order."""
-        found = [{"seq": q, "workflow_id": wf.id, "step": o.step, "service": o.service, "value": o.value}
-                 for wf in self.workflows.values() for o, q in zip(wf.outcomes, wf.outcome_seqs, strict=False)
-                 if q >= since_seq and o.service == service]
-        found.sort(key=lambda d: d["seq"])
+        """The journaled steps of ``service`` with sequence number >= ``since_seq``, in
+        journal order: ``kind`` is ``"outcome"`` for a step of ``exec`` and
+        ``"compensation"`` for one of ``compensate``, so a service rebuilt from them
+        undoes what was undone."""
+        found = []
+        for wf in self.workflows.values():
+            for kind, steps, seqs in (("outcome", wf.outcomes, wf.outcome_seqs),
+                                      ("compensation", wf.compensations, wf.compensation_seqs)):
+                found += [_replayed(wf, o, q, kind) for o, q in zip(steps, seqs, strict=False)
+                          if q >= since_seq and o.service == service]
+        found.sort(key=lambda d: (d["seq"], d["kind"] == "compensation", d["step"]))
         return found[:limit]
+
+
+def _replayed(wf: Workflow, o: Outcome, seq: int, kind: str) -> dict[str, Any]:
+    return {"seq": seq, "kind": kind, "workflow_id": wf.id, "step": o.step, "service": o.service, "value": o.value}
 
 
 def _started(wf: Workflow, r: dict[str, Any]) -> None:
@@ -195,6 +217,8 @@ def _outcome(wf: Workflow, r: dict[str, Any]) -> None:
 
 
 def _compensation(wf: Workflow, r: dict[str, Any]) -> None:
+    if r["step"] == len(wf.compensations):
+        wf.compensation_seqs.append(r.get("q", -1))
     _append(wf.compensations, r)
 
 

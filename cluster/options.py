@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 SCHEMES = ("file", "s3", "mem")
+
+MAX_PAYLOAD_BYTES = 16 << 20
+"""The upper bound of `Options.max_payload_bytes`, a quarter of the journal codec's
+record limit (`cluster.journal.codec.MAX_RECORD_BYTES`, 64 MiB; a test keeps them so):
+a record holds one payload (fields, an outcome, a result) plus its id and kind, and
+must stay well under the limit the reader enforces."""
+
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+GATEWAY_FORM = re.compile(rf"{_DOTTED}:{_DOTTED}")
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ class Options:
     services: Mapping[str, str] = field(default_factory=dict)
     """Service name to base URL, for the default HTTP gateway."""
     max_payload_bytes: int = 1 << 20
-    """Largest encoded command, outcome or result accepted."""
+    """Largest encoded command, outcome or result accepted; at most `MAX_PAYLOAD_BYTES`."""
     segment_bytes: int = 64 << 20
     """A journal segment is sealed once it grows past this size."""
     snapshot_records: int = 100_000
@@ -80,6 +90,11 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"Options.{name} must be an integer >= 1, got {value!r}")
+        if self.max_payload_bytes > MAX_PAYLOAD_BYTES:
+            raise ValueError(f"Options.max_payload_bytes must be at most {MAX_PAYLOAD_BYTES} (a quarter of the "
+                             f"journal's record limit), got {self.max_payload_bytes!r}")
+        if self.gateway is not None and not (isinstance(self.gateway, str) and GATEWAY_FORM.fullmatch(self.gateway)):
+            raise ValueError(f"Options.gateway must be None or 'module:factory' (dotted names), got {self.gateway!r}")
         if not self.namespace:
             raise ValueError("Options.namespace must not be empty")
         if self.log_level not in ("debug", "info", "warning", "error"):

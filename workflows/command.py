@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import unicodedata
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgpack
@@ -32,6 +33,44 @@ class Command:
 
     async def compensate(self, ctx: Context, error: BaseException) -> None:
         """Undo what ``ctx.outcomes`` says was done. The default does nothing."""
+
+
+MAX_WORKFLOW_ID_BYTES = 1024
+"""The longest workflow id, in bytes of UTF-8."""
+
+COMPENSATE_SUFFIX = "/compensate"
+
+
+def check_workflow_id(workflow_id: object) -> str:
+    """Return ``workflow_id`` if it is a valid workflow id, else raise `InvalidCommand`.
+
+    A workflow id is a non-empty ``str`` of at most `MAX_WORKFLOW_ID_BYTES` bytes of
+    UTF-8, with no control, format, surrogate, private-use or unassigned character
+    (Unicode category ``C*``), that does not end in ``/compensate``. The idempotency
+    keys a workflow sends are ``"{id}/{step}"`` and ``"{id}/compensate/{step}"``; an
+    id ``x/compensate`` would send ``x``'s compensation keys, and that suffix is the
+    only way two workflows' keys can meet.
+    """
+    if not isinstance(workflow_id, str) or not workflow_id:
+        raise InvalidCommand(f"workflow id must be a non-empty string, got {_short(workflow_id)}")
+    try:
+        size = len(workflow_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidCommand(f"workflow id {_short(workflow_id)} is not valid UTF-8 (a lone surrogate)") from None
+    if size > MAX_WORKFLOW_ID_BYTES:
+        raise InvalidCommand(f"workflow id is {size} bytes of UTF-8, over the {MAX_WORKFLOW_ID_BYTES}-byte limit")
+    for ch in workflow_id:
+        if unicodedata.category(ch).startswith("C"):
+            raise InvalidCommand(f"workflow id {_short(workflow_id)} contains the control character {ch!r}")
+    if workflow_id.endswith(COMPENSATE_SUFFIX):
+        raise InvalidCommand(f"workflow id {_short(workflow_id)} ends in {COMPENSATE_SUFFIX!r}: its step keys "
+                             "would be another workflow's compensation keys")
+    return workflow_id
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def type_name(cls: type) -> str:
@@ -61,6 +100,9 @@ def encode_command(cmd: object, max_bytes: int) -> tuple[str, dict[str, Any]]:
 
     Checks, before anything is journaled: a dataclass `Command` instance, a type that
     imports back to the same class, fields msgpack can encode, and the size limit.
+    The fields returned are those the journal will hold: packed and unpacked with the
+    journal codec's options (a tuple comes back a list), so what runs first, what a
+    recovered attempt runs and what a re-submit is compared with are all the same.
     """
     if not isinstance(cmd, Command) or not dataclasses.is_dataclass(cmd):
         raise InvalidCommand(f"{cmd!r} is not an instance of a @dataclass subclass of workflows.Command")
@@ -70,12 +112,13 @@ def encode_command(cmd: object, max_bytes: int) -> tuple[str, dict[str, Any]]:
     # Only __init__ fields: decode rebuilds with cls(**fields), and init=False ones are derived.
     fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd) if f.init}
     try:
-        size = len(msgpack.packb(fields, use_bin_type=True))
+        packed = msgpack.packb(fields, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:
         raise InvalidCommand(f"command {name}: a field cannot be encoded with msgpack ({exc})") from None
-    if size > max_bytes:
-        raise InvalidCommand(f"command {name}: fields are {size} bytes, over the {max_bytes}-byte limit")
-    return name, fields
+    if len(packed) > max_bytes:
+        raise InvalidCommand(f"command {name}: fields are {len(packed)} bytes, over the {max_bytes}-byte limit")
+    normalised: dict[str, Any] = msgpack.unpackb(packed, raw=False, strict_map_key=False)
+    return name, normalised
 
 
 def decode_command(name: str, fields: dict[str, Any]) -> Command:

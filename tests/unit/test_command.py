@@ -163,3 +163,30 @@ def test_decode_of_a_type_that_does_not_resolve(name: Any, message: str) -> None
 def test_invalid_command_is_a_value_error_and_a_coordinator_error() -> None:
     assert issubclass(InvalidCommand, ValueError) and issubclass(InvalidCommand, CoordinatorError)
     assert resolve_type("workflows.testing:Echo") is Echo and dataclasses.is_dataclass(Echo)
+
+
+# --- workflow ids (SPEC §4.12) -----------------------------------------------------------
+
+
+def test_workflow_id_rule() -> None:
+    from workflows.command import MAX_WORKFLOW_ID_BYTES, check_workflow_id
+
+    assert MAX_WORKFLOW_ID_BYTES == 1024
+    for ok in ("t-1", "é" * 512, "x" * 1024, "a/compensate/0", "compensate", "旅/1", "emoji 🚀"):
+        assert check_workflow_id(ok) == ok
+    bad = {"": "non-empty", None: "non-empty", b"id": "non-empty", "x" * 1025: "1025 bytes",
+           "é" * 513: "1026 bytes", "a\x00": "control", "a\x7f": "control", "a\u200b": "control",
+           "\ud800": "UTF-8", "a\ue000": "control", "a\U000e0001": "control", "x/compensate": "/compensate",
+           "a/b/compensate": "/compensate"}
+    for wid, message in bad.items():
+        with pytest.raises(InvalidCommand, match=message):
+            check_workflow_id(wid)
+
+
+def test_fields_come_back_as_the_journal_holds_them() -> None:
+    from cluster.journal import codec
+
+    _name, fields = encode_command(Echo((1, (2, b"\x00"), {"k": (3,)})), LIMIT)
+    assert fields == {"value": [1, [2, b"\x00"], {"k": [3]}], "steps": 2}
+    record = {"v": codec.VERSION, "q": 0, "k": "submitted", "w": "w", "fields": Echo((1, (2,))).__dict__}
+    assert codec.unpack(codec.pack(record), "<test>", 0)["fields"] == encode_command(Echo((1, (2,))), LIMIT)[1]

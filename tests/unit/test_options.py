@@ -91,3 +91,24 @@ def test_a_plain_path_becomes_an_absolute_file_uri(tmp_path: Path, monkeypatch: 
                                  "s3://bucket/prefix?endpoint=http://127.0.0.1:9000", "mem://tests"])
 def test_uris_are_kept(uri: str) -> None:
     assert Options(storage=uri).storage == uri
+
+
+def test_max_payload_bytes_stays_well_under_the_journal_record_limit() -> None:
+    from cluster.journal import codec
+    from cluster.options import MAX_PAYLOAD_BYTES
+
+    assert MAX_PAYLOAD_BYTES <= codec.MAX_RECORD_BYTES // 4
+    assert Options(storage="mem://x", max_payload_bytes=MAX_PAYLOAD_BYTES).max_payload_bytes == MAX_PAYLOAD_BYTES
+    with pytest.raises(ValueError, match=r"Options\.max_payload_bytes must be at most"):
+        Options(storage="mem://x", max_payload_bytes=MAX_PAYLOAD_BYTES + 1)
+
+
+@pytest.mark.parametrize("gateway", ["json", "json:", ":loads", "my module:f", "a:b c", "a::b", 3, ""])
+def test_gateway_must_be_module_colon_factory(gateway: Any) -> None:
+    with pytest.raises(ValueError, match=r"Options\.gateway must be None or 'module:factory'"):
+        Options(storage="mem://x", gateway=gateway)
+
+
+def test_gateway_forms_taken() -> None:
+    for gateway in (None, "workflows.gateway:HttpGateway", "pkg.mod:Factory.build", "_m:_f"):
+        assert Options(storage="mem://x", gateway=gateway).gateway == gateway

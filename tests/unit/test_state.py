@@ -24,6 +24,7 @@ EDGES: dict[tuple[State, Event], State] = {
     (S.RUNNING, E.FAIL): S.FAILED,
     (S.RUNNING, E.COMPENSATE): S.COMPENSATED,
     (S.RUNNING, E.LOST): S.PENDING,
+    (S.RUNNING, E.EXPIRE): S.PENDING,
     (S.DELAYED, E.RETRY_DUE): S.PENDING,
     (S.DELAYED, E.LOST): S.PENDING,
     (S.DELAYED, E.FAIL): S.FAILED,
@@ -48,7 +49,7 @@ def test_every_other_pair_is_illegal(state: State, event: Event) -> None:
 
 
 def test_finished_states_have_no_way_out_and_parked_ones_are_delayed_or_blocked() -> None:
-    assert len(ILLEGAL) == len(State) * len(Event) - 14
+    assert len(ILLEGAL) == len(State) * len(Event) - 15
     assert {S.COMPLETED, S.FAILED, S.COMPENSATED} == FINISHED
     assert [s for s in State if s.finished] == [S.COMPLETED, S.FAILED, S.COMPENSATED]
     assert [s for s in State if s.parked] == [S.DELAYED, S.BLOCKED]

@@ -1,0 +1,199 @@
+"""Intake: how workflows enter the supervisor's table, new, recovered or adopted.
+
+`Intake` is a part of `actors.core.SupervisorCore`. A submit is checked whole before
+anything is journaled (command, id, record size: `InvalidCommand`), waits for room
+under MaxCmds, and returns only once its ``submitted`` record is durable, for every
+caller: a second submit of an id still being admitted waits for the first one's
+answer. The journal has the last word on ids: one it still keeps (a finished
+workflow this cache has forgotten) is answered from what it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from typing import Any
+
+import msgpack
+
+from actors.admission import Admission
+from actors.modes import Mode
+from actors.ports import JournalPort
+from actors.retry import TimerHeap
+from actors.state import Event, Workflow, WorkflowTable, transition
+from cluster.journal import codec
+from cluster.options import Options
+from workflows.command import check_workflow_id, encode_command
+from workflows.errors import InvalidCommand, Suspended
+
+Encoded = tuple[str, dict[str, Any]]
+"""A command's journal form: its type name and msgpack-normalised fields."""
+
+
+class Intake:
+    options: Options
+    journal: JournalPort
+    clock: Any
+    table: WorkflowTable
+    mode: Mode
+    held: bool
+    admission: Admission
+    timers: TimerHeap
+    ready: deque[str]
+    retrying: set[str]
+    submitting: dict[str, tuple[Encoded, asyncio.Future[None]]]
+    started: asyncio.Event
+    _wake_dispatch: asyncio.Event
+    _wake_timer: asyncio.Event
+
+    def _schedule(self, wf: Workflow, now: float) -> None:
+        """Schedule an unfinished workflow the journal holds and this process did not run:
+        a parked one at its retry time, any other at once (its attempt was cut off)."""
+        if wf.state.parked:
+            self.retrying.add(wf.id)
+            self.timers.push(wf.next_retry_at or now, wf.id)
+            self._wake_timer.set()
+        else:
+            wf.state = transition(wf.state, Event.LOST)
+            self.ready.append(wf.id)
+            self._wake_dispatch.set()
+
+    async def submit(self, cmd: Any, workflow_id: str | None = None) -> str:
+        return (await self.submit_many([cmd], [workflow_id]))[0]
+
+    async def submit_many(self, cmds: list[Any], workflow_ids: list[str | None] | None = None) -> list[str]:
+        """Journal new commands as one batch once there is room; return their ids.
+
+        Every command and id is checked first (`InvalidCommand`, nothing journaled). An
+        id already known, in the table or to the journal, with the same command is
+        answered without a new run; with another command it is `InvalidCommand`. An id
+        another call is admitting gets that call's answer once it is known: returned
+        ids are journaled ids, for every caller.
+        """
+        await self.started.wait()
+        if workflow_ids is not None and len(workflow_ids) != len(cmds):
+            raise InvalidCommand(f"{len(cmds)} commands but {len(workflow_ids)} workflow ids")
+        checked = [self._check(cmd, wid) for cmd, wid in zip(cmds, workflow_ids or [None] * len(cmds), strict=True)]
+        new: dict[str, Encoded] = {}
+        others: list[asyncio.Future[None]] = []
+        for wid, encoded in checked:
+            known, future = self._known(wid)
+            known = known or new.get(wid)
+            if known is not None and known != encoded:
+                raise InvalidCommand(f"workflow id {wid!r} was already submitted with another command ({known[0]})")
+            if known is None:
+                new[wid] = encoded
+            elif future is not None and future not in others:
+                others.append(future)
+        if new:
+            await self._admit(new)
+        for future in others:
+            await asyncio.wait([future])
+            if future.cancelled():  # its submitter went away before an answer: submit it here
+                return await self.submit_many(cmds, [wid for wid, _ in checked])
+            error = future.exception()
+            if error is not None:
+                raise error
+        return [wid for wid, _ in checked]
+
+    def _check(self, cmd: Any, workflow_id: str | None) -> tuple[str, Encoded]:
+        """The id and journal form of one command; `InvalidCommand` for anything the
+        journal would refuse or its reader could not read back."""
+        encoded = encode_command(cmd, self.options.max_payload_bytes)
+        wid = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
+        # Fields are bounded by max_payload_bytes, the id by its limit: pack the whole
+        # record only when they could add up to more than the codec takes.
+        if self.options.max_payload_bytes + 4 * (len(wid) + len(encoded[0])) + 256 > codec.MAX_RECORD_BYTES:
+            record = {**self._submitted(wid, encoded, 0.0), "v": codec.VERSION, "q": 2**63 - 1}
+            size = len(msgpack.packb(record, use_bin_type=True))  # as the codec packs it
+            if size > codec.MAX_RECORD_BYTES:
+                raise InvalidCommand(f"workflow {wid[:80]!r}: its record is {size} bytes, over the journal's "
+                                     f"{codec.MAX_RECORD_BYTES}-byte limit")
+        return wid, encoded
+
+    @staticmethod
+    def _submitted(wid: str, encoded: Encoded, now: float) -> dict[str, Any]:
+        return {"k": "submitted", "w": wid, "type": encoded[0], "fields": encoded[1], "t": now}
+
+    def _known(self, wid: str) -> tuple[Encoded | None, asyncio.Future[None] | None]:
+        wf = self.table.workflows.get(wid)
+        if wf is not None:
+            return (wf.type, wf.fields), None
+        pending = self.submitting.get(wid)
+        return (pending[0], pending[1]) if pending is not None else (None, None)
+
+    def _check_intake(self) -> None:
+        if self.mode is not Mode.NORMAL:
+            reason = "suspended by an operator" if self.held else "a service is out (circuit breaker open)"
+            raise Suspended(f"intake is closed: {reason}; mode {self.mode.value}")
+
+    async def _admit(self, new: dict[str, Encoded]) -> None:
+        self._check_intake()
+        loop = asyncio.get_running_loop()
+        futures = {w: loop.create_future() for w in new}
+        self.submitting.update({w: (new[w], futures[w]) for w in new})
+        errors: dict[str, BaseException] = {}
+        try:
+            await self.admission.acquire(len(new), self.options.admission_timeout_s)
+            try:
+                self._check_intake()
+                now = self.clock()
+                records = [self._submitted(w, e, now) for w, e in new.items()]
+                answers = await self.journal.append(records)
+            except BaseException:
+                self.admission.release(len(new))
+                raise
+            errors = self._take_answers(records, answers)
+        except asyncio.CancelledError:
+            for future in futures.values():
+                future.cancel()
+            raise
+        except BaseException as exc:
+            errors = dict.fromkeys(new, exc)
+            raise
+        finally:
+            for w, future in futures.items():
+                self.submitting.pop(w, None)
+                if future.done():
+                    continue
+                if w in errors:
+                    future.set_exception(errors[w])
+                    future.exception()  # retrieved: nobody may be waiting on it
+                else:
+                    future.set_result(None)
+        if errors:
+            raise next(iter(errors.values()))
+
+    def _take_answers(self, records: list[dict[str, Any]], answers: list[Any]) -> dict[str, BaseException]:
+        """Apply journaled submits; for ids the journal knew already, compare and adopt.
+
+        Returns the `InvalidCommand` of each id the journal holds with another command.
+        """
+        conflicts: dict[str, BaseException] = {}
+        for r, answer in zip(records, answers, strict=True):
+            wid = r["w"]
+            if answer is None:
+                self.table.apply(r)
+                self.ready.append(wid)
+            elif (answer["type"], answer["fields"]) != (r["type"], r["fields"]):
+                self.admission.release(1)
+                conflicts[wid] = InvalidCommand(
+                    f"workflow id {wid!r} was already submitted with another command ({answer['type']})")
+            elif not self._adopt(wid, answer.get("workflow")):
+                self.admission.release(1)
+        self._wake_dispatch.set()
+        return conflicts
+
+    def _adopt(self, wid: str, known: dict[str, Any] | None) -> bool:
+        """Take back into the table a workflow the journal still keeps (this cache had
+        forgotten it); True if it is unfinished, and so keeps its admission."""
+        if wid in self.table.workflows or known is None:
+            return False  # put there meanwhile, or journaled by a submit still under way
+        wf = Workflow.from_dict(known)
+        self.table.workflows[wid] = wf
+        if wf.state.finished:
+            return False
+        self._schedule(wf, self.clock())
+        return True
+

@@ -1,0 +1,28 @@
+"""The supervisor core's two ports: the journal and the CommandActor pool.
+
+`actors.supervisor` implements them over Ray actors, `actors.local` in-process.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class JournalPort(Protocol):
+    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
+        """Journal ``records`` durably; per record, what the journal answers: None for
+        a kept ``submitted``; for one whose id the journal knows already, the
+        ``{"type", "fields", "workflow"}`` it holds (``workflow`` a `Workflow.to_dict`,
+        or None while that record is not yet durable)."""
+        ...
+
+    async def state(self, offset: int, limit: int) -> dict[str, Any]: ...
+    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]: ...
+    async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]: ...
+
+
+class PoolPort(Protocol):
+    size: int
+
+    async def run(self, worker: int, items: list[dict[str, Any]]) -> None: ...
+    async def reset(self, incarnation: str) -> None: ...
