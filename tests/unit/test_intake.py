@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from actors.local import LocalCoordinator, LocalJournal
+from actors.local import LocalCoordinator
 from cluster.journal import MemoryBackend, codec
 from cluster.options import Options
 from workflows.errors import AtCapacity, InvalidCommand, UnknownWorkflow
@@ -94,24 +94,9 @@ async def test_a_record_over_the_codec_limit_is_invalid(coord: LocalCoordinator,
 # --- an id stays reserved while the journal keeps it -------------------------------------
 
 
-class KeptIds(LocalJournal):
-    """The journal's answer to a ``submitted`` whose id it keeps: what it holds (the
-    journal answers so itself once it knows how; this gives the same answer meanwhile)."""
-
-    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
-        known = {r["w"]: self.journal.table.workflows.get(r["w"]) for r in records if r["k"] == "submitted"}
-        answers = await super().append(records)
-        for i, r in enumerate(records):
-            wf = known.get(r["w"]) if r["k"] == "submitted" else None
-            if wf is not None and answers[i] is None:
-                answers[i] = {"type": wf.type, "fields": wf.fields, "workflow": wf.to_dict()}
-        return answers
-
-
 async def test_an_id_stays_reserved_while_the_journal_keeps_it_then_is_free() -> None:
     offset = [0.0]
     c = LocalCoordinator(opts(retention_s=3600.0), clock=lambda: time.time() + offset[0])
-    c.core.journal = KeptIds(c.journal)
     await c.start()
     try:
         assert await c.core.result(await c.core.submit(Echo("first"), "trip"), 5) == "first"
@@ -137,7 +122,6 @@ async def test_an_id_stays_reserved_while_the_journal_keeps_it_then_is_free() ->
 
 async def test_an_unfinished_workflow_the_journal_keeps_is_scheduled_again() -> None:
     c = LocalCoordinator(opts())
-    c.core.journal = KeptIds(c.journal)
     await c.start()
     try:
         wid = await c.core.submit(Flaky(failures=2))
