@@ -2,7 +2,9 @@
 
 Owns: the outcome lists of the attempts it runs (``slots_per_actor`` at once). A
 parked attempt gives its slot back. Survives its death: every outcome it journaled;
-the supervisor dispatches its attempts again elsewhere. Idempotent: ``reset``.
+the supervisor dispatches its attempts again elsewhere. Idempotent: ``reset``,
+``ready``. An actor whose gateway cannot be built stays up to say so (``ready``) and
+runs nothing.
 """
 
 from __future__ import annotations
@@ -21,12 +23,30 @@ from cluster.options import Options
 
 
 def build_gateway(options: Options) -> Any:
-    """Build the service gateway from ``options.gateway`` (``module:factory``), or None."""
+    """Build the service gateway from ``options.gateway`` (``module:factory``), or None.
+
+    Raises `ValueError` naming the option when the module does not import, has no
+    such factory, or the factory raises.
+    """
     if not options.gateway:
         return None
-    module, _, name = options.gateway.partition(":")
-    factory = getattr(importlib.import_module(module), name)
-    return factory(options)
+    module_name, _, name = options.gateway.partition(":")
+    where = f"Options.gateway={options.gateway!r}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{where}: module {module_name!r} cannot be imported ({exc})") from exc
+    factory: Any = module
+    for part in name.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ValueError(f"{where}: {module_name!r} has no {name!r}")
+    if not callable(factory):
+        raise ValueError(f"{where}: {name!r} is not callable")
+    try:
+        return factory(options)
+    except Exception as exc:  # the factory is user code: whatever it raises is a bad option
+        raise ValueError(f"{where}: the factory raised {exc!r}") from exc
 
 
 class CommandActor:
@@ -41,7 +61,16 @@ class CommandActor:
         # A few journal calls in flight: a step waits for its own batch, not the one before.
         self._journal: Batcher[dict[str, Any]] = Batcher(self._append, max_in_flight=2)
         self._reports: Batcher[dict[str, Any]] = Batcher(self._send_reports)
-        self.runner = Runner(self._journal.submit, self._report, build_gateway(options), options.max_payload_bytes)
+        self._fault: str | None = None
+        try:
+            gateway = build_gateway(options)
+        except ValueError as exc:  # answered by `ready`: the supervisor's start-up fails with it
+            self._fault, gateway = str(exc), None
+        self.runner = Runner(self._journal.submit, self._report, gateway, options.max_payload_bytes)
+
+    def ready(self) -> str | None:
+        """None once this actor can run workflows; else why not (a gateway that cannot be built)."""
+        return self._fault
 
     async def _append(self, records: list[dict[str, Any]]) -> list[Any]:
         return await append_within(self._log, records, self._append_timeout_s)
@@ -65,6 +94,8 @@ class CommandActor:
         Only the current supervisor dispatches, so a batch from a new incarnation
         (this actor restarted, or the supervisor did) cancels what an older one started.
         """
+        if self._fault is not None:
+            raise ValueError(self._fault)
         if items and items[0]["inc"] != self._incarnation:
             await self.reset(items[0]["inc"])
         await self.runner.run(items)

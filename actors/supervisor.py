@@ -9,6 +9,7 @@ Idempotent: ``submit`` with the same id and command, ``suspend``, ``resume``.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import contextlib
 from typing import Any, cast
@@ -73,6 +74,24 @@ async def _journal_replicas(options: Options) -> Any:
     followers = [RemoteLogActor.options(**_actor_options(options, f"log-{i}"), **placement[i]).remote(options, i)
                  for i in range(1, options.replicas)]
     return RemoteLogActor.options(**_actor_options(options, "log-0"), **placement[0]).remote(options, 0, followers)
+
+
+POOL_READY_TIMEOUT_S = 120.0
+"""How long start-up waits for CommandActors to say whether they can run workflows;
+one not placed by then (its node is gone) is left to dispatch, which handles lost actors."""
+
+
+async def pool_fault(pool: list[Any], timeout_s: float = POOL_READY_TIMEOUT_S) -> str | None:
+    """Why the CommandActors cannot run workflows (their gateway cannot be built), or None.
+
+    A dead or unplaced actor is no fault here: Ray restarts it, and dispatch requeues
+    what it loses."""
+    calls = [handle.ready.remote() for handle in pool]
+    try:
+        answers = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout_s)
+    except TimeoutError:
+        return None
+    return next((a for a in answers if isinstance(a, str)), None)
 
 
 class RayJournal:
@@ -140,6 +159,10 @@ class SupervisorActor:
             for i in range(options.command_actors)
         ]
         self.pool = pool
+        fault = await pool_fault(pool)
+        if fault is not None:  # a bad gateway option: `cluster.start` raises it and stops everything
+            self._fault = ValueError(fault)
+            return
         self.core = SupervisorCore(options, RayJournal(self.log, options.append_timeout_s), RayPool(pool))
         await self.core.start()
 
@@ -149,7 +172,8 @@ class SupervisorActor:
         return self.core
 
     async def ready(self) -> dict[str, Any]:
-        """Raises what stopped start-up (`Fenced`, `JournalCorrupt`); else the stats."""
+        """Raises what stopped start-up (`Fenced`, `JournalCorrupt`, a `ValueError` for a
+        bad option such as a gateway that cannot be built); else the stats."""
         return self._ready().stats()
 
     @hot

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import pickle
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import ray
 
-from tests.support import Coordinator, wait_for
+import cluster
+from cluster import Options
+from tests.support import FAST, Coordinator, wait_for
 from workflows.errors import CommandFailed, InvalidCommand, Suspended, UnknownWorkflow
 from workflows.testing import Echo, Fails, Flaky
 
@@ -76,3 +80,27 @@ def test_results_after_whole_restart(coordinator: Callable[..., Coordinator]) ->
     results: list[Any] = ray.get([c.sup.result.remote(w, 60) for w in ids])
     assert all(r["attempts"] >= 3 and r["first_attempt"] == 1 for r in results)
     assert ray.get(c.sup.result.remote(done)) == "done"
+
+
+def test_fields_and_ids_are_checked_as_the_journal_holds_them(coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator()
+    with pytest.raises(InvalidCommand, match="compensate"):
+        ray.get(c.sup.submit.remote(Echo(1), "trip/compensate"))
+    with pytest.raises(InvalidCommand, match="1024-byte limit"):
+        ray.get(c.sup.submit.remote(Echo(1), "i" * 2000))
+    wid = ray.get(c.sup.submit.remote(Echo((1, (2, 3))), "tuple"))
+    assert ray.get(c.sup.result.remote(wid, 30)) == [1, [2, 3]]
+    c.restart()
+    assert ray.get(c.sup.submit.remote(Echo((1, (2, 3))), "tuple")) == "tuple"
+    with pytest.raises(InvalidCommand, match="another command"):
+        ray.get(c.sup.submit.remote(Echo((1, 2)), "tuple"))
+
+
+@pytest.mark.parametrize("gateway", ["no_such_module_for_tests:make", "json:loads"])
+def test_a_gateway_that_cannot_be_built_fails_start_and_leaves_nothing(ray_session: str, tmp_path: Path,
+                                                                        gateway: str) -> None:
+    options = Options(storage=str(tmp_path), namespace=f"t-{uuid.uuid4().hex[:8]}", **{**FAST, "gateway": gateway})
+    with pytest.raises(ValueError, match=r"Options\.gateway="):
+        cluster.start(options)
+    wait_for(lambda: not [a for a in ray.util.list_named_actors(all_namespaces=True)
+                          if a["namespace"] == options.namespace], what="no actor left")

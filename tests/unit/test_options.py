@@ -112,3 +112,20 @@ def test_gateway_must_be_module_colon_factory(gateway: Any) -> None:
 def test_gateway_forms_taken() -> None:
     for gateway in (None, "workflows.gateway:HttpGateway", "pkg.mod:Factory.build", "_m:_f"):
         assert Options(storage="mem://x", gateway=gateway).gateway == gateway
+
+
+@pytest.mark.parametrize(("gateway", "reason"), [
+    ("no_such_module_for_tests:make", "cannot be imported"),
+    ("json:no_such_factory", "has no 'no_such_factory'"),
+    ("json:__doc__", "not callable"),
+    ("json:loads", "the factory raised TypeError"),  # json.loads(options) raises
+])
+def test_a_gateway_that_cannot_be_built_is_a_value_error_naming_the_option(gateway: str, reason: str) -> None:
+    from actors.command import build_gateway
+    from actors.local import LocalCoordinator
+
+    options = Options(storage="mem://gateway-test", gateway=gateway)
+    with pytest.raises(ValueError, match=rf"Options\.gateway='{gateway}'.*{reason}"):
+        build_gateway(options)
+    with pytest.raises(ValueError, match=r"Options\.gateway"):
+        LocalCoordinator(options)
