@@ -7,10 +7,10 @@ On disk each record is framed as (all integers u32 little-endian)::
     FRAMED | length   crc32c(payload)   crc32c(the 8 bytes before)   payload
 
 ``FRAMED`` is bit 31 of the first word; the length (at most `MAX_RECORD_BYTES`) is in
-the low bits. The header checksum covers the length and the payload checksum. It is what tells damage from a torn write: a length
-that passes its checksum is the length written, so a frame that runs past the end of
-the data was cut short by a crash, while a header that fails its checksum was damaged
-after it was written.
+the low bits. The header checksum covers the length and the payload checksum; it is
+what tells damage from a torn write: a length that passes its checksum is the length
+written, so a frame that runs past the end of the data was cut short by a crash,
+while a header that fails its checksum was damaged after it was written.
 
 Frames written before the header checksum existed (format 1: ``length | crc32c(payload)
 | payload``, bit 31 clear) are still read, under the rules of their time, in data that
