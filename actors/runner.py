@@ -42,13 +42,27 @@ def retry_kind(exc: BaseException) -> str | None:
     return None
 
 
+MAX_ERROR_TEXT = 64 << 10
+"""Characters kept of an error's message and of its traceback: a failure is journaled,
+and an error carrying megabytes must not make its record too big to be written."""
+
+
 def describe(exc: BaseException) -> dict[str, Any]:
+    """An error as the journal keeps it: type name, message and traceback text, each bounded."""
     cls = type(exc)
     return {
-        "type": f"{cls.__module__}.{cls.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "type": f"{cls.__module__}.{cls.__qualname__}"[:MAX_ERROR_TEXT],
+        "message": _bounded(str(exc)),
+        "traceback": _bounded("".join(traceback.format_exception(exc))),
     }
+
+
+def _bounded(text: str) -> str:
+    if len(text) <= MAX_ERROR_TEXT:
+        return text
+    cut = len(text) - MAX_ERROR_TEXT
+    half = MAX_ERROR_TEXT // 2
+    return f"{text[:half]}\n... [{cut} characters cut] ...\n{text[-half:]}"
 
 
 def _steps(raw: list[Any]) -> list[Outcome]:

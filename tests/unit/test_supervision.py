@@ -211,3 +211,20 @@ async def test_timed_out_results_leave_no_waiter(coord: LocalCoordinator) -> Non
         await waiting
     assert await coord.core.wait([wid], 0.01) == {}
     assert coord.core.waiters == {}
+
+
+# --- errors too big to journal whole ---------------------------------------------------------
+
+
+@dataclass
+class FailsLoudly(Command):
+    """Fails with a message bigger than a journal record."""
+
+    async def exec(self, ctx: Context) -> Any:
+        raise ValueError("x" * (70 << 20))
+
+
+async def test_an_error_too_big_to_journal_is_cut_and_the_command_fails(coord: LocalCoordinator) -> None:
+    with pytest.raises(CommandFailed, match="characters cut") as info:
+        await coord.core.result(await coord.core.submit(FailsLoudly()), 10)
+    assert len(info.value.message) < 70 << 10
