@@ -23,7 +23,9 @@ class Command:
     """Base class of workflows. Subclass it as a ``@dataclass`` and define `exec`.
 
     ``deadline_s`` (a class attribute) bounds how long, from submission, the command
-    may keep being retried; past it a retry becomes a failure (`DeadlineExceeded`).
+    may keep being retried; past it a retry becomes a failure (`DeadlineExceeded`)
+    and `compensate` runs as for any other failure. Retries of `compensate` itself
+    are not bounded: what was done is undone, however late.
     """
 
     deadline_s: ClassVar[float | None] = None
