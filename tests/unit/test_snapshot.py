@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from actors.local import LocalCoordinator
-from cluster.journal import Journal, open_backend
+from cluster.journal import Journal, codec, open_backend
 from cluster.options import Options
 from workflows.errors import JournalCorrupt, UnknownWorkflow
 from workflows.testing import Echo, Flaky
@@ -170,3 +170,19 @@ async def test_an_idle_log_seals_its_tail(uri: str) -> None:
     again = journal(uri, clock)
     assert {r["w"] for r in again.read() if r["k"] == "submitted"} == {"a", "b"}
     again.close()
+
+
+async def test_a_snapshot_bigger_than_one_record_is_written_and_read_back(uri: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    j = journal(uri, clock, segment_bytes=1 << 20)
+    await fill(j, clock, 40, finish=False)
+    monkeypatch.setattr(codec, "MAX_RECORD_BYTES", 1024)  # far below the fold of 40 workflows
+    seq = await j.snapshot()
+    (name,) = j.backend.snapshots()
+    assert len(j.backend.get_snapshot(name)) > 4 * 1024
+    j.close()
+    j = journal(uri, clock, segment_bytes=1 << 20)
+    assert j.snapshot_seq == seq and sorted(j.table.workflows) == sorted(f"w{i}" for i in range(40))
+    assert j.live_steps(["w7"]) == {"w7": ([(0, "svc", "w7-0")], [])}
+    j.close()
