@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.state import FINISHED, Event, IllegalTransition, State, WorkflowTable, transition
+from actors.state import FINISHED, Event, IllegalTransition, State, Workflow, WorkflowTable, transition
 from workflows.context import Outcome
 
 S, E = State, Event
@@ -232,3 +232,19 @@ def test_any_order_of_records_folds_to_a_legal_workflow(records: list[dict[str, 
     first_end = records.index(ends[0]) if ends else len(records)
     counted = [r["attempt"] for i, r in enumerate(records) if r["k"] == "started" or (r in parks and i < first_end)]
     assert wf.attempts == max(counted, default=0)  # a late parked record changes nothing
+
+
+def test_replay_includes_compensations_also_from_a_snapshot_that_kept_no_seqs_for_them() -> None:
+    old = {"id": "w", "type": "m:T", "fields": {}, "submitted_at": 0.0, "state": "compensated", "attempts": 1,
+           "outcomes": [[0, "flights", "booked"], [1, "hotels", "h"]], "outcome_seqs": [5, 6],
+           "compensations": [[0, "hotels", "undo-h"], [1, "flights", "cancelled"]], "compensating": True,
+           "error": None, "result": None, "next_retry_at": None, "finished_at": 1.0}
+    wf = Workflow.from_dict(old)
+    assert wf.compensation_seqs == [6, 6]
+    table = WorkflowTable()
+    table.workflows["w"] = wf
+    assert [(r["kind"], r["value"], r["seq"]) for r in table.outcomes("flights", 0, 10)] == [
+        ("outcome", "booked", 5), ("compensation", "cancelled", 6)]
+    assert Workflow.from_dict(wf.to_dict()) == wf
+    table.apply(rec("compensation", step=2, service="flights", value="again"))
+    assert [r["value"] for r in table.outcomes("flights", 6, 10)] == ["cancelled", "again"]
