@@ -14,12 +14,12 @@ from typing import Any, cast
 
 import ray
 
+from actors import logs
 from actors.batching import Batcher
 from actors.hot import hot, tune_gc
 from actors.log import append_within
+from actors.options import Options
 from actors.runner import Runner
-from cluster import logs
-from cluster.options import Options
 
 
 def build_gateway(options: Options) -> Any:

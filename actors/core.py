@@ -26,11 +26,11 @@ import structlog
 from actors.admission import Admission
 from actors.intake import Encoded, Intake
 from actors.modes import Mode, Signal, next_mode
+from actors.options import Options
 from actors.ports import JournalPort, PoolPort
 from actors.queries import Queries
 from actors.retry import TimerHeap, retry_delay
 from actors.state import Event, State, Workflow, WorkflowTable, transition
-from cluster.options import Options
 from workflows.command import resolve_type
 from workflows.context import Outcome
 from workflows.errors import DeadlineExceeded, InvalidCommand, JournalError, WorkerLost

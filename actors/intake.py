@@ -19,11 +19,11 @@ import msgpack
 
 from actors.admission import Admission
 from actors.modes import Mode
+from actors.options import Options
 from actors.ports import JournalPort
 from actors.retry import TimerHeap
 from actors.state import Event, Workflow, WorkflowTable, transition
 from cluster.journal import codec
-from cluster.options import Options
 from workflows.command import check_workflow_id, encode_command
 from workflows.errors import InvalidCommand, Suspended
 

@@ -14,9 +14,9 @@ from typing import Any
 from actors.batching import Batcher
 from actors.command import build_gateway
 from actors.core import SupervisorCore
+from actors.options import Options
 from actors.runner import Runner
 from cluster.journal import Journal, open_backend
-from cluster.options import Options
 from workflows.errors import WorkerLost
 
 

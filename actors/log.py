@@ -20,11 +20,11 @@ from typing import Any, cast
 import ray
 from ray.exceptions import RayActorError
 
+from actors import logs
 from actors.hot import hot, tune_gc
-from cluster import logs
+from actors.options import Options
 from cluster.journal import Journal, open_backend
 from cluster.journal.replica import Replica, Replicator, replica_backend
-from cluster.options import Options
 from workflows.errors import JournalError, JournalUnavailable
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 from actors.admission import Admission
 from actors.modes import Mode
+from actors.options import Options
 from actors.ports import JournalPort
 from actors.retry import TimerHeap
 from actors.state import State, Workflow, WorkflowTable
-from cluster.options import Options
 from workflows.errors import CommandFailed, UnknownWorkflow
 
 

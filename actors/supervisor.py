@@ -18,13 +18,13 @@ import ray
 from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from actors import logs
 from actors.batching import Batcher
 from actors.command import RemoteCommandActor
 from actors.core import SupervisorCore
 from actors.hot import hot, tune_gc
 from actors.log import RemoteLogActor, append_within
-from cluster import logs
-from cluster.options import Options
+from actors.options import Options
 from workflows.errors import CoordinatorError, WorkerLost
 
 SUPERVISOR_NAME = "supervisor"

@@ -70,8 +70,8 @@ def through_actors(n: int, writers: int, batch: int, replicas: int) -> float:
     """Appends/s through LogActors: ``writers`` concurrent callers, ``batch`` records a call."""
     import uuid
 
+    from actors.options import Options
     from actors.supervisor import _journal_replicas
-    from cluster.options import Options
 
     folder = tempfile.mkdtemp(prefix="journal-")
     options = Options(storage=folder, namespace=f"bench-j-{uuid.uuid4().hex[:6]}", replicas=replicas,

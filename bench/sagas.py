@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from cluster.options import Options
+from actors.options import Options
 from workflows.command import Command
 from workflows.context import Context
 

@@ -1,6 +1,6 @@
 """Running a coordinator: `Options`, `start`, `connect`, `stop`."""
 
+from actors.options import Options
 from cluster.api import connect, start, stop
-from cluster.options import Options
 
 __all__ = ["Options", "connect", "start", "stop"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import ray
 
-from cluster.options import Options
+from actors.options import Options
 from workflows.errors import CoordinatorError, NotRunning
 
 SUPERVISOR = "supervisor"

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster import logs
-from cluster.options import Options
+from actors import logs
+from actors.options import Options
 from workflows.errors import CommandFailed, CoordinatorError
 
 EXIT_ERROR, EXIT_FAILED = 1, 2

@@ -31,7 +31,7 @@ import ray
 import structlog
 
 import cluster
-from cluster.options import Options
+from actors.options import Options
 from cluster.services import ServiceHost
 from workflows.errors import AtCapacity, CommandFailed, Suspended
 from workflows.examples import BookTrip

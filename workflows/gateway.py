@@ -46,7 +46,7 @@ TRANSIENT_STATUS = frozenset({502, 503, 504})
 
 
 class ServiceMap(Protocol):
-    """What `HttpGateway` reads of its options (`cluster.options.Options` has it)."""
+    """What `HttpGateway` reads of its options (`actors.options.Options` has it)."""
 
     @property
     def services(self) -> Mapping[str, str]: ...

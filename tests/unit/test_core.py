@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from actors.local import LocalCoordinator
+from actors.options import Options
 from cluster.journal import MemoryBackend
-from cluster.options import Options
 from workflows.errors import AtCapacity, CommandFailed, InvalidCommand, Suspended, UnknownWorkflow
 from workflows.testing import Echo, Fails, Flaky, Impatient, RaisesFrom, Returns, Tracked, read_calls
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from actors.local import LocalCoordinator
+from actors.options import Options
 from cluster.journal import MemoryBackend, codec
-from cluster.options import Options
 from workflows.errors import AtCapacity, InvalidCommand, UnknownWorkflow
 from workflows.testing import Echo, Flaky
 

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import pytest
 
 from actors.local import LocalCoordinator, LocalJournal
+from actors.options import Options
 from cluster.journal import MemoryBackend
-from cluster.options import Options
 from workflows.command import Command
 from workflows.context import Context
 from workflows.errors import CommandFailed, Delayed, JournalUnavailable
