@@ -9,44 +9,16 @@ runs nothing.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, cast
 
 import ray
 
 from actors import logs
 from actors.batching import Batcher
-from actors.hot import hot, tune_gc
 from actors.log import append_within
 from actors.options import Options
-from actors.runner import Runner
-
-
-def build_gateway(options: Options) -> Any:
-    """Build the service gateway from ``options.gateway`` (``module:factory``), or None.
-
-    Raises `ValueError` naming the option when the module does not import, has no
-    such factory, or the factory raises.
-    """
-    if not options.gateway:
-        return None
-    module_name, _, name = options.gateway.partition(":")
-    where = f"Options.gateway={options.gateway!r}"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{where}: module {module_name!r} cannot be imported ({exc})") from exc
-    factory: Any = module
-    for part in name.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise ValueError(f"{where}: {module_name!r} has no {name!r}")
-    if not callable(factory):
-        raise ValueError(f"{where}: {name!r} is not callable")
-    try:
-        return factory(options)
-    except Exception as exc:  # the factory is user code: whatever it raises is a bad option
-        raise ValueError(f"{where}: the factory raised {exc!r}") from exc
+from actors.runner import Runner, build_gateway
+from actors.tuning import hot, tune_gc
 
 
 class CommandActor:
@@ -99,9 +71,6 @@ class CommandActor:
         if items and items[0]["inc"] != self._incarnation:
             await self.reset(items[0]["inc"])
         await self.runner.run(items)
-
-    def node_id(self) -> str:
-        return str(ray.get_runtime_context().get_node_id())
 
 
 RemoteCommandActor: Any = cast(Any, ray.remote)(num_cpus=0, max_restarts=-1, max_concurrency=100_000)(CommandActor)

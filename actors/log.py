@@ -21,8 +21,8 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors import logs
-from actors.hot import hot, tune_gc
 from actors.options import Options
+from actors.tuning import hot, tune_gc
 from cluster.journal import Journal, open_backend
 from cluster.journal.replica import Replica, Replicator, replica_backend
 from workflows.errors import JournalError, JournalUnavailable

@@ -17,7 +17,7 @@ SCHEMES = ("file", "s3", "mem")
 
 MAX_PAYLOAD_BYTES = 16 << 20
 """The upper bound of `Options.max_payload_bytes`, a quarter of the journal codec's
-record limit (`cluster.journal.codec.MAX_RECORD_BYTES`, 64 MiB; a test keeps them so):
+record limit (`actors.records.MAX_RECORD_BYTES`, 64 MiB; a test keeps them so):
 a record holds one payload (fields, an outcome, a result) plus its id and kind, and
 must stay well under the limit the reader enforces."""
 

@@ -5,11 +5,13 @@ journal), so it replays done steps and calls services only for new ones. Its
 outcomes are appended through the actor's batched journal client; terminal records
 (``completed``, ``compensating``, ``compensated``, ``failed``) are journaled here
 before the supervisor hears of them, so a result is durable before it is reported.
+The gateway the steps call through is built here from ``Options.gateway``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -18,6 +20,7 @@ from typing import Any
 import msgpack
 import structlog
 
+from actors.options import Options
 from workflows.command import Command, decode_command
 from workflows.context import Context, Outcome
 from workflows.errors import Blocked, CommandFailed, Delayed, InvalidCommand, JournalError, PayloadTooLarge
@@ -69,6 +72,33 @@ def _steps(raw: list[Any]) -> list[Outcome]:
     return [Outcome(int(s), str(svc), v) for s, svc, v in raw]
 
 
+def build_gateway(options: Options) -> Any:
+    """Build the service gateway from ``options.gateway`` (``module:factory``), or None.
+
+    Raises `ValueError` naming the option when the module does not import, has no
+    such factory, or the factory raises.
+    """
+    if not options.gateway:
+        return None
+    module_name, _, name = options.gateway.partition(":")
+    where = f"Options.gateway={options.gateway!r}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"{where}: module {module_name!r} cannot be imported ({exc})") from exc
+    factory: Any = module
+    for part in name.split("."):
+        factory = getattr(factory, part, None)
+        if factory is None:
+            raise ValueError(f"{where}: {module_name!r} has no {name!r}")
+    if not callable(factory):
+        raise ValueError(f"{where}: {name!r} is not callable")
+    try:
+        return factory(options)
+    except Exception as exc:  # the factory is user code: whatever it raises is a bad option
+        raise ValueError(f"{where}: the factory raised {exc!r}") from exc
+
+
 class Runner:
     """Runs attempts; ``append`` journals records, ``report`` tells the supervisor."""
 
@@ -94,9 +124,6 @@ class Runner:
             raise PayloadTooLarge(f"{what} cannot be encoded with msgpack ({exc})") from None
         if size > self._max_payload:
             raise PayloadTooLarge(f"{what} is {size} bytes, over the {self._max_payload}-byte limit")
-
-    def running(self) -> list[str]:
-        return list(self._tasks)
 
     async def run(self, items: list[dict[str, Any]]) -> None:
         """Run a dispatch batch; returns once every attempt in it has been reported."""

@@ -21,10 +21,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from actors import logs
 from actors.batching import Batcher
 from actors.command import RemoteCommandActor
-from actors.core import SupervisorCore
-from actors.hot import hot, tune_gc
 from actors.log import RemoteLogActor, append_within
 from actors.options import Options
+from actors.supervision.supervisor import SupervisorCore
+from actors.tuning import hot, tune_gc
 from workflows.errors import CoordinatorError, WorkerLost
 
 SUPERVISOR_NAME = "supervisor"

@@ -30,31 +30,14 @@ from typing import Any
 import crc32c
 import msgpack
 
+from actors.records import KINDS as KINDS
+from actors.records import MAX_RECORD_BYTES as MAX_RECORD_BYTES
+from actors.records import VERSION as VERSION
 from workflows.errors import JournalCorrupt
 
-VERSION = 1  # of the record map; the frame format is told by FRAMED
 FRAMED = 1 << 31
 HEADER = struct.Struct("<III")
 LEGACY_HEADER = struct.Struct("<II")
-MAX_RECORD_BYTES = 64 << 20
-KINDS = frozenset(
-    {
-        "epoch",
-        "submitted",
-        "started",
-        "outcome",
-        "delayed",
-        "blocked",
-        "completed",
-        "compensating",
-        "compensation",
-        "compensated",
-        "failed",
-        "mode",
-        "forgotten",
-        "snapshot",
-    }
-)
 
 Record = dict[str, Any]
 

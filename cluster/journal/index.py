@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from actors.state import WorkflowTable
+from actors.workflow_state import WorkflowTable
 from cluster.journal import codec
 from workflows.context import Outcome
 
@@ -57,8 +57,6 @@ class Index:
         elif kind in TERMINAL:
             self.live.pop(wid, None)
             self.finished.add(wid)
-        elif kind == "forgotten":
-            self.finished.discard(wid)
 
     def admit(self, r: codec.Record, undo: Undo) -> tuple[bool, Any]:
         """Whether to journal ``r``, and the value to answer its writer with; ``undo`` gets its reversal."""

@@ -41,7 +41,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from actors.state import Workflow, WorkflowTable
+from actors.workflow_state import Workflow, WorkflowTable
 from cluster.journal import codec, recovery
 from cluster.journal.backends import Backend, SegmentRef
 from cluster.journal.index import Index, Undo

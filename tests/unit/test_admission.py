@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from actors.admission import Admission
+from actors.supervision.admission import Admission
 from workflows.errors import AtCapacity
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from actors.local import LocalCoordinator
+from actors.inprocess import LocalCoordinator
 from actors.options import Options
 from cluster.journal import MemoryBackend
 from workflows.errors import AtCapacity, CommandFailed, InvalidCommand, Suspended, UnknownWorkflow

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from actors.local import LocalCoordinator
+from actors import records
+from actors.inprocess import LocalCoordinator
 from actors.options import Options
-from cluster.journal import MemoryBackend, codec
+from cluster.journal import MemoryBackend
 from workflows.errors import AtCapacity, InvalidCommand, UnknownWorkflow
 from workflows.testing import Echo, Flaky
 
@@ -81,10 +82,10 @@ async def test_a_huge_id_is_refused_and_restart_still_works(tmp_path: Path) -> N
     await c.close()
 
 
-async def test_a_record_over_the_codec_limit_is_invalid(coord: LocalCoordinator,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_record_over_the_journal_limit_is_invalid(coord: LocalCoordinator,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     before = coord.journal.next_seq
-    monkeypatch.setattr(codec, "MAX_RECORD_BYTES", 4096)
+    monkeypatch.setattr(records, "MAX_RECORD_BYTES", 4096)
     with pytest.raises(InvalidCommand, match="4096-byte limit"):
         await coord.core.submit(Echo("x" * 5000))
     assert coord.journal.next_seq == before

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from actors.state import FINISHED, State, WorkflowTable
+from actors.workflow_state import FINISHED, State, WorkflowTable
 from cluster.journal import Journal, MemoryBackend, codec, open_backend, tools
 from cluster.journal.backends import Backend, FileBackend, SegmentRef
 from tests.unit.test_codec import is_cut_tail, mutate, mutation

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from actors.modes import Mode, Signal, next_mode
+from actors.supervision.modes import Mode, Signal, next_mode
 
 N, SLOW, FAST = Mode.NORMAL, Mode.SUSPENDED_SLOW, Mode.SUSPENDED_FAST
 

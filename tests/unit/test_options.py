@@ -121,8 +121,8 @@ def test_gateway_forms_taken() -> None:
     ("json:loads", "the factory raised TypeError"),  # json.loads(options) raises
 ])
 def test_a_gateway_that_cannot_be_built_is_a_value_error_naming_the_option(gateway: str, reason: str) -> None:
-    from actors.command import build_gateway
-    from actors.local import LocalCoordinator
+    from actors.inprocess import LocalCoordinator
+    from actors.runner import build_gateway
 
     options = Options(storage="mem://gateway-test", gateway=gateway)
     with pytest.raises(ValueError, match=rf"Options\.gateway='{gateway}'.*{reason}"):

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.retry import TimerHeap, jitter, retry_delay
+from actors.supervision.retry import TimerHeap, jitter, retry_delay
 
 ids = st.text(min_size=1, max_size=20)
 attempts = st.integers(1, 10_000)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from actors.local import LocalCoordinator
+from actors.inprocess import LocalCoordinator
 from actors.options import Options
 from cluster.journal import Journal, codec, open_backend
 from workflows.errors import JournalCorrupt, UnknownWorkflow

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.state import FINISHED, Event, IllegalTransition, State, Workflow, WorkflowTable, transition
+from actors.workflow_state import FINISHED, Event, IllegalTransition, State, Workflow, WorkflowTable, transition
 from workflows.context import Outcome
 
 S, E = State, Event
@@ -173,13 +173,12 @@ def test_a_terminal_state_is_never_overwritten(late: dict[str, Any]) -> None:
     assert (wf.state, wf.result, wf.finished_at, wf.next_retry_at, wf.error) == (S.COMPLETED, "first", 5.0, None, None)
 
 
-def test_mode_epoch_forgotten_and_unknown_workflows() -> None:
+def test_mode_epoch_and_unknown_workflows() -> None:
     table = fold(rec("epoch", epoch=3), sub("a"), sub("b"), rec("mode", mode="suspended_slow", held=True))
     assert (table.mode, table.held) == ("suspended_slow", True)
     assert table.apply(rec("mode", mode="normal")) is None
     assert (table.mode, table.held) == ("normal", False)
-    assert table.apply(rec("forgotten", "a")) is None
-    assert list(table.workflows) == ["b"]
+    assert list(table.workflows) == ["a", "b"]
     assert table.apply(out(0, "x", w="ghost")) is None and "ghost" not in table.workflows
     assert table.apply(rec("completed", "ghost", t=1.0)) is None
     last = next(_seq)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from actors.local import LocalCoordinator, LocalJournal
+from actors.inprocess import LocalCoordinator, LocalJournal
 from actors.options import Options
 from cluster.journal import MemoryBackend
 from workflows.command import Command

@@ -159,9 +159,6 @@ class WorkflowTable:
             return None
         if kind == "epoch":
             return None
-        if kind == "forgotten":
-            self.workflows.pop(r["w"], None)
-            return None
         if kind == "submitted":
             wf = Workflow(r["w"], r["type"], r["fields"], r["t"])
             self.workflows.setdefault(wf.id, wf)

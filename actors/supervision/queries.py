@@ -1,6 +1,6 @@
 """The supervisor's read side: results, waits, status, listings, stats, replays.
 
-`Queries` is a part of `actors.core.SupervisorCore`, kept apart because it only
+`Queries` is a part of `actors.supervision.supervisor.SupervisorCore`, kept apart because it only
 reads the workflow table (and the journal, for live steps and replays) and wakes
 nothing but its own futures. A waiter's future leaves ``waiters`` however its call
 ends: answered, timed out or cancelled.
@@ -13,12 +13,12 @@ import builtins
 import contextlib
 from typing import Any
 
-from actors.admission import Admission
-from actors.modes import Mode
 from actors.options import Options
-from actors.ports import JournalPort
-from actors.retry import TimerHeap
-from actors.state import State, Workflow, WorkflowTable
+from actors.supervision.admission import Admission
+from actors.supervision.modes import Mode
+from actors.supervision.ports import JournalPort
+from actors.supervision.retry import TimerHeap
+from actors.workflow_state import State, Workflow, WorkflowTable
 from workflows.errors import CommandFailed, UnknownWorkflow
 
 

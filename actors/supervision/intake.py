@@ -1,6 +1,6 @@
 """Intake: how workflows enter the supervisor's table, new, recovered or adopted.
 
-`Intake` is a part of `actors.core.SupervisorCore`. A submit is checked whole before
+`Intake` is a part of `actors.supervision.supervisor.SupervisorCore`. A submit is checked whole before
 anything is journaled (command, id, record size: `InvalidCommand`), waits for room
 under MaxCmds, and returns only once its ``submitted`` record is durable, for every
 caller: a second submit of an id still being admitted waits for the first one's
@@ -17,13 +17,13 @@ from typing import Any
 
 import msgpack
 
-from actors.admission import Admission
-from actors.modes import Mode
+from actors import records
 from actors.options import Options
-from actors.ports import JournalPort
-from actors.retry import TimerHeap
-from actors.state import Event, Workflow, WorkflowTable, transition
-from cluster.journal import codec
+from actors.supervision.admission import Admission
+from actors.supervision.modes import Mode
+from actors.supervision.ports import JournalPort
+from actors.supervision.retry import TimerHeap
+from actors.workflow_state import Event, Workflow, WorkflowTable, transition
 from workflows.command import check_workflow_id, encode_command
 from workflows.errors import InvalidCommand, Suspended
 
@@ -103,13 +103,13 @@ class Intake:
         encoded = encode_command(cmd, self.options.max_payload_bytes)
         wid = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
         # Fields are bounded by max_payload_bytes, the id by its limit: pack the whole
-        # record only when they could add up to more than the codec takes.
-        if self.options.max_payload_bytes + 4 * (len(wid) + len(encoded[0])) + 256 > codec.MAX_RECORD_BYTES:
-            record = {**self._submitted(wid, encoded, 0.0), "v": codec.VERSION, "q": 2**63 - 1}
-            size = len(msgpack.packb(record, use_bin_type=True))  # as the codec packs it
-            if size > codec.MAX_RECORD_BYTES:
+        # record only when they could add up to more than the journal takes.
+        if self.options.max_payload_bytes + 4 * (len(wid) + len(encoded[0])) + 256 > records.MAX_RECORD_BYTES:
+            record = {**self._submitted(wid, encoded, 0.0), "v": records.VERSION, "q": 2**63 - 1}
+            size = len(msgpack.packb(record, use_bin_type=True))  # as the journal packs it
+            if size > records.MAX_RECORD_BYTES:
                 raise InvalidCommand(f"workflow {wid[:80]!r}: its record is {size} bytes, over the journal's "
-                                     f"{codec.MAX_RECORD_BYTES}-byte limit")
+                                     f"{records.MAX_RECORD_BYTES}-byte limit")
         return wid, encoded
 
     @staticmethod

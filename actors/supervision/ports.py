@@ -1,6 +1,6 @@
 """The supervisor core's two ports: the journal and the CommandActor pool.
 
-`actors.supervisor` implements them over Ray actors, `actors.local` in-process.
+`actors.supervisor` implements them over Ray actors, `actors.inprocess` in-process.
 """
 
 from __future__ import annotations

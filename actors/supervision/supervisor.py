@@ -4,8 +4,9 @@
 tests, by an in-process journal and pool. Its state is a cache of the journal:
 `start` rebuilds it by folding every record, then schedules each unfinished command
 again before any new one is admitted. Intake (submits, adoption of workflows the
-journal keeps) is in `actors.intake`, the read side (results, status, stats) in
-`actors.queries`.
+journal keeps) is in `actors.supervision.intake`, parked attempts and the mode in
+`actors.supervision.suspension`, the read side (results, status, stats) in
+`actors.supervision.queries`.
 
 What survives a crash: everything journaled. Idempotent: `submit` (same id, same
 command), `report` (a duplicate report of an attempt is ignored), `start`.
@@ -14,7 +15,6 @@ command), `report` (a duplicate report of an attempt is ignored), `start`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections import deque
@@ -23,17 +23,17 @@ from typing import Any
 
 import structlog
 
-from actors.admission import Admission
-from actors.intake import Encoded, Intake
-from actors.modes import Mode, Signal, next_mode
 from actors.options import Options
-from actors.ports import JournalPort, PoolPort
-from actors.queries import Queries
-from actors.retry import TimerHeap, retry_delay
-from actors.state import Event, State, Workflow, WorkflowTable, transition
-from workflows.command import resolve_type
+from actors.supervision.admission import Admission
+from actors.supervision.intake import Encoded, Intake
+from actors.supervision.modes import Mode, Signal
+from actors.supervision.ports import JournalPort, PoolPort
+from actors.supervision.queries import Queries
+from actors.supervision.retry import TimerHeap
+from actors.supervision.suspension import Suspension
+from actors.workflow_state import Event, State, Workflow, WorkflowTable, transition
 from workflows.context import Outcome
-from workflows.errors import DeadlineExceeded, InvalidCommand, JournalError, WorkerLost
+from workflows.errors import JournalError, WorkerLost
 
 __all__ = ["JournalPort", "PoolPort", "SupervisorCore"]
 
@@ -44,7 +44,7 @@ PARKED = ("delayed", "blocked")
 REQUEUE_RETRY_MAX_S = 5.0
 
 
-class SupervisorCore(Intake, Queries):
+class SupervisorCore(Intake, Suspension, Queries):
     def __init__(self, options: Options, journal: JournalPort, pool: PoolPort,
                  clock: Callable[[], float] = time.time) -> None:
         self.options = options
@@ -240,31 +240,6 @@ class SupervisorCore(Intake, Queries):
                 self._wake_dispatch.set()
         await self._settle_mode(blocked, succeeded)
 
-    def _park(self, wf: Workflow, kind: str) -> dict[str, Any]:
-        """The record that ends a parked attempt: ``delayed``/``blocked`` with its retry
-        time; past the command's deadline, ``compensating`` (it has outcomes to undo) or
-        ``failed`` with `DeadlineExceeded`. A compensation is retried past the deadline:
-        what was done is undone, however late."""
-        now = self.clock()
-        interval = (self.options.fast_retry_interval_s if self.mode is Mode.SUSPENDED_FAST
-                    else self.options.slow_retry_interval_s)
-        due = now + retry_delay(interval, self.options.jitter_s, wf.id, wf.attempts)
-        deadline = resolve_deadline(wf.type)
-        if deadline is not None and due > wf.submitted_at + deadline and not wf.compensating:
-            error = {"type": f"{DeadlineExceeded.__module__}.DeadlineExceeded",
-                     "message": f"deadline_s={deadline} passed after {wf.attempts} attempts", "traceback": ""}
-            self.retrying.discard(wf.id)
-            if not wf.outcomes:
-                return {"k": "failed", "w": wf.id, "error": error, "t": now}
-            wf.compensating, wf.error = True, error
-            return {"k": "compensating", "w": wf.id, "error": error, "t": now}
-        wf.state = transition(wf.state, Event.BLOCK if kind == "blocked" else Event.DELAY)
-        wf.next_retry_at = due
-        self.retrying.add(wf.id)
-        self.timers.push(due, wf.id)
-        self._wake_timer.set()
-        return {"k": kind, "w": wf.id, "attempt": wf.attempts, "next_retry_at": due, "t": now}
-
     def _finish(self, wf: Workflow, kind: str, result: Any, error: dict[str, Any] | None) -> None:
         wf.state = transition(wf.state, FINISH_EVENTS[kind])
         wf.finished_at, wf.next_retry_at = self.clock(), None
@@ -274,55 +249,7 @@ class SupervisorCore(Intake, Queries):
         self.admission.release(1)
         self._notify(wf.id)
 
-    async def _settle_mode(self, blocked: bool, succeeded: bool) -> None:
-        """Move the mode on: a Blocked report suspends, a parked command's success
-        hastens retries, an empty backlog reopens intake."""
-        if blocked:
-            await self._signal(Signal.BLOCKED)
-        if self.mode is Mode.NORMAL:
-            return
-        if succeeded and self.mode is Mode.SUSPENDED_SLOW:
-            await self._signal(Signal.RETRY_SUCCEEDED)
-        if not self.retrying:
-            await self._signal(Signal.DRAINED)
-
-    async def _signal(self, signal: Signal, force: bool = False) -> None:
-        mode = next_mode(self.mode, signal, held=self.held)
-        if mode is self.mode and not force:
-            return
-        log.info("mode_changed", mode=mode.value, was=self.mode.value, signal=signal.value)
-        self.mode = mode
-        if mode is Mode.SUSPENDED_FAST:
-            self._hasten_retries()
-        await self.journal.append([{"k": "mode", "mode": mode.value, "held": self.held, "t": self.clock()}])
-
-    def _hasten_retries(self) -> None:
-        """In fast mode the backlog drains at the fast interval: bring parked retries forward."""
-        now = self.clock()
-        for wid in self.retrying:
-            wf = self.table.workflows.get(wid)
-            if wf is not None and wf.state.parked:
-                due = now + retry_delay(self.options.fast_retry_interval_s, self.options.jitter_s, wid, wf.attempts)
-                if wf.next_retry_at is None or due < wf.next_retry_at:
-                    wf.next_retry_at = due
-                    self.timers.push(due, wid)
-        self._wake_timer.set()
-
-    # --- timers ---------------------------------------------------------------------
-
-    async def _timer_loop(self) -> None:
-        while True:
-            due = self.timers.next_due()
-            timeout = None if due is None else max(0.0, due - self.clock())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_timer.wait(), timeout)
-            self._wake_timer.clear()
-            for wid in self.timers.pop_due(self.clock()):
-                wf = self.table.workflows.get(wid)
-                if wf is not None and wf.state.parked:
-                    wf.state = transition(wf.state, Event.RETRY_DUE)
-                    self.ready.append(wid)
-                    self._wake_dispatch.set()
+    # --- retention ------------------------------------------------------------------
 
     async def _forget_loop(self) -> None:
         """Drop finished workflows past ``retention_s`` from the cache (the journal's
@@ -344,10 +271,3 @@ class SupervisorCore(Intake, Queries):
         self.held = False
         await self._signal(Signal.RESUME, force=True)
         return self.stats()
-
-
-def resolve_deadline(type_name: str) -> float | None:
-    try:
-        return resolve_type(type_name).deadline_s
-    except InvalidCommand:
-        return None

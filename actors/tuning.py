@@ -1,4 +1,5 @@
-"""`hot`: marks an actor method that every workflow calls.
+"""Tuning of the actors' processes for the hot path: `hot` marks an actor method that
+every workflow calls, `tune_gc` sets the garbage collector's thresholds.
 
 Ray records a task event per call (for its dashboard and state API); on the hot path
 that costs CPU on both sides and GCS memory that grows with every workflow run.
