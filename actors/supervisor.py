@@ -16,65 +16,16 @@ from typing import Any, cast
 
 import ray
 from ray.exceptions import RayActorError
-from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from actors import logs
 from actors.batching import Batcher
 from actors.command import RemoteCommandActor
-from actors.log import RemoteLogActor, append_within
+from actors.log import append_within
 from actors.options import Options
+from actors.placement import actor_options, command_actor_name, journal_replicas, log_actor_name
 from actors.supervision.supervisor import SupervisorCore
 from actors.tuning import hot, tune_gc
 from workflows.errors import CoordinatorError, WorkerLost
-
-SUPERVISOR_NAME = "supervisor"
-
-
-def _actor_options(options: Options, name: str) -> dict[str, Any]:
-    opts: dict[str, Any] = {"name": name, "namespace": options.namespace, "lifetime": "detached",
-                            "get_if_exists": True}
-    if options.runtime_env is not None:
-        opts["runtime_env"] = dict(options.runtime_env)
-    return opts
-
-
-HEAD = "node:__internal_head__"
-
-
-def journal_group_name(options: Options) -> str:
-    return f"{options.namespace}-journal"
-
-
-async def _journal_replicas(options: Options) -> Any:
-    """Get or create the LogActors: the leader (log-0) and ``replicas - 1`` followers,
-    one per node (a STRICT_SPREAD placement group) unless ``colocated_replicas``."""
-    if options.replicas == 1:
-        return RemoteLogActor.options(**_actor_options(options, "log-0")).remote(options, 0)
-    placement: list[dict[str, Any]] = [{} for _ in range(options.replicas)]
-    if not options.colocated_replicas:
-        try:
-            # A restarted supervisor finds the group (and its replicas) as they are: a
-            # bundle whose node died waits for a new node; the others go on.
-            group = ray.util.get_placement_group(journal_group_name(options))
-        except ValueError:
-            alive = [n for n in cast(Any, ray).nodes() if n["Alive"]]
-            if len(alive) < options.replicas:
-                raise ValueError(f"Options.replicas={options.replicas} needs as many Ray nodes, {len(alive)} alive; "
-                                 "set colocated_replicas=True to run replicas on one node (tests only)") from None
-            # The leader (bundle 0) lives on the head node, beside the GCS: losing that
-            # node stops the Ray cluster itself, so any node loss Ray survives leaves
-            # the leader up, and the followers elsewhere keep a majority.
-            bundles = [{"CPU": 0.01, HEAD: 0.001}] + [{"CPU": 0.01}] * (options.replicas - 1)
-            group = ray.util.placement_group(bundles, strategy="STRICT_SPREAD",
-                                             name=journal_group_name(options), lifetime="detached")
-            await group.ready()
-        placement = [{"num_cpus": 0.01, "resources": {HEAD: 0.001} if i == 0 else {},
-                      "scheduling_strategy": PlacementGroupSchedulingStrategy(group, i)}
-                     for i in range(options.replicas)]
-    followers = [RemoteLogActor.options(**_actor_options(options, f"log-{i}"), **placement[i]).remote(options, i)
-                 for i in range(1, options.replicas)]
-    return RemoteLogActor.options(**_actor_options(options, "log-0"), **placement[0]).remote(options, 0, followers)
-
 
 POOL_READY_TIMEOUT_S = 120.0
 """How long start-up waits for CommandActors to say whether they can run workflows;
@@ -147,15 +98,15 @@ class SupervisorActor:
         self.options = options
         self._fault: Exception | None = None
         try:
-            self.log = await _journal_replicas(options)
+            self.log = await journal_replicas(options)
             await self.log.info.remote()
         except (CoordinatorError, ValueError) as exc:  # Fenced, JournalCorrupt, bad replicas: answer every call
             self._fault = exc
             return
         me = ray.get_runtime_context().current_actor
         pool = [
-            RemoteCommandActor.options(**_actor_options(options, f"command-{i}"), scheduling_strategy="SPREAD").remote(
-                options, self.log, me, i)
+            RemoteCommandActor.options(**actor_options(options, command_actor_name(i)),
+                                       scheduling_strategy="SPREAD").remote(options, self.log, me, i)
             for i in range(options.command_actors)
         ]
         self.pool = pool
@@ -220,7 +171,8 @@ class SupervisorActor:
 
     async def actors(self) -> dict[str, Any]:
         """Handles of the LogActor and the CommandActor pool (for tools and tests)."""
-        logs = [ray.get_actor(f"log-{i}", namespace=self.options.namespace) for i in range(self.options.replicas)]
+        namespace = self.options.namespace
+        logs = [ray.get_actor(log_actor_name(i), namespace=namespace) for i in range(self.options.replicas)]
         return {"log": logs, "command": self.pool[:]}
 
     async def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:

@@ -71,14 +71,14 @@ def through_actors(n: int, writers: int, batch: int, replicas: int) -> float:
     import uuid
 
     from actors.options import Options
-    from actors.supervisor import _journal_replicas
+    from actors.placement import journal_replicas
 
     folder = tempfile.mkdtemp(prefix="journal-")
     options = Options(storage=folder, namespace=f"bench-j-{uuid.uuid4().hex[:6]}", replicas=replicas,
                       colocated_replicas=True)
 
     async def run() -> float:
-        leader = await _journal_replicas(options)
+        leader = await journal_replicas(options)
         await leader.info.remote()
         calls = n // (writers * batch)
 

@@ -9,9 +9,9 @@ from typing import Any
 import ray
 
 from actors.options import Options
+from actors.placement import SUPERVISOR_NAME, actor_options, is_coordinator_actor, journal_group_name
+from actors.supervisor import RemoteSupervisorActor
 from workflows.errors import CoordinatorError, NotRunning
-
-SUPERVISOR = "supervisor"
 
 
 def _ensure_ray(options: Options | None = None) -> None:
@@ -33,11 +33,9 @@ def start(options: Options | None = None) -> Any:
     Raises `Fenced` if another coordinator holds ``options.storage``, `JournalCorrupt`
     if the journal cannot be recovered; in both cases nothing is left running.
     """
-    from actors.supervisor import RemoteSupervisorActor, _actor_options
-
     options = options or Options()
     _ensure_ray(options)
-    handle = RemoteSupervisorActor.options(**_actor_options(options, SUPERVISOR)).remote(options)
+    handle = RemoteSupervisorActor.options(**actor_options(options, SUPERVISOR_NAME)).remote(options)
     try:
         ray.get(handle.ready.remote())
     except (CoordinatorError, ValueError):
@@ -50,7 +48,7 @@ def connect(namespace: str = "coordinator") -> Any:
     """The SupervisorActor handle of a running coordinator; `NotRunning` if there is none."""
     _ensure_ray(Options(namespace=namespace))
     try:
-        return ray.get_actor(SUPERVISOR, namespace=namespace)
+        return ray.get_actor(SUPERVISOR_NAME, namespace=namespace)
     except ValueError:
         raise NotRunning(f"no coordinator is running in namespace {namespace!r}") from None
 
@@ -60,9 +58,9 @@ def stop(namespace: str = "coordinator") -> bool:
     _ensure_ray(Options(namespace=namespace))
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
     for name in names:
-        if name == SUPERVISOR or name.startswith(("log-", "command-")):
+        if is_coordinator_actor(name):
             with contextlib.suppress(ValueError):  # ended meanwhile
                 ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
     with contextlib.suppress(ValueError):  # no journal placement group: one replica, or removed
-        ray.util.remove_placement_group(ray.util.get_placement_group(f"{namespace}-journal"))
-    return SUPERVISOR in names
+        ray.util.remove_placement_group(ray.util.get_placement_group(journal_group_name(namespace)))
+    return SUPERVISOR_NAME in names

@@ -21,7 +21,7 @@ from workflows.errors import CommandFailed, CoordinatorError
 EXIT_ERROR, EXIT_FAILED = 1, 2
 
 
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coordinator", description="Run and operate a Ray Coordinator.")
     p.add_argument("--namespace", default=os.environ.get("COORDINATOR_NAMESPACE", "coordinator"),
                    help="Ray namespace of the coordinator (default: coordinator)")
@@ -155,11 +155,11 @@ def _cause(exc: BaseException) -> BaseException:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parser().parse_args(argv)
     logs.configure("warning")
     try:
         if args.cmd == "demo":
-            from cluster.demo import demo_options, run_demo
+            from cluster.demo.run import demo_options, run_demo
 
             summary = run_demo(demo_options(args.storage) if args.storage else None, n=args.n)
             return 0 if summary.get("ok") else EXIT_FAILED

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from cluster.cli import _parser
+from cluster.cli import parser
 from workflows.command import resolve_type
 
 ROOT = Path(__file__).parents[2]
@@ -89,6 +89,6 @@ def test_kuberay_job_runs_real_cli_commands_on_that_cluster() -> None:
     assert runtime_env["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
     commands = [shlex.split(part) for part in job["spec"]["entrypoint"].split("&&")]
     assert [c[0] for c in commands] == ["coordinator", "coordinator"]
-    parsed = [_parser().parse_args(c[1:]) for c in commands]
+    parsed = [parser().parse_args(c[1:]) for c in commands]
     assert parsed[0].cmd == "start" and parsed[1].cmd == "submit"
     resolve_type(parsed[1].type)

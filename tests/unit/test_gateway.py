@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from cluster.services import ServiceHost
+from cluster.demo.services import ServiceHost
 from workflows.context import Context, Outcome
 from workflows.errors import Blocked, CoordinatorError, Delayed
 from workflows.examples import BookTrip

@@ -32,7 +32,7 @@ import structlog
 
 import cluster
 from actors.options import Options
-from cluster.services import ServiceHost
+from cluster.demo.services import ServiceHost
 from workflows.errors import AtCapacity, CommandFailed, Suspended
 from workflows.examples import BookTrip
 

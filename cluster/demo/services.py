@@ -24,7 +24,7 @@ executed), ``replays`` (answered from the store), ``dropped`` (503 by drop_first
 already executed: it must stay 0).
 
 `ServiceHost` runs the server on its own event loop in a daemon thread;
-``python -m cluster.services --port N`` runs it in the foreground.
+``python -m cluster.demo.services --port N`` runs it in the foreground.
 """
 
 from __future__ import annotations
@@ -334,8 +334,8 @@ class ServiceHost:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m cluster.services --port N``: serve until interrupted."""
-    parser = argparse.ArgumentParser(prog="python -m cluster.services", description=__doc__.splitlines()[0])
+    """``python -m cluster.demo.services --port N``: serve until interrupted."""
+    parser = argparse.ArgumentParser(prog="python -m cluster.demo.services", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8123)
     parser.add_argument("--services", default=",".join(DEFAULT_SERVICES), help="comma-separated names")
