@@ -24,9 +24,7 @@ Group commit, as implemented by `Journal.append` and the flusher (`_flush_loop`)
 7. If the flusher dies of an unexpected error, pending appends fail with
    `JournalUnavailable` and the next append starts a new flusher.
 
-Recovery (`open`): take the storage lock (`Fenced` if held), read the snapshot and
-every segment by the rules of `recovery.walk` (a torn tail is cut; any other damage
-is `JournalCorrupt`), rebuild the index, then journal a new ``epoch`` record.
+Recovery (`open`, `open_replicated`) is in `startup`.
 """
 
 from __future__ import annotations
@@ -41,13 +39,14 @@ from typing import Any, TypeVar
 
 import structlog
 
-from actors.workflow_state import Workflow, WorkflowTable
-from cluster.journal import codec, recovery
+from actors.workflow_state import WorkflowTable
+from cluster.journal import codec
 from cluster.journal.backends import Backend, SegmentRef
 from cluster.journal.index import Index, Undo
 from cluster.journal.maintenance import Maintenance
 from cluster.journal.replica import Replicator
 from cluster.journal.segments import SegmentLog
+from cluster.journal.startup import Startup
 from workflows.context import Outcome
 from workflows.errors import Fenced, JournalUnavailable
 
@@ -70,7 +69,7 @@ class _Batch:
         return self.last_seq - len(self.frames) + 1
 
 
-class Journal:
+class Journal(Startup):
     """One replica's journal over a `Backend`; see the module docstring for the protocol.
 
     ``executor`` runs storage calls (a private one-thread pool when None; one given is
@@ -103,72 +102,6 @@ class Journal:
         self._wake: asyncio.Event | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._fenced: Fenced | None = None
-
-    # --- recovery -----------------------------------------------------------------
-
-    def open(self) -> None:
-        """Lock the storage, recover every segment, and start a new epoch (one replica)."""
-        self._recover_local()
-        self.epoch += 1
-        self._write_now([self._stamp({"k": "epoch", "epoch": self.epoch, "owner": self.owner})])
-        self._opened()
-
-    async def open_replicated(self, replicator: Replicator) -> None:
-        """Recover as the leader of replicas: the store, this log, then the longest tail
-        among a majority of replicas; start the new epoch there (see `replica`)."""
-        self._recover_local()
-        end, follower = await replicator.longest_tail(self.next_seq)
-        if follower is not None and end > self.next_seq:
-            _first, data = await follower.read(self.next_seq)
-            self._adopt(data)
-        self.replicator = replicator
-        self.epoch += 1
-        replicator.epoch, replicator.epoch_seq = self.epoch, self.next_seq
-        replicator.sealed_upto = self.log.sealed_upto
-        await self.append([{"k": "epoch", "epoch": self.epoch, "owner": self.owner}])
-        self._opened()
-
-    def _opened(self) -> None:
-        log.info("journal_opened", storage=self.backend.uri, epoch=self.epoch, next_seq=self.next_seq,
-                 live=len(self.index.live), torn_bytes=self.torn_bytes)
-
-    def _recover_local(self) -> None:
-        self.backend.lock(self.owner)
-        found = recovery.walk(self.backend, repair=True, on_snapshot=self._load_snapshot, on_record=self._index)
-        self.next_seq, self.torn_bytes = found.next_seq, found.torn_bytes
-        # Frames of the current format never follow old ones in a segment this writes.
-        self.log.restore(found.segments, found.next_seq, fresh=found.legacy_tail)
-
-    def _load_snapshot(self, snap: recovery.Snapshot) -> None:
-        for d in snap.workflows:
-            wf = Workflow.from_dict(d)
-            self.table.workflows[wf.id] = wf
-            if wf.state.finished:
-                self.index.finished.add(wf.id)
-            else:
-                self.index.live[wf.id] = (list(wf.outcomes), list(wf.compensations))
-        self.table.mode, self.table.held = snap.mode, snap.held
-        self.snapshot_seq = self.table.last_seq = snap.seq
-        self.epoch = snap.epoch
-        log.info("snapshot_loaded", snapshot=snap.name, seq=snap.seq, workflows=len(snap.workflows))
-
-    def _index(self, r: codec.Record) -> None:
-        self.table.apply(r)
-        self.index.index(r)
-        if r["k"] == "epoch":
-            self.epoch = max(self.epoch, r["epoch"])
-
-    def _adopt(self, data: bytes) -> None:
-        """Take records another replica holds past this log's end (catch-up at recovery)."""
-        records, _end = codec.scan(data, "<replica>")
-        keep = [r for r in records if r["q"] >= self.next_seq]
-        if not keep or keep[0]["q"] != self.next_seq:
-            raise JournalUnavailable(f"no replica holds the records from {self.next_seq} on")
-        for r in keep:
-            self._index(r)
-        self.next_seq = keep[-1]["q"] + 1
-        self.log.write([codec.encode(r) for r in keep], self.next_seq - 1)
-        log.warning("journal_caught_up", records=len(keep), next_seq=self.next_seq)
 
     # --- appends ------------------------------------------------------------------
 

@@ -1,0 +1,110 @@
+"""How a journal opens: recovery, catch-up from replicas, a new epoch.
+
+`Startup` is a part of `journal.Journal`. Recovery: take the storage lock (`Fenced`
+if held), read the snapshot and every segment by the rules of `recovery.walk` (a
+torn tail is cut; any other damage is `JournalCorrupt`), rebuild the fold and the
+index, then journal a new ``epoch`` record. A leader of replicas first adopts the
+longest tail that a majority of them holds past its own end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+
+from actors.workflow_state import Workflow, WorkflowTable
+from cluster.journal import codec, recovery
+from cluster.journal.backends import Backend
+from cluster.journal.index import Index
+from cluster.journal.replica import Replicator
+from cluster.journal.segments import SegmentLog
+from workflows.errors import JournalUnavailable
+
+log = structlog.get_logger("journal")
+
+
+class Startup:
+    backend: Backend
+    owner: str
+    log: SegmentLog
+    table: WorkflowTable
+    index: Index
+    snapshot_seq: int
+    epoch: int
+    next_seq: int
+    torn_bytes: int
+    replicator: Replicator | None
+
+    async def append(self, records: list[codec.Record]) -> list[Any]:
+        raise NotImplementedError
+
+    def _stamp(self, record: codec.Record) -> codec.Record:
+        raise NotImplementedError
+
+    def _write_now(self, records: list[codec.Record]) -> None:
+        raise NotImplementedError
+
+    def open(self) -> None:
+        """Lock the storage, recover every segment, and start a new epoch (one replica)."""
+        self._recover_local()
+        self.epoch += 1
+        self._write_now([self._stamp({"k": "epoch", "epoch": self.epoch, "owner": self.owner})])
+        self._opened()
+
+    async def open_replicated(self, replicator: Replicator) -> None:
+        """Recover as the leader of replicas: the store, this log, then the longest tail
+        among a majority of replicas; start the new epoch there (see `replica`)."""
+        self._recover_local()
+        end, follower = await replicator.longest_tail(self.next_seq)
+        if follower is not None and end > self.next_seq:
+            _first, data = await follower.read(self.next_seq)
+            self._adopt(data)
+        self.replicator = replicator
+        self.epoch += 1
+        replicator.epoch, replicator.epoch_seq = self.epoch, self.next_seq
+        replicator.sealed_upto = self.log.sealed_upto
+        await self.append([{"k": "epoch", "epoch": self.epoch, "owner": self.owner}])
+        self._opened()
+
+    def _opened(self) -> None:
+        log.info("journal_opened", storage=self.backend.uri, epoch=self.epoch, next_seq=self.next_seq,
+                 live=len(self.index.live), torn_bytes=self.torn_bytes)
+
+    def _recover_local(self) -> None:
+        self.backend.lock(self.owner)
+        found = recovery.walk(self.backend, repair=True, on_snapshot=self._load_snapshot, on_record=self._index)
+        self.next_seq, self.torn_bytes = found.next_seq, found.torn_bytes
+        # Frames of the current format never follow old ones in a segment this writes.
+        self.log.restore(found.segments, found.next_seq, fresh=found.legacy_tail)
+
+    def _load_snapshot(self, snap: recovery.Snapshot) -> None:
+        for d in snap.workflows:
+            wf = Workflow.from_dict(d)
+            self.table.workflows[wf.id] = wf
+            if wf.state.finished:
+                self.index.finished.add(wf.id)
+            else:
+                self.index.live[wf.id] = (list(wf.outcomes), list(wf.compensations))
+        self.table.mode, self.table.held = snap.mode, snap.held
+        self.snapshot_seq = self.table.last_seq = snap.seq
+        self.epoch = snap.epoch
+        log.info("snapshot_loaded", snapshot=snap.name, seq=snap.seq, workflows=len(snap.workflows))
+
+    def _index(self, r: codec.Record) -> None:
+        self.table.apply(r)
+        self.index.index(r)
+        if r["k"] == "epoch":
+            self.epoch = max(self.epoch, r["epoch"])
+
+    def _adopt(self, data: bytes) -> None:
+        """Take records another replica holds past this log's end (catch-up at recovery)."""
+        records, _end = codec.scan(data, "<replica>")
+        keep = [r for r in records if r["q"] >= self.next_seq]
+        if not keep or keep[0]["q"] != self.next_seq:
+            raise JournalUnavailable(f"no replica holds the records from {self.next_seq} on")
+        for r in keep:
+            self._index(r)
+        self.next_seq = keep[-1]["q"] + 1
+        self.log.write([codec.encode(r) for r in keep], self.next_seq - 1)
+        log.warning("journal_caught_up", records=len(keep), next_seq=self.next_seq)
