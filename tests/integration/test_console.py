@@ -1,0 +1,254 @@
+"""The web console in a real headless Chromium, driven over the Chrome DevTools Protocol.
+
+A coordinator runs workflows (finishing, parked, compensated); the console serves it
+on 127.0.0.1; the test reads what a person would see on the page: counts moving,
+a workflow's timeline, a suspend refused without the operator token and accepted
+with it. It leaves a screenshot in tests/artifacts/console.png.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from cluster.console.actor import RaySupervisor
+from cluster.console.server import TOKEN_HEADER, ConsoleServer
+from tests.support import Coordinator
+from workflows.testing import Echo, Fails, Flaky, Tracked
+
+pytestmark = pytest.mark.ray
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--remote-debugging-port=0", "--window-size=1360,1100", "--hide-scrollbars"]
+TOKEN = "operator-secret"
+
+
+def chromium_binary() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        pytest.fail("Chromium is not installed: the console test needs a real browser "
+                    "(apt-get update && apt-get install -y chromium chromium-driver)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Browser:
+    """One headless Chromium with a fresh profile, and one page driven over CDP."""
+
+    def __init__(self, binary: str, profile: Path) -> None:
+        self.profile = profile
+        self.log = open(profile.parent / "chromium.log", "wb")  # noqa: SIM115 - closed in close()
+        self.proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.http = aiohttp.ClientSession()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.next_id = 0
+        self.reader: asyncio.Task[None] | None = None
+
+    async def connect(self, timeout_s: float = 30.0) -> None:
+        active = self.profile / "DevToolsActivePort"
+        deadline = time.monotonic() + timeout_s
+        while not active.exists() or not active.read_text().strip():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                tail = (self.profile.parent / "chromium.log").read_bytes()[-2000:].decode(errors="replace")
+                pytest.fail(f"Chromium did not start (exit {self.proc.poll()}):\n{tail}")
+            await asyncio.sleep(0.05)
+        port = int(active.read_text().split()[0])
+        async with self.http.get(f"http://127.0.0.1:{port}/json/list") as r:
+            pages = [t for t in await r.json() if t["type"] == "page"]
+        self.ws = await self.http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
+        self.reader = asyncio.create_task(self._read())
+        await self.send("Page.enable")
+        await self.send("Emulation.setDeviceMetricsOverride", width=1360, height=1100, deviceScaleFactor=1,
+                        mobile=False)
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            data = json.loads(msg.data)
+            future = self.calls.pop(data.get("id", -1), None)
+            if future is not None and not future.done():
+                future.set_result(data)
+
+    async def send(self, method: str, **params: Any) -> dict[str, Any]:
+        assert self.ws is not None
+        self.next_id += 1
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.calls[self.next_id] = future
+        await self.ws.send_str(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        reply = await asyncio.wait_for(future, 30)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    async def js(self, expression: str) -> Any:
+        reply = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in reply:
+            raise RuntimeError(f"{expression}: {reply['exceptionDetails']}")
+        return reply["result"].get("value")
+
+    async def goto(self, url: str) -> None:
+        await self.send("Page.navigate", url=url)
+        await self.until("document.readyState === 'complete' && location.href === " + json.dumps(url), what=url)
+
+    async def until(self, expression: str, timeout_s: float = 20.0, what: str = "") -> Any:
+        """Poll ``expression`` on the page until truthy; fail with what the page shows."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            value = await self.js(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.1)
+        shown = await self.js("document.getElementById('view') ? document.body.innerText.slice(0, 1500) : ''")
+        pytest.fail(f"the page did not show {what or expression} within {timeout_s} s; it shows:\n{shown}")
+
+    async def text(self, selector: str) -> str:
+        return str(await self.js(f"(document.querySelector({json.dumps(selector)}) || {{}}).textContent || ''"))
+
+    async def click(self, selector: str) -> None:
+        await self.until(f"!!document.querySelector({json.dumps(selector)})", what=selector)
+        await self.js(f"document.querySelector({json.dumps(selector)}).click()")
+
+    async def screenshot(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shot = await self.send("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+        path.write_bytes(base64.b64decode(shot["data"]))
+
+    async def close(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.ws is not None:
+            await self.ws.close()
+        await self.http.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@contextlib.asynccontextmanager
+async def browser() -> AsyncIterator[Browser]:
+    binary = chromium_binary()
+    with tempfile.TemporaryDirectory(prefix="console-chromium-") as tmp:
+        b = Browser(binary, Path(tmp) / "profile")
+        try:
+            await b.connect()
+            yield b
+        finally:
+            await b.close()
+
+
+def count(state: str) -> str:
+    return f"Number(document.getElementById('count-{state}')?.textContent ?? -1)"
+
+
+async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp_path: Path) -> None:
+    began = time.monotonic()
+    c = coordinator(slow_retry_interval_s=0.5, command_actors=1, slots_per_actor=16)
+    sup = c.sup
+    read_only, operator = ConsoleServer(RaySupervisor(sup)), ConsoleServer(RaySupervisor(sup), TOKEN)
+    url = await read_only.start("127.0.0.1", free_port())
+    op_url = await operator.start("127.0.0.1", 0)
+    try:
+        done = [await sup.submit.remote(Echo(i)) for i in range(3)]
+        failed = await sup.submit.remote(Fails(steps=2), "trip-refused")
+        await sup.submit.remote(Flaky(failures=10_000), "waits-for-payments")
+        await sup.submit.remote(Tracked(str(tmp_path), steps=20, sleep_s=0.5), "slow-trip")
+        await sup.wait.remote([*done, failed], 30)
+        async with browser() as page:
+            await page.goto(url)
+            await page.until(f"{count('completed')} >= 3 && {count('compensated')} === 1", what="the first counts")
+            assert await page.text("#mode") == "normal" and await page.text("#intake") == "open"
+            assert await page.text("#access") == "read-only"
+            await page.until("[...document.querySelectorAll('tr[data-id=\"waits-for-payments\"]')]"
+                             ".some(r => /delayed.*\\((in [0-9.]+ s|due)\\)/.test(r.textContent))",
+                             what="a parked row with its next retry")
+            await page.until("!!document.querySelector('tr[data-id=\"slow-trip\"]')", what="an in-flight row")
+
+            # Counts move on the page as more workflows complete, without reloading it.
+            before = int(await page.js(count("completed")))
+            more = await sup.submit_many.remote([Echo(f"more-{i}") for i in range(5)])
+            await page.until(f"{count('completed')} >= {before + 5}", what="the completed count rising by 5")
+            assert all(w["state"] == "completed" for w in (await sup.wait.remote(more, 30)).values())
+
+            # A refused suspend: the read-only console answers 403 and the page says why.
+            await page.click("#suspend")
+            await page.until("document.getElementById('flash').textContent.includes('read-only')",
+                             what="the read-only refusal")
+            assert "Suspend refused" in await page.text("#flash")
+            assert (await sup.stats.remote())["held"] is False
+
+            # Search by type, then by id, which opens the workflow's page.
+            await page.js("document.getElementById('search-type').value = 'Fails';"
+                          "document.getElementById('search').requestSubmit()")
+            await page.until("!!document.querySelector('tr[data-id=\"trip-refused\"]')", what="the search by type")
+            assert await page.js("document.querySelectorAll('tbody tr').length") == 1
+            await page.js("document.getElementById('search-type').value = '';"
+                          "document.getElementById('search-id').value = 'trip-refused';"
+                          "document.getElementById('search').requestSubmit()")
+            await page.until("document.querySelectorAll('#timeline li').length === 4", what="the timeline")
+            items = await page.js("[...document.querySelectorAll('#timeline li')].map(li => "
+                                  "[li.className, li.dataset.service])")
+            assert items == [["outcome", "svc0"], ["outcome", "svc1"],
+                             ["compensation", "undo-svc1"], ["compensation", "undo-svc0"]]
+            assert "ValueError" in await page.text("#error .etype")
+            assert await page.text("#wf-id") == "trip-refused"
+            assert "compensated" in await page.js("document.querySelector('dl.facts').textContent")
+            await page.screenshot(ARTIFACTS / "console-workflow.png")
+
+            # Paging through the completed ones, two per page, is in the API the page uses.
+            async with aiohttp.ClientSession() as http:
+                async with http.get(url + "api/workflows?state=completed&limit=2&offset=2") as r:
+                    body = await r.json()
+                assert r.status == 200 and body["offset"] == 2 and len(body["items"]) == 2 and body["more"]
+                async with http.post(op_url + "api/suspend", headers={TOKEN_HEADER: "wrong"}) as r:
+                    assert r.status == 403 and "token" in (await r.json())["error"]
+
+            # With the operator token, in the second console: suspend, then resume.
+            await page.goto(op_url)
+            await page.until("document.getElementById('intake')?.textContent === 'open'", what="intake open")
+            await page.js(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
+            await page.click("#suspend")
+            await page.until("document.getElementById('intake')?.textContent === 'closed'", what="intake closed")
+            assert "held by the operator" in await page.text("#intake-note")
+            assert (await sup.stats.remote())["held"] is True
+            await page.click("#resume")
+            await page.until("document.getElementById('intake')?.textContent === 'open'", what="intake reopened")
+            assert (await sup.stats.remote())["held"] is False
+
+            # The overview as an operator sees it, with work in flight, for the screenshot.
+            await sup.submit_many.remote([Tracked(str(tmp_path), steps=40, sleep_s=0.25) for _ in range(3)])
+            await page.goto(url)
+            await page.until("document.querySelectorAll('tr[data-id]').length >= 4", what="the overview again")
+            await page.screenshot(ARTIFACTS / "console.png")
+        assert (ARTIFACTS / "console.png").stat().st_size > 10_000
+    finally:
+        await operator.stop()
+        await read_only.stop()
+    print(f"console browser test: {time.monotonic() - began:.1f} s")
