@@ -12,10 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.batching import Batcher
+from actors.journal import Journal, open_backend
 from actors.options import Options
 from actors.runner import Runner, build_gateway
 from actors.supervision.supervisor import SupervisorCore
-from cluster.journal import Journal, open_backend
 from workflows.errors import WorkerLost
 
 

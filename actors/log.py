@@ -2,7 +2,7 @@
 
 Replica 0 is the leader: writers (the supervisor, CommandActors) append to it; it
 group-commits to its own segments and, with ``replicas > 1``, acknowledges a batch
-once a majority of replicas holds it (`cluster.journal.replica`). Other replicas are
+once a majority of replicas holds it (`actors.journal.replica`). Other replicas are
 followers holding a copy of the log.
 
 Owns: the storage lock (leader) or its own copy (follower). Survives its death:
@@ -21,10 +21,10 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors import logs
+from actors.journal import Journal, open_backend
+from actors.journal.replica import Replica, Replicator, replica_backend
 from actors.options import Options
 from actors.tuning import hot, tune_gc
-from cluster.journal import Journal, open_backend
-from cluster.journal.replica import Replica, Replicator, replica_backend
 from workflows.errors import JournalError, JournalUnavailable
 
 

@@ -21,8 +21,8 @@ import tempfile
 import time
 from typing import Any
 
-from cluster.journal import Journal, codec, open_backend
-from cluster.journal.backends import FileBackend
+from actors.journal import Journal, codec, open_backend
+from actors.journal.files import FileBackend
 
 
 def fsync_limit(seconds: float = 2.0) -> float:

@@ -138,7 +138,7 @@ def _operate(args: argparse.Namespace) -> Any:
 
 
 def _journal(args: argparse.Namespace) -> int:
-    from cluster.journal.tools import dump, verify
+    from actors.journal.tools import dump, verify
 
     if args.action == "verify":
         _print(verify(Options(storage=args.storage).storage))

@@ -14,8 +14,8 @@ import pytest
 import ray
 
 import cluster
+from actors.journal import codec
 from cluster import Options
-from cluster.journal import codec
 from tests.support import FAST, Coordinator, wait_for
 from workflows.errors import Fenced, JournalCorrupt, JournalUnavailable
 from workflows.testing import Echo, Tracked, read_calls

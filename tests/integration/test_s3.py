@@ -18,9 +18,9 @@ import boto3
 import pytest
 import ray
 
-from cluster.journal import Backend, Journal, codec, open_backend
-from cluster.journal.backends import SegmentRef
-from cluster.journal.s3 import S3Backend
+from actors.journal import Backend, Journal, codec, open_backend
+from actors.journal.backends import SegmentRef
+from actors.journal.s3 import S3Backend
 from tests.support import Coordinator
 from workflows.errors import Fenced
 from workflows.testing import Echo, Flaky

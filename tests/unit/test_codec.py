@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cluster.journal import codec
+from actors.journal import codec
 from workflows.errors import JournalCorrupt
 
 PATH = "mem://test/wal/00000000000000000000.log"

@@ -184,7 +184,7 @@ def test_workflow_id_rule() -> None:
 
 
 def test_fields_come_back_as_the_journal_holds_them() -> None:
-    from cluster.journal import codec
+    from actors.journal import codec
 
     _name, fields = encode_command(Echo((1, (2, b"\x00"), {"k": (3,)})), LIMIT)
     assert fields == {"value": [1, [2, b"\x00"], {"k": [3]}], "steps": 2}

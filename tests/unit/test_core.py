@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from actors.inprocess import LocalCoordinator
+from actors.journal import MemoryBackend
 from actors.options import Options
-from cluster.journal import MemoryBackend
 from workflows.errors import AtCapacity, CommandFailed, InvalidCommand, Suspended, UnknownWorkflow
 from workflows.testing import Echo, Fails, Flaky, Impatient, RaisesFrom, Returns, Tracked, read_calls
 

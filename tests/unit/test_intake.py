@@ -14,8 +14,8 @@ import pytest
 
 from actors import records
 from actors.inprocess import LocalCoordinator
+from actors.journal import MemoryBackend
 from actors.options import Options
-from cluster.journal import MemoryBackend
 from workflows.errors import AtCapacity, InvalidCommand, UnknownWorkflow
 from workflows.testing import Echo, Flaky
 

@@ -17,9 +17,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from actors.journal import Journal, MemoryBackend, codec, open_backend, tools
+from actors.journal.backends import Backend, SegmentRef
+from actors.journal.files import FileBackend
 from actors.workflow_state import FINISHED, State, WorkflowTable
-from cluster.journal import Journal, MemoryBackend, codec, open_backend, tools
-from cluster.journal.backends import Backend, FileBackend, SegmentRef
 from tests.unit.test_codec import is_cut_tail, mutate, mutation
 from workflows.errors import Fenced, JournalCorrupt, JournalUnavailable
 

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from cluster.journal import Journal, MemoryBackend, codec, open_backend
-from cluster.journal.backends import FAULT_OPS, Faults
+from actors.journal import Journal, MemoryBackend, codec, open_backend
+from actors.journal.backends import FAULT_OPS, Faults
 from workflows.errors import Fenced, JournalUnavailable
 
 

@@ -94,8 +94,8 @@ def test_uris_are_kept(uri: str) -> None:
 
 
 def test_max_payload_bytes_stays_well_under_the_journal_record_limit() -> None:
+    from actors.journal import codec
     from actors.options import MAX_PAYLOAD_BYTES
-    from cluster.journal import codec
 
     assert MAX_PAYLOAD_BYTES <= codec.MAX_RECORD_BYTES // 4
     assert Options(storage="mem://x", max_payload_bytes=MAX_PAYLOAD_BYTES).max_payload_bytes == MAX_PAYLOAD_BYTES

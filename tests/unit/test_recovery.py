@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from cluster.journal import Journal, MemoryBackend, codec, open_backend, tools
-from cluster.journal.backends import Backend, SegmentRef
+from actors.journal import Journal, MemoryBackend, codec, open_backend, tools
+from actors.journal.backends import Backend, SegmentRef
 from workflows.errors import JournalCorrupt
 
 

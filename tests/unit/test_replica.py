@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from cluster.journal import codec
-from cluster.journal.backends import MemoryBackend
-from cluster.journal.replica import Replica, Replicator, frame_bounds
+from actors.journal import codec
+from actors.journal.backends import MemoryBackend
+from actors.journal.replica import Replica, Replicator, frame_bounds
 from workflows.errors import JournalUnavailable
 
 

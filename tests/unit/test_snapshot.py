@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from actors.inprocess import LocalCoordinator
+from actors.journal import Journal, codec, open_backend
 from actors.options import Options
-from cluster.journal import Journal, codec, open_backend
 from workflows.errors import JournalCorrupt, UnknownWorkflow
 from workflows.testing import Echo, Flaky
 

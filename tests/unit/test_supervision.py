@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 import pytest
 
 from actors.inprocess import LocalCoordinator, LocalJournal
+from actors.journal import MemoryBackend
 from actors.options import Options
-from cluster.journal import MemoryBackend
 from workflows.command import Command
 from workflows.context import Context
 from workflows.errors import CommandFailed, Delayed, JournalUnavailable

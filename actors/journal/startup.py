@@ -13,12 +13,12 @@ from typing import Any
 
 import structlog
 
+from actors.journal import codec, recovery
+from actors.journal.backends import Backend
+from actors.journal.index import Index
+from actors.journal.replica import Replicator
+from actors.journal.segments import SegmentLog
 from actors.workflow_state import Workflow, WorkflowTable
-from cluster.journal import codec, recovery
-from cluster.journal.backends import Backend
-from cluster.journal.index import Index
-from cluster.journal.replica import Replicator
-from cluster.journal.segments import SegmentLog
 from workflows.errors import JournalUnavailable
 
 log = structlog.get_logger("journal")

@@ -27,8 +27,8 @@ from typing import Any
 
 import structlog
 
-from cluster.journal import codec
-from cluster.journal.backends import Backend, SegmentRef
+from actors.journal import codec
+from actors.journal.backends import Backend, SegmentRef
 from workflows.errors import JournalCorrupt
 
 log = structlog.get_logger("journal")

@@ -20,9 +20,9 @@ import collections
 import errno
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
-from urllib.parse import urlparse
 
 from workflows.errors import Fenced
 
@@ -155,21 +155,7 @@ class Backend(ABC):
         return f"{self.uri.rstrip('/')}/{'segments' if ref.sealed else 'wal'}/{ref.name}"
 
 
-def open_backend(uri: str) -> Backend:
-    parsed = urlparse(uri)
-    if parsed.scheme == "file":
-        return FileBackend(parsed.path)
-    if parsed.scheme == "mem":
-        return MemoryBackend(parsed.netloc + parsed.path)
-    if parsed.scheme == "s3":
-        from cluster.journal.s3 import S3Backend
-
-        backend: Backend = S3Backend(uri)
-        return backend
-    raise ValueError(f"unknown storage scheme in {uri!r}: use file://, s3:// or mem://")
-
-
-def _parse_names(names: list[str], suffix: str, sealed: bool) -> list[SegmentRef]:
+def parse_names(names: list[str], suffix: str, sealed: bool) -> list[SegmentRef]:
     out = []
     for name in names:
         stem, dot, ext = name.partition(".")
@@ -182,6 +168,33 @@ def merge_refs(active: list[SegmentRef], sealed: list[SegmentRef]) -> list[Segme
     """Sealed copies win over active ones with the same first sequence number."""
     sealed_seqs = {r.first_seq for r in sealed}
     return sorted(sealed + [r for r in active if r.first_seq not in sealed_seqs])
+
+
+class GuardedSegment(ActiveSegment):
+    """An active segment whose writes first pass ``check`` (which raises to refuse them):
+    the s3 backend writes only while it holds its lease."""
+
+    def __init__(self, inner: ActiveSegment, check: Callable[[], None]) -> None:
+        self._inner = inner
+        self._check = check
+
+    def append(self, data: bytes) -> None:
+        self._check()
+        self._inner.append(data)
+
+    def sync(self) -> None:
+        self._check()
+        self._inner.sync()
+
+    def flush(self) -> None:
+        self._check()
+        self._inner.flush()
+
+    def size(self) -> int:
+        return self._inner.size()
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 class _MemorySegment(ActiveSegment):
@@ -298,10 +311,3 @@ class MemoryBackend(Backend):
             cls._owners.pop(name, None)
             cls._snapshot_store.pop(name, None)
             cls._faults.pop(name, None)
-
-
-# The file backend lives in its own module; it is part of this interface's public names.
-from cluster.journal.files import FileBackend  # noqa: E402
-
-__all__ = ["FAULT_OPS", "ActiveSegment", "Backend", "Faults", "FileBackend", "MemoryBackend", "SegmentRef",
-           "merge_refs", "open_backend"]

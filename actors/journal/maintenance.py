@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from cluster.journal import recovery
+from actors.journal import recovery
 from workflows.errors import Fenced
 
 if TYPE_CHECKING:
-    from cluster.journal.journal import Journal
+    from actors.journal.journal import Journal
 
 log = structlog.get_logger("journal")
 

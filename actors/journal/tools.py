@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from cluster.journal import codec, recovery
-from cluster.journal.backends import open_backend
+from actors.journal import codec, recovery
+from actors.journal.storage import open_backend
 
 
 def verify(uri: str) -> dict[str, Any]:

@@ -39,14 +39,14 @@ from typing import Any, TypeVar
 
 import structlog
 
+from actors.journal import codec
+from actors.journal.backends import Backend, SegmentRef
+from actors.journal.index import Index, Undo
+from actors.journal.maintenance import Maintenance
+from actors.journal.replica import Replicator
+from actors.journal.segments import SegmentLog
+from actors.journal.startup import Startup
 from actors.workflow_state import WorkflowTable
-from cluster.journal import codec
-from cluster.journal.backends import Backend, SegmentRef
-from cluster.journal.index import Index, Undo
-from cluster.journal.maintenance import Maintenance
-from cluster.journal.replica import Replicator
-from cluster.journal.segments import SegmentLog
-from cluster.journal.startup import Startup
 from workflows.context import Outcome
 from workflows.errors import Fenced, JournalUnavailable
 

@@ -29,9 +29,11 @@ from urllib.parse import urlparse
 
 import structlog
 
-from cluster.journal import recovery
-from cluster.journal.backends import ActiveSegment, Backend, FileBackend, MemoryBackend, SegmentRef, open_backend
-from cluster.journal.codec import frame_bounds
+from actors.journal import recovery
+from actors.journal.backends import ActiveSegment, Backend, MemoryBackend, SegmentRef
+from actors.journal.codec import frame_bounds
+from actors.journal.files import FileBackend
+from actors.journal.storage import open_backend
 from workflows.errors import JournalUnavailable
 
 log = structlog.get_logger("replica")

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from actors.journal import codec
 from actors.workflow_state import WorkflowTable
-from cluster.journal import codec
 from workflows.context import Outcome
 
 TERMINAL = frozenset({"completed", "failed", "compensated"})

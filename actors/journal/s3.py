@@ -44,7 +44,6 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -53,7 +52,8 @@ import structlog
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from cluster.journal.backends import ActiveSegment, Backend, FileBackend, SegmentRef, _parse_names
+from actors.journal.backends import ActiveSegment, Backend, GuardedSegment, SegmentRef, parse_names
+from actors.journal.files import FileBackend
 from workflows.errors import Fenced
 
 log = structlog.get_logger("journal.s3")
@@ -61,32 +61,6 @@ log = structlog.get_logger("journal.s3")
 LEASE_S = 30.0
 # Share of the lease each lease request may spend connecting, and again reading.
 REQUEST_SHARE = 0.1
-
-
-class _LeasedSegment(ActiveSegment):
-    """The active segment, writable only while the backend holds its lease."""
-
-    def __init__(self, inner: ActiveSegment, check: Callable[[], None]) -> None:
-        self._inner = inner
-        self._check = check
-
-    def append(self, data: bytes) -> None:
-        self._check()
-        self._inner.append(data)
-
-    def sync(self) -> None:
-        self._check()
-        self._inner.sync()
-
-    def flush(self) -> None:
-        self._check()
-        self._inner.flush()
-
-    def size(self) -> int:
-        return self._inner.size()
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 class S3Backend(Backend):
@@ -293,7 +267,7 @@ class S3Backend(Backend):
         pager = self.client.get_paginator("list_objects_v2")
         for page in pager.paginate(Bucket=self.bucket, Prefix=self._key("segments/")):
             names += [obj["Key"].rsplit("/", 1)[-1] for obj in page.get("Contents", [])]
-        return _parse_names(names, "seg", True)
+        return parse_names(names, "seg", True)
 
     def segments(self) -> list[SegmentRef]:
         sealed = self._sealed()
@@ -311,7 +285,7 @@ class S3Backend(Backend):
         self.local.truncate(ref, size)
 
     def open_active(self, first_seq: int) -> ActiveSegment:
-        return _LeasedSegment(self.local.open_active(first_seq), self._check)
+        return GuardedSegment(self.local.open_active(first_seq), self._check)
 
     def seal(self, first_seq: int) -> None:
         ref = SegmentRef(first_seq, False)

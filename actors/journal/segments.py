@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from cluster.journal.backends import ActiveSegment, Backend, SegmentRef
+from actors.journal.backends import ActiveSegment, Backend, SegmentRef
 from workflows.errors import JournalCorrupt
 
 log = structlog.get_logger("journal")

@@ -9,7 +9,7 @@ import os
 import socket
 from typing import IO
 
-from cluster.journal.backends import ActiveSegment, Backend, SegmentRef, _parse_names, merge_refs
+from actors.journal.backends import ActiveSegment, Backend, SegmentRef, merge_refs, parse_names
 from workflows.errors import Fenced
 
 
@@ -77,8 +77,8 @@ class FileBackend(Backend):
     def segments(self) -> list[SegmentRef]:
         if not os.path.isdir(self.root):
             return []
-        active = _parse_names(os.listdir(self.wal), "log", False) if os.path.isdir(self.wal) else []
-        sealed = _parse_names(os.listdir(self.sealed), "seg", True) if os.path.isdir(self.sealed) else []
+        active = parse_names(os.listdir(self.wal), "log", False) if os.path.isdir(self.wal) else []
+        sealed = parse_names(os.listdir(self.sealed), "seg", True) if os.path.isdir(self.sealed) else []
         return merge_refs(active, sealed)
 
     def _path(self, ref: SegmentRef) -> str:
