@@ -16,23 +16,44 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
 from actors.journal import recovery
+from actors.journal.backends import Backend
+from actors.journal.index import Index
+from actors.journal.segments import SegmentLog
+from actors.workflow_state import WorkflowTable
 from workflows.errors import Fenced
 
-if TYPE_CHECKING:
-    from actors.journal.journal import Journal
-
 log = structlog.get_logger("journal")
+T = TypeVar("T")
+
+
+class Compactable(Protocol):
+    """What the background work reads and changes of its `journal.Journal`."""
+
+    backend: Backend
+    log: SegmentLog
+    table: WorkflowTable
+    index: Index
+    clock: Callable[[], float]
+    epoch: int
+    snapshot_seq: int
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Call ``fn(*args)`` on the journal's storage executor."""
+        ...
+
+    def fence(self, exc: Fenced) -> None: ...
 
 
 class Maintenance:
     """When background work is due, and doing it; see the module docstring."""
 
-    def __init__(self, journal: Journal, *, snapshot_records: int, retention_s: float, seal_idle_s: float,
+    def __init__(self, journal: Compactable, *, snapshot_records: int, retention_s: float, seal_idle_s: float,
                  retry_min_s: float, retry_max_s: float) -> None:
         self.journal = journal
         self.snapshot_records = snapshot_records
