@@ -24,12 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.batching import Batcher
-from actors.core import SupervisorCore
-from actors.local import LocalJournal
 from actors.runner import Runner
-from cluster.journal import Journal
-from cluster.journal.backends import MemoryBackend
-from cluster.options import Options
+from tests.sim.compat import Journal, LocalJournal, Options, SupervisorCore, backends
 from tests.sim.loop import InlineExecutor, SimLoop
 from tests.sim.service import Services
 from tests.sim.storage import History, SimBackend
@@ -294,7 +290,7 @@ class World:
         for tasks in self.tasks.values():
             for task in tasks:
                 task.cancel()
-        MemoryBackend.drop(self.store)
+        backends.MemoryBackend.drop(self.store)
 
 
 async def _wrap(awaitable: Awaitable[Any]) -> Any:

@@ -14,14 +14,15 @@ import hashlib
 import logging
 import random
 import time
+import traceback
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
-from cluster.options import Options
 from tests.sim import checks
+from tests.sim.compat import Options
 from tests.sim.harness import Lost, PoolFaults, World
 from tests.sim.loop import Livelock, Stalled, new_loop
 from tests.sim.service import Profile, Services
@@ -259,6 +260,9 @@ def run_seed(seed: int, steps: int = 200, keep_trace: bool = False) -> Result:
         sim.loop.run_until_complete(sim.main())
     except (Livelock, Stalled) as exc:
         sim.world.violate(f"{type(exc).__name__}: {exc}")
+    except Exception as exc:  # anything escaping the run is a finding, reported like a violation
+        where = traceback.format_exception(exc)[-2].strip().replace("\n", " | ")
+        sim.world.violate(f"the run raised {type(exc).__name__}: {str(exc)[:300]} ({where[:300]})")
     finally:
         sim.world.close()
         with contextlib.suppress(Livelock, Stalled):

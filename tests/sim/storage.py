@@ -18,15 +18,42 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from cluster.journal import codec
-from cluster.journal.backends import ActiveSegment, MemoryBackend, SegmentRef
-from cluster.journal.codec import frame_bounds
+from tests.sim import compat
+from tests.sim.compat import backends, codec
 from workflows.errors import JournalCorrupt
 
-try:  # the fault-injection points of mem:// stores
-    from cluster.journal.backends import Faults
-except ImportError:  # pragma: no cover - an older journal without them
-    Faults = None  # type: ignore[assignment,misc]
+ActiveSegment, MemoryBackend, SegmentRef = backends.ActiveSegment, backends.MemoryBackend, backends.SegmentRef
+frame_bounds = getattr(codec, "frame_bounds", None) or compat.replica.frame_bounds
+
+BUILT_IN_FAULTS = hasattr(backends, "Faults")  # the fault-injection points of mem:// stores
+if BUILT_IN_FAULTS:
+    Faults = backends.Faults
+else:  # pragma: no cover - an older journal without them: the same interface here
+
+    class Faults:  # type: ignore[no-redef]
+        def __init__(self) -> None:
+            self.fired: collections.Counter[str] = collections.Counter()
+            self._armed: dict[str, tuple[int, BaseException | None]] = {}
+
+        def arm(self, op: str, *, times: int = 1, error: BaseException | None = None) -> None:
+            self._armed[op] = (times, error)
+
+        def disarm(self, op: str | None = None) -> None:
+            if op is None:
+                self._armed.clear()
+            else:
+                self._armed.pop(op, None)
+
+        def check(self, op: str) -> None:
+            armed = self._armed.pop(op, None)
+            if armed is None:
+                return
+            if armed[0] > 1:
+                self._armed[op] = (armed[0] - 1, armed[1])
+            self.fired[op] += 1
+            raise armed[1] if armed[1] is not None else OSError(5, f"injected fault: {op}")
+
+    _FAULTS: dict[str, Faults] = {}
 
 TERMINAL = ("completed", "failed", "compensated")
 
@@ -53,7 +80,7 @@ class History:
 
     def written(self, data: bytes, where: str) -> None:
         try:
-            bounds = frame_bounds(data, where)
+            bounds = frame_bounds(data)
         except JournalCorrupt as exc:
             self.violate(f"a write the reader refuses reached {where}: {exc}")
             return
@@ -183,12 +210,14 @@ class SimBackend(MemoryBackend):
         self.crash_after: int | None = None
         self.on_death: Callable[[str], None] = lambda _why: None
         self.active: dict[int, SimSegment] = {}
-        if not hasattr(self, "faults") and Faults is not None:  # pragma: no cover
-            self.faults = Faults()
+        if not BUILT_IN_FAULTS:  # pragma: no cover
+            self.faults = _FAULTS.setdefault(name, Faults())
 
     def alive(self, op: str) -> None:
         if self.dead is not None:
             raise Crashed(f"{op} on a dead disk ({self.dead})")
+        if not BUILT_IN_FAULTS:  # pragma: no cover
+            self.faults.check(op)
 
     def die(self, why: str) -> None:
         if self.dead is None:

@@ -16,8 +16,8 @@ from typing import Any
 
 import msgpack
 
-from cluster.journal import codec
 from tests.sim.commands import HastySaga, LoudSaga, Saga
+from tests.sim.compat import codec
 from tests.sim.harness import Lost, World
 from workflows.command import Command, type_name
 from workflows.errors import CommandFailed, CoordinatorError, InvalidCommand, UnknownWorkflow
