@@ -75,6 +75,10 @@ class Options:
     """Allow several journal replicas on one node (for tests on a single machine)."""
     log_level: str = "warning"
     """structlog level of the actors: debug, info, warning or error."""
+    console_port: int | None = None
+    """Serve the web console on 127.0.0.1 of the head node at this port (None: no console)."""
+    console_token: str | None = None
+    """Operator token the console's suspend and resume need; None: a read-only console."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_cmds, int) or self.max_cmds < 1:
@@ -99,6 +103,10 @@ class Options:
             raise ValueError("Options.namespace must not be empty")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError(f"Options.log_level must be debug, info, warning or error, got {self.log_level!r}")
+        if self.console_port is not None and not (isinstance(self.console_port, int) and 0 < self.console_port < 65536):
+            raise ValueError(f"Options.console_port must be None or a port 1-65535, got {self.console_port!r}")
+        if self.console_token is not None and not (isinstance(self.console_token, str) and self.console_token):
+            raise ValueError("Options.console_token must be None or a non-empty string")
         object.__setattr__(self, "storage", normalize_storage(self.storage))
 
     def replace(self, **changes: Any) -> Options:

@@ -31,14 +31,19 @@ def start(options: Options | None = None) -> Any:
     """Get or create the coordinator's detached actors; return the SupervisorActor handle.
 
     Raises `Fenced` if another coordinator holds ``options.storage``, `JournalCorrupt`
-    if the journal cannot be recovered; in both cases nothing is left running.
+    if the journal cannot be recovered, `OSError` if ``options.console_port`` is taken;
+    in each case nothing is left running.
     """
     options = options or Options()
     _ensure_ray(options)
     handle = RemoteSupervisorActor.options(**actor_options(options, SUPERVISOR_NAME)).remote(options)
     try:
         ray.get(handle.ready.remote())
-    except (CoordinatorError, ValueError):
+        if options.console_port is not None:
+            from cluster.console.actor import start_console
+
+            start_console(options)
+    except (CoordinatorError, ValueError, OSError):
         stop(options.namespace)
         raise
     return handle
@@ -58,7 +63,7 @@ def stop(namespace: str = "coordinator") -> bool:
     _ensure_ray(Options(namespace=namespace))
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
     for name in names:
-        if is_coordinator_actor(name):
+        if is_coordinator_actor(name) or name == "console":
             with contextlib.suppress(ValueError):  # ended meanwhile
                 ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
     with contextlib.suppress(ValueError):  # no journal placement group: one replica, or removed

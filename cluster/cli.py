@@ -57,6 +57,11 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="run the demo sagas on a local Ray and print a summary")
     s.add_argument("-n", type=int, default=300, help="number of sagas")
     s.add_argument("--storage", default=None, help="journal location (default: a fresh temporary directory)")
+    s = sub.add_parser("console", help="serve the web console of the running coordinator")
+    s.add_argument("--port", type=int, default=8471)
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    s.add_argument("--token-env", default=None, metavar="VAR",
+                   help="environment variable holding the operator token (without it: read-only)")
     s = sub.add_parser("journal", help="offline journal tools")
     s.add_argument("action", choices=["verify", "dump"])
     s.add_argument("storage", help="journal path or URI")
@@ -154,6 +159,19 @@ def _cause(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
+def _console(args: argparse.Namespace) -> int:
+    import cluster
+    from cluster.console.actor import serve
+
+    token = os.environ.get(args.token_env, "") if args.token_env else None
+    if token == "":
+        raise ValueError(f"--token-env {args.token_env}: that environment variable is not set or empty")
+    _connect_ray(args.address)
+    cluster.connect(args.namespace)
+    serve(args.namespace, args.host, args.port, token)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.configure("warning")
@@ -165,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0 if summary.get("ok") else EXIT_FAILED
         if args.cmd == "journal":
             return _journal(args)
+        if args.cmd == "console":
+            return _console(args)
         _print(_start(args) if args.cmd == "start" else _operate(args))
         return 0
     except CommandFailed as exc:

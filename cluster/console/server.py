@@ -163,11 +163,10 @@ class ConsoleServer:
             await self.runner.cleanup()
 
 
-async def serve_forever(sup: Supervisor, host: str, port: int, token: str | None,
-                        announce: Callable[[str], None] = print) -> None:
+async def serve_forever(sup: Supervisor, host: str, port: int, token: str | None) -> None:
     server = ConsoleServer(sup, token)
     url = await server.start(host, port)
-    announce(f"console at {url} ({'operator token required for actions' if token else 'read-only'})")
+    print(f"console at {url} ({'operator token required for actions' if token else 'read-only'})", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

@@ -12,18 +12,24 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+import ray
 
+import cluster
+from actors.options import Options
 from cluster.console.actor import RaySupervisor
 from cluster.console.server import TOKEN_HEADER, ConsoleServer
 from tests.support import Coordinator
@@ -66,6 +72,8 @@ class Browser:
         self.calls: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.next_id = 0
         self.reader: asyncio.Task[None] | None = None
+        self.errors: list[str] = []
+        """Script errors and console errors on the page (a refused request's network error aside)."""
 
     async def connect(self, timeout_s: float = 30.0) -> None:
         active = self.profile / "DevToolsActivePort"
@@ -80,7 +88,8 @@ class Browser:
             pages = [t for t in await r.json() if t["type"] == "page"]
         self.ws = await self.http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0)
         self.reader = asyncio.create_task(self._read())
-        await self.send("Page.enable")
+        for domain in ("Page", "Runtime", "Log"):
+            await self.send(f"{domain}.enable")
         await self.send("Emulation.setDeviceMetricsOverride", width=1360, height=1100, deviceScaleFactor=1,
                         mobile=False)
 
@@ -88,6 +97,12 @@ class Browser:
         assert self.ws is not None
         async for msg in self.ws:
             data = json.loads(msg.data)
+            params = data.get("params", {})
+            if data.get("method") == "Runtime.exceptionThrown":
+                self.errors.append(json.dumps(params["exceptionDetails"])[:500])
+            elif data.get("method") == "Log.entryAdded" and params["entry"]["level"] == "error" \
+                    and params["entry"].get("source") != "network":
+                self.errors.append(params["entry"]["text"])
             future = self.calls.pop(data.get("id", -1), None)
             if future is not None and not future.done():
                 future.set_result(data)
@@ -170,10 +185,11 @@ def count(state: str) -> str:
 
 async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp_path: Path) -> None:
     began = time.monotonic()
-    c = coordinator(slow_retry_interval_s=0.5, command_actors=1, slots_per_actor=16)
-    sup = c.sup
-    read_only, operator = ConsoleServer(RaySupervisor(sup)), ConsoleServer(RaySupervisor(sup), TOKEN)
-    url = await read_only.start("127.0.0.1", free_port())
+    # The read-only console is the coordinator's own (an actor); the operator's runs here.
+    port = free_port()
+    c = coordinator(slow_retry_interval_s=0.5, command_actors=1, slots_per_actor=16, console_port=port)
+    sup, url = c.sup, f"http://127.0.0.1:{port}/"
+    operator = ConsoleServer(RaySupervisor(sup), TOKEN)
     op_url = await operator.start("127.0.0.1", 0)
     try:
         done = [await sup.submit.remote(Echo(i)) for i in range(3)]
@@ -196,6 +212,14 @@ async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp
             more = await sup.submit_many.remote([Echo(f"more-{i}") for i in range(5)])
             await page.until(f"{count('completed')} >= {before + 5}", what="the completed count rising by 5")
             assert all(w["state"] == "completed" for w in (await sup.wait.remote(more, 30)).values())
+
+            # The completed ones, listed from their count on the overview.
+            await page.click('a.count[href="#/workflows?state=completed"]')
+            await page.until(f"document.getElementById('range')?.textContent === '1\u2013{before + 5} of {before + 5}'",
+                             what="the list of completed workflows")
+            assert await page.js("document.querySelectorAll('tbody .state.completed').length") == before + 5
+            await page.screenshot(ARTIFACTS / "console-list.png")
+            await page.goto(url)
 
             # A refused suspend: the read-only console answers 403 and the page says why.
             await page.click("#suspend")
@@ -227,6 +251,8 @@ async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp
                 async with http.get(url + "api/workflows?state=completed&limit=2&offset=2") as r:
                     body = await r.json()
                 assert r.status == 200 and body["offset"] == 2 and len(body["items"]) == 2 and body["more"]
+                async with http.get(url + "api/workflow", params={"id": "no-such-workflow"}) as r:
+                    assert r.status == 404 and "no-such-workflow" in (await r.json())["error"]
                 async with http.post(op_url + "api/suspend", headers={TOKEN_HEADER: "wrong"}) as r:
                     assert r.status == 403 and "token" in (await r.json())["error"]
 
@@ -247,8 +273,49 @@ async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp
             await page.goto(url)
             await page.until("document.querySelectorAll('tr[data-id]').length >= 4", what="the overview again")
             await page.screenshot(ARTIFACTS / "console.png")
+            assert page.errors == []
         assert (ARTIFACTS / "console.png").stat().st_size > 10_000
     finally:
         await operator.stop()
-        await read_only.stop()
     print(f"console browser test: {time.monotonic() - began:.1f} s")
+
+
+def test_console_actor_ends_with_the_coordinator_and_a_taken_port_fails_start(
+        coordinator: Callable[..., Coordinator]) -> None:
+    port = free_port()
+    c = coordinator(console_port=port)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=10) as r:
+        assert json.load(r)["read_only"] is True
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ns = f"taken-{taken.getsockname()[1]}"
+        with pytest.raises(OSError):
+            cluster.start(Options(storage=str(c.options.storage) + "-2", namespace=ns, gateway=None,
+                                  console_port=taken.getsockname()[1]))
+    assert [a for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == ns] == []
+    c.stop()
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/overview", timeout=5)
+
+
+def test_console_command(coordinator: Callable[..., Coordinator], ray_session: str) -> None:
+    c = coordinator()
+    port = free_port()
+    env = {**os.environ, "CONSOLE_TOKEN": TOKEN, "RAY_ADDRESS": ray_session}
+    cmd = [sys.executable, "-m", "cluster.cli", "--namespace", c.options.namespace, "console", "--port", str(port),
+           "--token-env", "CONSOLE_TOKEN"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        assert "console at http://127.0.0.1:" in proc.stdout.readline()
+        post = urllib.request.Request(f"http://127.0.0.1:{port}/api/suspend", method="POST",
+                                      headers={TOKEN_HEADER: TOKEN})
+        with urllib.request.urlopen(post, timeout=10) as r:
+            assert json.load(r)["stats"]["held"] is True
+        assert ray.get(c.sup.resume.remote())["held"] is False
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    unset = subprocess.run([*cmd[:-1], "NO_SUCH_VARIABLE"], env=env, capture_output=True, text=True, timeout=60)
+    assert unset.returncode == 1 and "NO_SUCH_VARIABLE" in unset.stderr

@@ -1,0 +1,88 @@
+"""The console next to a coordinator: a detached actor ``console`` on the head node,
+and the adapter that turns a SupervisorActor handle into a `Supervisor`."""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any, cast
+
+import ray
+
+from actors.options import Options
+from actors.placement import HEAD, SUPERVISOR_NAME, actor_options
+from cluster.console.server import ConsoleServer
+
+CONSOLE = "console"
+
+
+class RaySupervisor:
+    """The SupervisorActor's public remote methods, awaited (`cluster.console.api.Supervisor`)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def stats(self) -> dict[str, Any]:
+        return cast(dict[str, Any], await self.handle.stats.remote())
+
+    async def list(self, state: str | None, limit: int) -> builtins.list[dict[str, Any]]:
+        return cast(builtins.list[dict[str, Any]], await self.handle.list.remote(state, limit))
+
+    async def status(self, workflow_id: str) -> dict[str, Any]:
+        return cast(dict[str, Any], await self.handle.status.remote(workflow_id))
+
+    async def outcomes(self, service: str, since_seq: int, limit: int) -> builtins.list[dict[str, Any]]:
+        return cast(builtins.list[dict[str, Any]], await self.handle.outcomes.remote(service, since_seq, limit))
+
+    async def suspend(self) -> dict[str, Any]:
+        return cast(dict[str, Any], await self.handle.suspend.remote())
+
+    async def resume(self) -> dict[str, Any]:
+        return cast(dict[str, Any], await self.handle.resume.remote())
+
+
+class ConsoleActor:
+    """Serves the console of the coordinator in its namespace on ``Options.console_port``."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.server: ConsoleServer | None = None
+        self.url = ""
+
+    async def ready(self) -> str:
+        """Start serving (once); the URL. Raises `OSError` if the port is taken."""
+        if self.server is None:
+            port = self.options.console_port
+            if port is None:
+                raise ValueError("Options.console_port is not set")
+            handle = ray.get_actor(SUPERVISOR_NAME, namespace=self.options.namespace)
+            server = ConsoleServer(RaySupervisor(handle), self.options.console_token)
+            self.url = await server.start("127.0.0.1", port)
+            self.server = server
+        return self.url
+
+
+RemoteConsoleActor: Any = cast(Any, ray.remote)(num_cpus=0, max_restarts=0)(ConsoleActor)
+
+
+def start_console(options: Options) -> str:
+    """Get or create the console actor of ``options.namespace`` and wait until it serves;
+    its URL. The error that stopped it (a port in use: `OSError`) is raised here."""
+    opts = {**actor_options(options, CONSOLE), "resources": {HEAD: 0.001}}
+    handle = RemoteConsoleActor.options(**opts).remote(options)
+    try:
+        return cast(str, ray.get(handle.ready.remote()))
+    except Exception as exc:
+        ray.kill(handle, no_restart=True)
+        cause = getattr(exc, "cause", None)
+        raise cause if isinstance(cause, BaseException) else exc from None
+
+
+def serve(namespace: str, host: str, port: int, token: str | None) -> None:
+    """Serve the console of the running coordinator in ``namespace`` until interrupted
+    (``coordinator console``); the driver must be connected to Ray."""
+    import asyncio
+
+    from cluster.console.server import serve_forever
+
+    handle = ray.get_actor(SUPERVISOR_NAME, namespace=namespace)
+    asyncio.run(serve_forever(RaySupervisor(handle), host, port, token))
