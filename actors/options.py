@@ -77,7 +77,7 @@ class Options:
     """structlog level of the actors: debug, info, warning or error."""
     console_port: int | None = None
     """Serve the web console on 127.0.0.1 of the head node at this port (None: no console)."""
-    console_token: str | None = None
+    console_token: str | None = field(default=None, repr=False)
     """Operator token the console's suspend and resume need; None: a read-only console."""
 
     def __post_init__(self) -> None:

@@ -28,7 +28,9 @@ function el(tag, attrs, ...children) {
 }
 
 const stateBadge = (s) => el("span", { class: "state " + s, text: s });
-const wfLink = (id) => el("a", { href: "#/workflow?id=" + encodeURIComponent(id), title: id, text: id });
+// A long id keeps its start and its end (where a batch's ids differ), the whole in the tooltip.
+const shortId = (id) => (id.length > 46 ? id.slice(0, 22) + "…" + id.slice(-22) : id);
+const wfLink = (id) => el("a", { href: "#/workflow?id=" + encodeURIComponent(id), title: id, text: shortId(id) });
 const time = (iso) => (iso ? el("span", { class: "mono", title: iso, text: iso.replace("T", " ") }) : el("span", { class: "muted", text: "—" }));
 
 function retryText(row) {
@@ -118,7 +120,7 @@ const COLS = {
   type: ["Type", (r) => el("span", { class: "mono", text: r.type })],
   state: ["State", (r) => stateBadge(r.state)],
   attempts: ["Attempts", (r) => r.attempts, "num"],
-  steps: ["Steps", (r) => (r.state === "running" ? el("span", { class: "muted", title: "journaled steps show on the workflow's page while it runs", text: "…" }) : r.steps), "num"],
+  steps: ["Steps", (r) => (r.state === "running" ? el("span", { class: "muted", title: "a running workflow's steps show on its page", text: "—" }) : r.steps), "num"],
   submitted: ["Submitted", (r) => time(r.submitted_at)],
   finished: ["Finished", (r) => time(r.finished_at)],
   retry: ["Next retry", retryText],
@@ -158,7 +160,7 @@ function renderOverview(d) {
     el("h2", {}, "In flight", el("span", { class: "sub", text: `running and pending, oldest first (up to ${d.rows_max} of each)` })),
     table([COLS.id, COLS.type, COLS.state, COLS.attempts, COLS.steps, COLS.submitted], d.in_flight, "Nothing in flight."),
     el("h2", {}, "Parked", el("span", { class: "sub", text: "delayed and blocked, next retry first" })),
-    table([COLS.id, COLS.type, COLS.state, COLS.attempts, COLS.retry, COLS.error], d.parked, "Nothing parked."),
+    table([COLS.id, COLS.type, COLS.state, COLS.attempts, COLS.retry, COLS.submitted], d.parked, "Nothing parked."),
   ];
 }
 
