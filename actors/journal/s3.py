@@ -175,7 +175,9 @@ class S3Backend(Backend):
         """Renew every ``lease_s / 3`` until ``stop``; on failure retry sooner, backing
         off, while the lease lasts; a lost lease ends the loop."""
         interval = self.lease_s / 3
-        first_backoff = self.lease_s / 50
+        # Retries back off from a fiftieth to a tenth of the lease: several attempts fit
+        # in what is left of it, so a store back shortly before the end is caught.
+        first_backoff, max_backoff = self.lease_s / 50, self.lease_s / 10
         delay, backoff = interval, first_backoff
         while not stop.wait(delay):
             try:
@@ -193,7 +195,7 @@ class S3Backend(Backend):
                 # Wake at the latest when a renewal can no longer be sent, to mark the
                 # lease lost then rather than at the writer's next append.
                 delay = max(0.0, min(backoff, left - 2 * self._request_s))
-                backoff = min(backoff * 2, interval)
+                backoff = min(backoff * 2, max_backoff)
                 continue
             self.renewals += 1
             delay, backoff = interval, first_backoff

@@ -268,7 +268,7 @@ def test_a_writer_whose_lease_another_owner_took_is_fenced_naming_it(s3_endpoint
 
 
 def test_renewals_ride_out_a_store_outage_shorter_than_the_lease(own_rclone: Rclone, tmp_path: Path) -> None:
-    lease_s = 3.0
+    lease_s = 4.0
     a = open_backend(uri(own_rclone.endpoint, tmp_path, lease_s=lease_s))
     assert isinstance(a, S3Backend)
     a.lock("a")
@@ -278,7 +278,7 @@ def test_renewals_ride_out_a_store_outage_shorter_than_the_lease(own_rclone: Rcl
     own_rclone.stop()
     _until(lambda: a.renewal_failures >= 2, lease_s / 2, "renewals fail while the store is down")
     own_rclone.start()
-    assert time.monotonic() - down < lease_s / 2
+    assert time.monotonic() - down < lease_s - 1, "the store was down for less than the lease"
     renewed = a.renewals
     _until(lambda: a.renewals > renewed, lease_s / 2, "a renewal succeeds once the store is back")
     # Past the lease the outage began in: the writer still holds the storage.
