@@ -50,7 +50,7 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 import structlog
 from botocore.config import Config
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, ResponseStreamingError
 
 from actors.journal.backends import ActiveSegment, Backend, GuardedSegment, SegmentRef, parse_names
 from actors.journal.files import FileBackend
@@ -61,6 +61,7 @@ log = structlog.get_logger("journal.s3")
 LEASE_S = 30.0
 # Share of the lease each lease request may spend connecting, and again reading.
 REQUEST_SHARE = 0.1
+LEASE_READ_ATTEMPTS = 5
 
 
 class S3Backend(Backend):
@@ -87,9 +88,13 @@ class S3Backend(Backend):
         self.client: Any = boto3.client("s3", endpoint_url=endpoint)
         # Lease requests must finish well inside the lease: short timeouts and no
         # retries inside botocore (the renewal loop retries, knowing the deadline).
+        # Responses are checked by status, not checksum: botocore cannot parse an error
+        # response wrapped for checksum validation (rclone answers a GET racing a PUT
+        # of the same key with a 500).
         self._request_s = lease_s * REQUEST_SHARE
         self._lease_client: Any = boto3.client("s3", endpoint_url=endpoint, config=Config(
-            connect_timeout=self._request_s, read_timeout=self._request_s, retries={"total_max_attempts": 1}))
+            connect_timeout=self._request_s, read_timeout=self._request_s, retries={"total_max_attempts": 1},
+            response_checksum_validation="when_required"))
         digest = hashlib.sha1(f"{self.bucket}/{self.prefix}".encode()).hexdigest()[:16]
         wal = query.get("wal", [os.path.join(tempfile.gettempdir(), "coordinator-wal", digest)])[0]
         self.local = FileBackend(wal)
@@ -109,15 +114,27 @@ class S3Backend(Backend):
 
     # --- the lease ------------------------------------------------------------------------
 
-    def _read_lease(self, client: Any) -> dict[str, Any] | None:
-        try:
-            body = client.get_object(Bucket=self.bucket, Key=self._key("LOCK"))["Body"].read()
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise
-        lease: dict[str, Any] = json.loads(body)
-        return lease
+    def _read_lease(self) -> dict[str, Any] | None:
+        """The lease object, or None if there is none. A read that races the holder's
+        write of it (rclone: a 500, a short or half-written body) is tried again a few
+        times within ~0.3 s; an unreachable store raises at the first attempt."""
+        for attempt in range(LEASE_READ_ATTEMPTS):
+            if attempt:
+                time.sleep(0.01 * 2**attempt)
+            try:
+                body = self._lease_client.get_object(Bucket=self.bucket, Key=self._key("LOCK"))["Body"].read()
+                lease: dict[str, Any] = json.loads(body)
+                return lease
+            except ClientError as exc:
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                if status < 500 or attempt == LEASE_READ_ATTEMPTS - 1:
+                    raise
+            except (ResponseStreamingError, ValueError):
+                if attempt == LEASE_READ_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
 
     def _write_lease(self, client: Any, owner: str) -> float:
         """Write ``owner``'s lease; return the monotonic time it is valid until."""
@@ -131,11 +148,11 @@ class S3Backend(Backend):
         self.stop_renewing()
         self.local.lock(owner)
         try:
-            lease = self._read_lease(self.client)
+            lease = self._read_lease()
             if lease is not None and lease["owner"] != owner and lease["expires"] > time.time():
                 raise Fenced(f"storage {self.uri} is held by another coordinator: {lease['owner']}")
             valid_until = self._write_lease(self.client, owner)
-            lease = self._read_lease(self.client)
+            lease = self._read_lease()
             if lease is None or lease["owner"] != owner:
                 raise Fenced(f"storage {self.uri} was taken by another coordinator at the same time")
         except BaseException:
@@ -155,21 +172,25 @@ class S3Backend(Backend):
         with self._guard:
             owner = self._owner
         assert owner is not None  # _check raised otherwise
-        lease = self._read_lease(self._lease_client)
+        self._check_time_to_renew()
+        lease = self._read_lease()
         if lease is not None and lease["owner"] != owner:
             raise Fenced(f"storage {self.uri} was taken over by {lease['owner']}")
-        with self._guard:
-            # A put that could still be in flight when the lease ends might land after
-            # another owner took the storage, and overwrite its lease.
-            if time.monotonic() + 2 * self._request_s >= self._valid_until:
-                raise Fenced(self._expired_reason())
+        self._check_time_to_renew()
         valid_until = self._write_lease(self._lease_client, owner)
-        lease = self._read_lease(self._lease_client)
+        lease = self._read_lease()
         if lease is None or lease["owner"] != owner:
             taker = lease["owner"] if lease is not None else "nobody (the lease object is gone)"
             raise Fenced(f"storage {self.uri} was taken over by {taker}")
         with self._guard:
             self._valid_until = max(self._valid_until, valid_until)
+
+    def _check_time_to_renew(self) -> None:
+        """`Fenced` once a lease write could still be in flight when the lease ends: it
+        might land after another owner took the storage and overwrite its lease."""
+        with self._guard:
+            if time.monotonic() + 2 * self._request_s >= self._valid_until:
+                raise Fenced(self._expired_reason())
 
     def _renew_loop(self, stop: threading.Event) -> None:
         """Renew every ``lease_s / 3`` until ``stop``; on failure retry sooner, backing
@@ -236,7 +257,7 @@ class S3Backend(Backend):
     def _verify(self) -> None:
         """`_check`, then re-read the lease: it must name this owner and be unexpired."""
         self._check()
-        lease = self._read_lease(self.client)
+        lease = self._read_lease()
         with self._guard:
             owner = self._owner
         if lease is None or lease["owner"] != owner:
@@ -254,7 +275,7 @@ class S3Backend(Backend):
             owner, self._owner, self._lost = self._owner, None, None
         try:
             if owner is not None:
-                lease = self._read_lease(self._lease_client)
+                lease = self._read_lease()
                 if lease is not None and lease["owner"] == owner:
                     self._lease_client.delete_object(Bucket=self.bucket, Key=self._key("LOCK"))
         except Exception as exc:  # releasing is a courtesy; the lease expires anyway
