@@ -21,9 +21,11 @@ in wall-clock seconds):
    while the lease is still valid. Lease requests time out after a tenth of the
    lease each, and no write is sent that might land after the lease ran out, so a
    late renewal never revives an expired lease.
-3. The lease is *lost* when a renewal finds another owner, or when it runs out before
-   a renewal succeeded (on this process's monotonic clock, from the moment the last
-   successful write was sent, so never later than the expiry the store holds). From
+3. The lease is *lost* when a renewal finds another owner, or when none succeeded in
+   time: the renewal thread gives up a fifth of the lease before the end (a write
+   sent later might land after it), and every write checks the end itself (on this
+   process's monotonic clock, from the moment the last successful lease write was
+   sent, so never later than the expiry the store holds). From
    then on every write raises `Fenced` naming the new owner or the reason: the active
    segment's `append`, `sync` and `flush`, and `truncate`, `seal`, `put_snapshot`,
    `delete`, `delete_snapshot`. A process frozen past its lease (so its renewals
@@ -32,8 +34,9 @@ in wall-clock seconds):
    they touch the store: it must name this owner and be unexpired.
 
 What remains: two starts at the same instant that both pass their read-back (the
-loser finds the winner's lease at its next renewal or seal, within ``lease_s / 3``),
-and hosts' wall clocks, which must agree to well within the lease.
+loser finds the winner's lease at its next renewal or seal, within ``lease_s / 3``);
+a lease write that timed out here but reaches the store later; and hosts' wall
+clocks, which must agree to well within the lease.
 """
 
 from __future__ import annotations
