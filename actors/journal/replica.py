@@ -1,22 +1,32 @@
 """Journal replication: followers that mirror the leader's log, and the leader's fan-out.
 
 The leader (replica 0, the `Journal` the writers talk to) acknowledges a batch once a
-majority of replicas, itself included, has written and fsynced it:
+majority of replicas, itself included, has written and fsynced it. Every epoch (a
+leader start) begins with its ``epoch`` record; record ``q`` is of the last epoch begun
+at or before ``q`` (`epochs`).
 
 1. The leader writes and fsyncs the batch to its own active segment (`Journal`).
-2. It sends the batch's frames, their first sequence number and its epoch to every
-   follower, one send at a time per follower so each sees batches in order.
-3. A follower whose log ends exactly at the batch's first record appends it, fsyncs
-   and answers its new end. One that is behind answers its end; the leader sends it
-   the missing records from its own log first (catch-up), then the batch.
-4. Once ``majority - 1`` followers have answered, the batch is durable and its
-   appends are acknowledged; slower followers keep receiving in the background.
-5. If too few followers answer within ``timeout_s``, the batch fails with
+2. It sends the batch's frames and first sequence number to every follower, one send
+   at a time per follower so each sees batches in order, with the epoch of its own
+   record before the batch and where that epoch began.
+3. A follower holding that record, or any of the batch's, from another epoch than the
+   leader's cuts its log at the first record that cannot be the leader's. It answers
+   "held" only for records of the leader's epochs; at the batch's first record it
+   appends the rest, fsyncs, and answers its new end.
+4. An end below the batch gets the missing records from the leader's log (catch-up,
+   checked as in 3: again from a lower end if it cut more), then the batch.
+5. Once ``majority - 1`` followers have answered, the batch is durable and its appends
+   are acknowledged; slower followers keep receiving in the background.
+6. If too few followers answer within ``timeout_s``, the batch fails with
    `JournalUnavailable`: nothing is acknowledged that a majority does not hold.
 
-A new epoch (a leader start) begins at the end of the longest log among a majority
-of replicas; a follower holding records past that point from an older epoch cuts
-them off before it takes the new epoch's first batch.
+A follower forgets segments below ``sealed_upto`` (the object store holds them); the
+epoch of its first kept record is written first to a metadata object, so after a
+restart it still knows the epochs of all it holds and cuts none of it.
+
+A new epoch begins at the end of the most up-to-date log among a majority of replicas:
+the leader adopts, of the followers holding its own last record, the tail with the
+newest last epoch, then the longest; its epoch is past any epoch seen in their tails.
 """
 
 from __future__ import annotations
@@ -24,12 +34,13 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import urlparse
 
 import structlog
 
-from actors.journal import recovery
+from actors.journal import codec, recovery
+from actors.journal import epochs as ep
 from actors.journal.backends import ActiveSegment, Backend, MemoryBackend, SegmentRef
 from actors.journal.codec import frame_bounds
 from actors.journal.files import FileBackend
@@ -39,6 +50,8 @@ from workflows.errors import JournalUnavailable
 log = structlog.get_logger("replica")
 
 __all__ = ["Follower", "Replica", "Replicator", "frame_bounds", "replica_backend"]
+
+CATCH_UP_ROUNDS = 16  # each round past the first cuts at least one of the follower's epochs
 
 
 def replica_backend(uri: str, replica: int) -> Backend:
@@ -65,13 +78,30 @@ class Replica:
         self.segment_bytes = segment_bytes
         self.owner = owner
         self.next_seq = 0
-        self.epoch = 0
+        self.epochs = ep.Epochs()
+        self.floor = ep.FloorStore(backend)
         self._active: ActiveSegment | None = None
         self._segments: list[int] = []  # first seqs, ascending
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the newest record held."""
+        return self.epochs.last
+
+    @property
+    def base(self) -> int:
+        """The first sequence number held (``next_seq`` when nothing is)."""
+        return self._segments[0] if self._segments else self.next_seq
 
     def open(self) -> None:
         self.backend.lock(self.owner)
         refs = [r for r in self.backend.segments() if not r.sealed]
+        floor = self.floor.load() if refs else None
+        if floor is not None and floor[0] > refs[0].first_seq:  # a drop cut short: finish it
+            while len(refs) > 1 and refs[1].first_seq <= floor[0]:
+                self.backend.delete(refs.pop(0))
+        if floor is not None and floor[0] == refs[0].first_seq:
+            self.epochs.add(*floor[1])
         for i, ref in enumerate(refs):
             seg = recovery.scan_segment(self.backend, ref, tail=i == len(refs) - 1)
             if seg.torn_bytes:
@@ -79,7 +109,7 @@ class Replica:
             records = seg.records
             for r in records:
                 if r["k"] == "epoch":
-                    self.epoch = max(self.epoch, r["epoch"])
+                    self.epochs.add(r["epoch"], r["q"])
             if records:
                 self.next_seq = records[-1]["q"] + 1
             elif ref.first_seq > self.next_seq:
@@ -97,15 +127,30 @@ class Replica:
 
     def accept(self, epoch: int, epoch_seq: int, first_seq: int, data: bytes, count: int,
                sealed_upto: int = 0) -> int:
-        """Append ``count`` framed records starting at ``first_seq``; return the log's new end."""
-        if epoch > self.epoch:
-            if self.next_seq > epoch_seq:
-                self.truncate_to(epoch_seq)
-            self.epoch = epoch
+        """Take ``count`` framed records from ``first_seq`` on; return the log's new end.
+
+        ``epoch`` is the leader's epoch of record ``first_seq - 1`` and ``epoch_seq`` where
+        that epoch began (-1: not known). Records held that are of another epoch than the
+        leader's at the same point are cut (see the module doc); an end below
+        ``first_seq`` asks the leader for the records from there.
+        """
         if self.next_seq < sealed_upto <= first_seq:
             self.reset_to(sealed_upto)  # what it lacks is in the object store already
-        if first_seq > self.next_seq or first_seq + count <= self.next_seq:
-            return self.next_seq  # behind (the leader catches it up) or already held
+        if first_seq > self.next_seq:
+            return self.next_seq  # behind: the leader catches it up
+        marks = ep.epoch_marks(data, first_seq)
+        before = (epoch, epoch_seq)
+        conflict = ep.first_conflict(self.epochs, self.base, before, first_seq, marks,
+                                  min(self.next_seq, first_seq + count))
+        if conflict is not None and conflict < first_seq:  # its record before the batch is not the leader's
+            self.truncate_to(ep.cut_point(self.epochs, self.base, before, first_seq - 1))
+            return self.next_seq
+        if conflict is not None:
+            self.truncate_to(conflict)
+        if first_seq + count <= self.next_seq:
+            return self.next_seq  # already held, the leader's epochs throughout
+        if self.next_seq == self.base:
+            self._begin_at(ep.leader_epoch(before, marks, self.next_seq - 1))
         skip = self.next_seq - first_seq
         if skip:
             data = data[frame_bounds(data)[skip][0]:]
@@ -117,14 +162,36 @@ class Replica:
             self._active.sync()
         else:
             self._active.flush()
+        for e, q in marks:
+            if q >= self.next_seq:
+                self.epochs.add(e, q)
         self.next_seq = first_seq + count
         self._drop_below(sealed_upto)
         return self.next_seq
 
+    def _begin_at(self, floor: ep.Boundary) -> None:
+        """Nothing is held: the first record taken is of the leader's epoch ``floor``."""
+        self.epochs.clear()
+        if floor[0] != ep.UNKNOWN:
+            self.floor.save(self.next_seq, floor)
+            self.epochs.add(*floor)
+
     def _drop_below(self, sealed_upto: int) -> None:
-        """Forget local segments wholly below ``sealed_upto``: the object store holds them."""
-        while len(self._segments) > 1 and self._segments[1] <= sealed_upto:
-            self.backend.delete(SegmentRef(self._segments.pop(0), False))
+        """Forget local segments wholly below ``sealed_upto``: the object store holds them.
+        The epoch of the first record kept is written first, as its epoch record may go."""
+        keep = 0
+        while keep + 1 < len(self._segments) and self._segments[keep + 1] <= sealed_upto:
+            keep += 1
+        if not keep:
+            return
+        base = self._segments[keep]
+        floor = self.epochs.at(base)
+        if floor is not None:
+            self.floor.save(base, floor)
+            self.epochs.trim(base)
+        for first in self._segments[:keep]:
+            self.backend.delete(SegmentRef(first, False))
+        del self._segments[:keep]
 
     def reset_to(self, seq: int) -> None:
         """Drop the whole local log and continue at ``seq``."""
@@ -134,23 +201,27 @@ class Replica:
         for first in self._segments:
             self.backend.delete(SegmentRef(first, False))
         self._segments.clear()
+        self.epochs.clear()
         self.next_seq = seq
 
     def truncate_to(self, seq: int) -> None:
-        """Cut every record at or after ``seq`` (an older epoch's unacknowledged tail)."""
+        """Cut every record at or after ``seq`` (records no leader's log holds there)."""
         log.warning("replica_truncated", storage=self.backend.uri, from_seq=seq, to_seq=self.next_seq)
+        if seq <= self.base:
+            self.reset_to(min(self.base, self.next_seq))
+            return
         if self._active is not None:
             self._active.close()
             self._active = None
-        while self._segments and self._segments[-1] >= seq and len(self._segments) > 1:
+        while self._segments[-1] >= seq:
             self.backend.delete(SegmentRef(self._segments.pop(), False))
-        if self._segments:
-            ref = SegmentRef(self._segments[-1], False)
-            buf = self.backend.read(ref)
-            bounds = frame_bounds(buf)
-            keep = max(0, seq - ref.first_seq)
-            self.backend.truncate(ref, bounds[keep][0] if keep < len(bounds) else len(buf))
-            self._active = self.backend.open_active(ref.first_seq)
+        ref = SegmentRef(self._segments[-1], False)
+        buf = self.backend.read(ref)
+        bounds = frame_bounds(buf)
+        keep = seq - ref.first_seq
+        self.backend.truncate(ref, bounds[keep][0] if keep < len(bounds) else len(buf))
+        self._active = self.backend.open_active(ref.first_seq)
+        self.epochs.cut(seq)
         self.next_seq = min(self.next_seq, seq)
 
     def read(self, from_seq: int) -> tuple[int, bytes]:
@@ -196,6 +267,21 @@ class Replicator:
         self.epoch = 0
         self.epoch_seq = 0
         self.sealed_upto = 0
+        self.epochs = ep.Epochs()  # of the leader's log
+        self.known_from = 0  # the epochs of records below this one are not known (a snapshot holds them)
+
+    def begin(self, epoch: int, epoch_seq: int, epochs: ep.Epochs, known_from: int) -> None:
+        """Start epoch ``epoch`` at ``epoch_seq``, after a log with ``epochs`` from ``known_from`` on."""
+        self.epoch, self.epoch_seq, self.epochs, self.known_from = epoch, epoch_seq, epochs, known_from
+        epochs.add(epoch, epoch_seq)
+
+    def before(self, seq: int) -> ep.Boundary:
+        """The leader's epoch of record ``seq - 1`` and where that epoch began."""
+        if seq <= 0:
+            return 0, 0
+        if seq - 1 < self.known_from:
+            return ep.UNKNOWN, ep.UNKNOWN
+        return self.epochs.at(seq - 1) or (0, 0)
 
     async def replicate(self, first_seq: int, data: bytes, count: int,
                         read_own: Callable[[int, int], Awaitable[bytes]]) -> None:
@@ -223,27 +309,39 @@ class Replicator:
         follower = self.followers[i]
         async with self._locks[i]:
             try:
-                end = await follower.accept(self.epoch, self.epoch_seq, first_seq, data, count, self.sealed_upto)
-                if end < first_seq:
+                end = await follower.accept(*self.before(first_seq), first_seq, data, count, self.sealed_upto)
+                for _round in range(CATCH_UP_ROUNDS):
+                    if end >= first_seq:
+                        break
                     missing = await read_own(end, first_seq)
-                    await follower.accept(self.epoch, self.epoch_seq, end, missing, first_seq - end,
-                                          self.sealed_upto)
-                    end = await follower.accept(self.epoch, self.epoch_seq, first_seq, data, count,
-                                                self.sealed_upto)
+                    end = await follower.accept(*self.before(end), end, missing, first_seq - end, self.sealed_upto)
+                    if end >= first_seq:  # caught up (else it cut records not the leader's: again from there)
+                        end = await follower.accept(*self.before(first_seq), first_seq, data, count,
+                                                    self.sealed_upto)
                 return end >= first_seq + count
             except Exception as exc:  # a dead or failing follower: it catches up when it is back
                 log.warning("replica_unreachable", replica=i + 1, error=repr(exc)[:200])
                 return False
 
-    async def longest_tail(self, own_end: int) -> tuple[int, Any]:
-        """Ask followers for their ends; (end, follower) of the longest, once a majority answered."""
-        answers: list[tuple[int, Any]] = [(own_end, None)]
+    async def best_tail(self, own_end: int, own_last: codec.Record | None) -> tuple[list[codec.Record], int]:
+        """The records from ``own_end`` on of the most up-to-date log among a majority of
+        replicas (the newest last epoch, then the longest) that holds the leader's last
+        record ``own_last``; with the newest epoch seen in any replica's tail."""
         ends = [asyncio.ensure_future(f.end()) for f in self.followers]
         done, _ = await asyncio.wait(ends, timeout=self.timeout_s)
-        for follower, fut in zip(self.followers, ends, strict=True):
-            if fut in done and fut.exception() is None:
-                answers.append((fut.result(), follower))
-        if len(answers) < self.majority:
-            raise JournalUnavailable(f"only {len(answers)} of {len(self.followers) + 1} journal replicas answered; "
-                                     f"a majority of {self.majority} is needed to recover")
-        return max(answers, key=lambda a: a[0])
+        answered = [(f, fut.result()) for f, fut in zip(self.followers, ends, strict=True)
+                    if fut in done and fut.exception() is None]
+        if len(answered) + 1 < self.majority:
+            raise JournalUnavailable(f"only {len(answered) + 1} of {len(self.followers) + 1} journal replicas "
+                                     f"answered; a majority of {self.majority} is needed to recover")
+        reads = [asyncio.ensure_future(f.read(max(own_end - 1, 0))) for f, end in answered if end > own_end]
+        if not reads:
+            return [], 0
+        read, _ = await asyncio.wait(reads, timeout=self.timeout_s)
+        tails = [codec.scan(fut.result()[1], "<replica>")[0] for fut in reads
+                 if fut in read and fut.exception() is None]
+        newest = max([0, *(r["epoch"] for tail in tails for r in tail if r["k"] == "epoch")])
+        best = max(((ep.UNKNOWN, own_end), []), *(ep.rank_tail(t, own_end, own_last) for t in tails),
+                   key=lambda b: b[0])
+        return best[1], newest
+

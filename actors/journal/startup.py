@@ -3,8 +3,8 @@
 `Startup` is a part of `journal.Journal`. Recovery: take the storage lock (`Fenced`
 if held), read the snapshot and every segment by the rules of `recovery.walk` (a
 torn tail is cut; any other damage is `JournalCorrupt`), rebuild the fold and the
-index, then journal a new ``epoch`` record. A leader of replicas first adopts the
-longest tail that a majority of them holds past its own end.
+index, then journal a new ``epoch`` record. A leader of replicas first adopts the tail
+past its own end of the most up-to-date log among a majority of them (see `replica`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import structlog
 
 from actors.journal import codec, recovery
 from actors.journal.backends import Backend
+from actors.journal.epochs import UNKNOWN, Epochs
 from actors.journal.index import Index
 from actors.journal.replica import Replicator
 from actors.journal.segments import SegmentLog
@@ -35,6 +36,9 @@ class Startup:
     next_seq: int
     torn_bytes: int
     replicator: Replicator | None
+    _epochs: Epochs
+    _epochs_from: int
+    _last_record: codec.Record | None
 
     async def append(self, records: list[codec.Record]) -> list[Any]:
         raise NotImplementedError
@@ -56,13 +60,14 @@ class Startup:
         """Recover as the leader of replicas: the store, this log, then the longest tail
         among a majority of replicas; start the new epoch there (see `replica`)."""
         self._recover_local()
-        end, follower = await replicator.longest_tail(self.next_seq)
-        if follower is not None and end > self.next_seq:
-            _first, data = await follower.read(self.next_seq)
-            self._adopt(data)
+        tail, newest = await replicator.best_tail(self.next_seq, self._last_record)
+        if tail:
+            self._adopt(tail)
         self.replicator = replicator
-        self.epoch += 1
-        replicator.epoch, replicator.epoch_seq = self.epoch, self.next_seq
+        # An epoch begun by a leader that crashed before its record was durable here is
+        # not begun again: a replica may hold records of it.
+        self.epoch = max(self.epoch, newest) + 1
+        replicator.begin(self.epoch, self.next_seq, self._epochs, self._epochs_from)
         replicator.sealed_upto = self.log.sealed_upto
         await self.append([{"k": "epoch", "epoch": self.epoch, "owner": self.owner}])
         self._opened()
@@ -72,6 +77,7 @@ class Startup:
                  live=len(self.index.live), torn_bytes=self.torn_bytes)
 
     def _recover_local(self) -> None:
+        self._epochs, self._epochs_from, self._last_record = Epochs(), 0, None
         self.backend.lock(self.owner)
         found = recovery.walk(self.backend, repair=True, on_snapshot=self._load_snapshot, on_record=self._index)
         self.next_seq, self.torn_bytes = found.next_seq, found.torn_bytes
@@ -89,17 +95,20 @@ class Startup:
         self.table.mode, self.table.held = snap.mode, snap.held
         self.snapshot_seq = self.table.last_seq = snap.seq
         self.epoch = snap.epoch
+        self._epochs.add(snap.epoch, UNKNOWN)  # the epoch of the records after it, begun at or before it
+        self._epochs_from = snap.seq
         log.info("snapshot_loaded", snapshot=snap.name, seq=snap.seq, workflows=len(snap.workflows))
 
     def _index(self, r: codec.Record) -> None:
         self.table.apply(r)
         self.index.index(r)
+        self._last_record = r
         if r["k"] == "epoch":
             self.epoch = max(self.epoch, r["epoch"])
+            self._epochs.add(r["epoch"], r["q"])
 
-    def _adopt(self, data: bytes) -> None:
+    def _adopt(self, records: list[codec.Record]) -> None:
         """Take records another replica holds past this log's end (catch-up at recovery)."""
-        records, _end = codec.scan(data, "<replica>")
         keep = [r for r in records if r["q"] >= self.next_seq]
         if not keep or keep[0]["q"] != self.next_seq:
             raise JournalUnavailable(f"no replica holds the records from {self.next_seq} on")
