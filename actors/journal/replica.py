@@ -341,7 +341,7 @@ class Replicator:
         tails = [codec.scan(fut.result()[1], "<replica>")[0] for fut in reads
                  if fut in read and fut.exception() is None]
         newest = max([0, *(r["epoch"] for tail in tails for r in tail if r["k"] == "epoch")])
-        best = max(((ep.UNKNOWN, own_end), []), *(ep.rank_tail(t, own_end, own_last) for t in tails),
+        best = max([((ep.UNKNOWN, own_end), []), *(ep.rank_tail(t, own_end, own_last) for t in tails)],
                    key=lambda b: b[0])
         return best[1], newest
 

@@ -57,8 +57,8 @@ class Startup:
         self._opened()
 
     async def open_replicated(self, replicator: Replicator) -> None:
-        """Recover as the leader of replicas: the store, this log, then the longest tail
-        among a majority of replicas; start the new epoch there (see `replica`)."""
+        """Recover as the leader of replicas: the store, this log, then the tail of the most
+        up-to-date log among a majority of replicas; start the new epoch there (see `replica`)."""
         self._recover_local()
         tail, newest = await replicator.best_tail(self.next_seq, self._last_record)
         if tail:

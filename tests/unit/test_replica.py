@@ -199,6 +199,8 @@ async def test_recovery_needs_a_majority() -> None:
     rep = Replicator([LocalFollower(a), LocalFollower(b)], timeout_s=0.2)
     tail, _newest = await rep.best_tail(3, codec.scan(frames(2, 1))[0][0])
     assert [r["q"] for r in tail] == [3, 4]
+    tail, _newest = await rep.best_tail(3, codec.scan(frames(2, 1, epoch=2))[0][0])
+    assert tail == []  # it does not hold the leader's last record: its tail is of another history
     rep.followers[0].down = rep.followers[1].down = True  # type: ignore[attr-defined]
     with pytest.raises(JournalUnavailable):
         await rep.best_tail(3, None)
