@@ -32,8 +32,8 @@ class LocalJournal:
         return self.journal.state(offset, limit)
 
     async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
-        return {w: ([list(o) for o in a], [list(o) for o in b])
-                for w, (a, b) in self.journal.live_steps(workflow_ids).items()}
+        return {w: dict(e) if isinstance(e, dict) else ([list(o) for o in e[0]], [list(o) for o in e[1]])
+                for w, e in self.journal.live_steps(workflow_ids).items()}
 
     async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
         return self.journal.outcomes(service, since_seq, limit)

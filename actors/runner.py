@@ -5,6 +5,9 @@ journal), so it replays done steps and calls services only for new ones. Its
 outcomes are appended through the actor's batched journal client; terminal records
 (``completed``, ``compensating``, ``compensated``, ``failed``) are journaled here
 before the supervisor hears of them, so a result is durable before it is reported.
+The journal answers a record of a workflow it holds as ended with that end
+(`Ended`): the attempt is stale, it stops and reports what the journal holds, never
+what it computed (or nothing, when the journal does not know the workflow).
 The gateway the steps call through is built here from ``Options.gateway``.
 """
 
@@ -20,6 +23,7 @@ from typing import Any
 import msgpack
 import structlog
 
+from actors.journal.index import Ended
 from actors.options import Options
 from workflows.command import Command, decode_command
 from workflows.context import Context, Outcome
@@ -66,6 +70,14 @@ def _bounded(text: str) -> str:
     cut = len(text) - MAX_ERROR_TEXT
     half = MAX_ERROR_TEXT // 2
     return f"{text[:half]}\n... [{cut} characters cut] ...\n{text[-half:]}"
+
+
+class StaleAttempt(JournalError):
+    """The journal holds the workflow as ended: this attempt's records are dropped."""
+
+    def __init__(self, end: Ended) -> None:
+        super().__init__(f"the journal holds this workflow as ended ({end['k']})")
+        self.end = end
 
 
 def _steps(raw: list[Any]) -> list[Outcome]:
@@ -115,7 +127,14 @@ class Runner:
     async def record(self, workflow_id: str, kind: str, step: int, service: str, value: Any) -> Any:
         self._check_payload(value, f"{kind} {step} of {workflow_id}")
         rec = {"k": kind, "w": workflow_id, "step": step, "service": service, "value": value}
-        return (await self._append([rec]))[0]
+        return await self._journal(rec)
+
+    async def _journal(self, record: dict[str, Any]) -> Any:
+        """Append one record; its answer, or `StaleAttempt` if the journal holds the workflow as ended."""
+        answer = (await self._append([record]))[0]
+        if isinstance(answer, Ended):
+            raise StaleAttempt(answer)
+        return answer
 
     def _check_payload(self, value: Any, what: str) -> None:
         try:
@@ -151,6 +170,7 @@ class Runner:
         outcomes, compensations = _steps(item["outcomes"]), _steps(item["compensations"])
         ctx = Context(wid, attempt, outcomes, self, self._gateway)
         report: Report = {"w": wid, "attempt": attempt, "inc": item["inc"]}
+        end: Ended | None = None
         try:
             cmd = decode_command(item["type"], item["fields"])
             if item.get("error") is not None:
@@ -158,8 +178,19 @@ class Runner:
             else:
                 report.update(await self._exec(cmd, ctx, compensations))
         except InvalidCommand as exc:  # the command cannot be rebuilt: fail it, nothing to undo
-            report.update(await self._terminal(wid, "failed", error=describe(exc)))
-        await started
+            try:
+                report.update(await self._terminal(wid, "failed", error=describe(exc)))
+            except StaleAttempt as stale:
+                end = stale.end
+        except StaleAttempt as stale:
+            end = stale.end
+        held = (await started)[0]
+        end = held if isinstance(held, Ended) else end
+        if end is not None:  # ended before or during this attempt: report the journal's end
+            if end["k"] is None:
+                return  # unknown to the journal: left to the supervisor, which asks it
+            ctx.log.info("attempt_stale", ended=end["k"])
+            report.update(kind=end["k"], result=end["result"], error=end["error"])
         report["outcomes"] = [list(o) for o in outcomes]
         report["compensations"] = [list(o) for o in compensations]
         await self._report(report)
@@ -177,7 +208,7 @@ class Runner:
                 return {"kind": kind, "reason": str(exc)}
             ctx.log.warning("command_failed", error=repr(exc))
             error = describe(exc)
-            await self._append([{"k": "compensating", "w": ctx.workflow_id, "error": error, "t": self._clock()}])
+            await self._journal({"k": "compensating", "w": ctx.workflow_id, "error": error, "t": self._clock()})
             return await self._compensate(cmd, ctx, compensations, error, exc)
         return await self._terminal(ctx.workflow_id, "completed", result=result)
 
@@ -202,5 +233,6 @@ class Runner:
         return await self._terminal(wid, "compensated", error=error)
 
     async def _terminal(self, wid: str, kind: str, **fields: Any) -> Report:
-        await self._append([{"k": kind, "w": wid, "t": self._clock(), **fields}])
+        """Journal the attempt's end; `StaleAttempt` if the journal holds another one."""
+        await self._journal({"k": kind, "w": wid, "t": self._clock(), **fields})
         return {"kind": kind, **fields}

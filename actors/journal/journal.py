@@ -41,7 +41,7 @@ import structlog
 
 from actors.journal import codec
 from actors.journal.backends import Backend, SegmentRef
-from actors.journal.index import Index, Undo
+from actors.journal.index import Ended, Index, Undo
 from actors.journal.maintenance import Maintenance
 from actors.journal.replica import Replicator
 from actors.journal.segments import SegmentLog
@@ -320,9 +320,16 @@ class Journal(Startup):
         """Durable outcomes of ``service`` (of workflows kept), in journal order."""
         return self.table.outcomes(service, since_seq, limit)
 
-    def live_steps(self, workflow_ids: list[str]) -> dict[str, tuple[list[Outcome], list[Outcome]]]:
-        """The journaled outcomes and compensations of unfinished workflows."""
-        return {w: self.index.live[w] for w in workflow_ids if w in self.index.live}
+    def live_steps(self, workflow_ids: list[str]) -> dict[str, tuple[list[Outcome], list[Outcome]] | Ended]:
+        """The journaled outcomes and compensations of unfinished workflows, and for
+        one whose terminal record is durable, that record (`Ended`). An id whose end
+        is not durable yet, or that the journal does not know, is left out."""
+        found: dict[str, tuple[list[Outcome], list[Outcome]] | Ended] = {}
+        for w in workflow_ids:
+            entry = self.index.live.get(w) or self.index.durable_end(w)
+            if entry is not None:
+                found[w] = entry
+        return found
 
     def close(self) -> None:
         if self._flusher is not None:

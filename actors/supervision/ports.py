@@ -13,11 +13,18 @@ class JournalPort(Protocol):
         """Journal ``records`` durably; per record, what the journal answers: None for
         a kept ``submitted``; for one whose id the journal knows already, the
         ``{"type", "fields", "workflow"}`` it holds (``workflow`` a `Workflow.to_dict`,
-        or None while that record is not yet durable)."""
+        or None while that record is not yet durable). A record of a workflow the
+        journal holds as ended is dropped and answered with its terminal record's
+        ``{"k", "result", "error"}``."""
         ...
 
     async def state(self, offset: int, limit: int) -> dict[str, Any]: ...
-    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]: ...
+    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
+        """Per id the journal holds: ``(outcomes, compensations)`` of an unfinished
+        workflow, or the ``{"k", "result", "error"}`` of an ended one's durable terminal
+        record. An id whose end is not durable yet, or that it does not know, is left out."""
+        ...
+
     async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]: ...
 
 

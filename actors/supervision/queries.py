@@ -92,8 +92,9 @@ class Queries:
         status = wf.status()
         if wf.state is State.RUNNING:
             steps = await self.journal.live_steps([workflow_id])
-            if workflow_id in steps:
-                status["outcomes"] = [list(o) for o in steps[workflow_id][0]]
+            entry = steps.get(workflow_id)
+            if entry is not None and not isinstance(entry, dict):  # a dict: ended, its report on the way
+                status["outcomes"] = [list(o) for o in entry[0]]
         return status
 
     def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:

@@ -162,8 +162,10 @@ class SupervisorCore(Intake, Suspension, Queries):
     async def _requeue(self, lost: dict[str, tuple[int, int]]) -> None:
         """Dispatch again, from their journaled outcomes, attempts whose actor was lost.
 
-        The outcomes come from the journal (the lost attempt may have recorded more than
-        this cache knows); while it cannot answer, the attempts wait and ask again."""
+        The journal has the last word: the lost attempt may have recorded more than
+        this cache knows, or ended its workflow (then it is finished from the terminal
+        record the journal holds, never run again). While the journal cannot answer, or
+        holds an end not yet durable, the attempts wait and ask again."""
         delay = max(self.options.slow_retry_interval_s, 0.01)
         while True:
             lost = {w: slot for w, slot in lost.items() if self.running.get(w) == slot}
@@ -171,24 +173,46 @@ class SupervisorCore(Intake, Suspension, Queries):
                 return  # reported meanwhile
             try:
                 steps = await self.journal.live_steps(list(lost))
-                break
             except Exception as exc:  # the requeue's one catch-all: ask again, never drop them
                 log.warning("requeue_retrying", workflows=len(lost), error=repr(exc), retry_in_s=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, REQUEUE_RETRY_MAX_S)
+            else:
+                lost = await self._resume(lost, steps)
+                if not lost:
+                    return
+                log.info("requeue_waiting_for_end", workflows=len(lost), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REQUEUE_RETRY_MAX_S)
+
+    async def _resume(self, lost: dict[str, tuple[int, int]], steps: dict[str, Any]) -> dict[str, tuple[int, int]]:
+        """Dispatch again, or finish, the lost attempts the journal answered for; the rest."""
+        left: dict[str, tuple[int, int]] = {}
+        succeeded = False
         for wid, slot in lost.items():
             if self.running.get(wid) != slot:
                 continue  # reported meanwhile
+            entry = steps.get(wid)
+            if entry is None:
+                left[wid] = slot
+                continue
             del self.running[wid]
             self.free[slot[0]] += 1
             wf = self.table.workflows[wid]
-            if wid in steps:
-                outs, comps = steps[wid]
-                wf.outcomes = [Outcome(*o) for o in outs]
-                wf.compensations = [Outcome(*o) for o in comps]
+            if isinstance(entry, dict):  # ended in the journal: answer what it holds
+                succeeded = succeeded or wid in self.retrying
+                self._finish(wf, entry["k"], entry.get("result"), entry.get("error"))
+                continue
+            outs, comps = entry
+            wf.outcomes = [Outcome(*o) for o in outs]
+            wf.compensations = [Outcome(*o) for o in comps]
             wf.state = transition(wf.state, Event.LOST)
             self.ready.appendleft(wid)
         self._wake_dispatch.set()
+        if succeeded:
+            try:
+                await self._settle_mode(False, succeeded)
+            except JournalError as exc:  # the next report moves the mode on
+                log.warning("mode_not_journaled", error=repr(exc))
+        return left
 
     # --- reports from CommandActors --------------------------------------------------
 
@@ -223,16 +247,20 @@ class SupervisorCore(Intake, Suspension, Queries):
                 succeeded = succeeded or wf.id in self.retrying
                 self._finish(wf, rep["kind"], rep.get("result"), rep.get("error"))
         self._wake_dispatch.set()
+        answers: dict[int, Any] = {}
         if records:
             try:
-                await self.journal.append(records)
+                answers = {id(r): a for r, a in zip(records, await self.journal.append(records), strict=True)}
             except JournalError:
                 for wf, _ in ends:  # not journaled: run again, to be parked or expired anew
                     wf.state = transition(wf.state, Event.LOST)
                     self.ready.append(wf.id)
                 raise
         for wf, record in ends:
-            if record["k"] == "failed":
+            end = answers.get(id(record))
+            if isinstance(end, dict):  # ended meanwhile (a late attempt): what the journal holds
+                self._finish(wf, end["k"], end.get("result"), end.get("error"))
+            elif record["k"] == "failed":
                 self._finish(wf, "failed", None, record["error"])
             else:
                 wf.state = transition(wf.state, Event.EXPIRE)

@@ -22,22 +22,12 @@ COORDINATOR_SEEDS = 300
 REPLICA_SEEDS = 200
 STEPS = 200
 
-REDISPATCH = ("a workflow finished in the journal is dispatched again after its attempt's report was lost "
-              "(the `started` append failed, or the actor died, after the terminal record); the new attempt "
-              "gets None for every step the journal drops, and the supervisor answers `result` with that")
-EPOCH_FORGOTTEN = ("a follower restarted after dropping the segment that held its epoch record reads epoch 0; "
-                   "the next batch of the current epoch makes it truncate its whole log, acknowledged records "
-                   "included")
-
-STALE_EPOCH_TAIL = ("a follower that was down through an epoch change keeps an older epoch's unacknowledged tail "
-                    "below the current epoch's first record (it only truncates from the latest epoch_seq), then "
-                    "answers later batches as already held: replicas diverge below the acknowledged point")
+STALE_RECORD_CUT = ("the follower-history check judges a record a follower cuts or overwrites below the "
+                    "acknowledged point by its sequence number alone: a stale record of an older epoch, never "
+                    "acknowledged, that the follower replaces with the leader's is reported as an acknowledged loss")
 
 KNOWN: dict[tuple[str, int], str] = {
-    ("replica", 719): STALE_EPOCH_TAIL,
-    **{("coordinator", s): REDISPATCH for s in (180, 185)},
-    **{("replica", s): EPOCH_FORGOTTEN for s in (11, 20, 34, 38, 52, 86, 91, 108, 114, 116, 135, 149, 156, 172,
-                                                   173)},
+    **{("replica", s): STALE_RECORD_CUT for s in (122, 168, 719)},
 }
 
 
