@@ -180,16 +180,26 @@ class Intake:
                 self.admission.release(1)
                 conflicts[wid] = InvalidCommand(
                     f"workflow id {wid!r} was already submitted with another command ({answer['type']})")
-            elif not self._adopt(wid, answer.get("workflow")):
+            elif not self._adopt(r, answer.get("workflow")):
                 self.admission.release(1)
         self._wake_dispatch.set()
         return conflicts
 
-    def _adopt(self, wid: str, known: dict[str, Any] | None) -> bool:
-        """Take back into the table a workflow the journal still keeps (this cache had
-        forgotten it); True if it is unfinished, and so keeps its admission."""
-        if wid in self.table.workflows or known is None:
-            return False  # put there meanwhile, or journaled by a submit still under way
+    def _adopt(self, record: dict[str, Any], known: dict[str, Any] | None) -> bool:
+        """Take into the table a workflow the journal keeps and this cache does not (it
+        forgot it, or a submit that gave up waiting on the journal was journaled after
+        all); True if it is unfinished, and so keeps its admission.
+
+        ``known`` is the journal's fold of it, or None while its `submitted` record is
+        still in a batch being written: that batch comes before the one that answered,
+        so it is durable now, and the record is the same command as ``record``."""
+        wid = record["w"]
+        if wid in self.table.workflows:
+            return False  # put there meanwhile
+        if known is None:
+            self.table.apply(record)
+            self.ready.append(wid)
+            return True
         wf = Workflow.from_dict(known)
         self.table.workflows[wid] = wf
         if wf.state.finished:

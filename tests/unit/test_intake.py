@@ -16,6 +16,7 @@ from actors import records
 from actors.inprocess import LocalCoordinator
 from actors.journal import MemoryBackend
 from actors.options import Options
+from tests.unit.test_journal import gate_sync
 from workflows.errors import AtCapacity, InvalidCommand, UnknownWorkflow
 from workflows.testing import Echo, Flaky
 
@@ -205,3 +206,27 @@ async def test_fields_run_and_compare_as_the_journal_holds_them(tmp_path: Path) 
         await c.core.submit(Echo((1, 2)), "tuple")
     assert len(submitted(c, "tuple")) == 1
     await c.close()
+
+
+async def test_a_submit_whose_record_an_abandoned_append_is_still_journaling_runs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A submit that timed out waiting for the journal may still be journaled later. A
+    second submit of its id, answered "known, not durable yet", must run the workflow
+    it was acknowledged for, not return an id the supervisor does not know."""
+    c = LocalCoordinator(opts())
+    await c.start()
+    try:
+        entered, release = gate_sync(c.journal, monkeypatch)
+        record = {"k": "submitted", "w": "late", "type": "workflows.testing:Echo",
+                  "fields": {"value": "late", "steps": 2}, "t": time.time()}
+        abandoned = asyncio.ensure_future(c.journal.append([record]))  # its caller gave up
+        while not entered.is_set():
+            await asyncio.sleep(0.001)
+        second = asyncio.ensure_future(c.core.submit(Echo("late"), "late"))
+        await asyncio.sleep(0.05)
+        release.set()
+        assert await second == "late"
+        await abandoned
+        assert await c.core.result("late", 5) == "late"
+    finally:
+        await c.close()
