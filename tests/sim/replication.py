@@ -111,7 +111,9 @@ class ReplicaSim:
         self.names = [f"{base}-leader"] + [f"{base}-f{i}" for i in range(self.n_followers)]
         self.violations: list[str] = []
         self.faults: list[str] = []
-        self.histories = [History(self.violate) for _ in self.names]
+        leader = History(self.violate)
+        self.histories = [leader] + [History(self.violate, authority=leader.records.get)
+                                     for _ in self.names[1:]]
         self.followers = [NetFollower(self, i + 1, net) for i, net in enumerate(self.nets)]
         self.journal: Journal | None = None
         self.leader_backend: SimBackend | None = None

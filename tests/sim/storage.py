@@ -67,11 +67,18 @@ class History:
 
     A later write of a sequence number replaces the earlier one only when the earlier
     one was never acknowledged; replacing an acknowledged record is a violation.
+
+    A follower's log has an ``authority``, the leader's log: below the acknowledged
+    point only the leader's record at a number is the acknowledged one, so a follower
+    that cuts or overwrites a stale record of an older epoch (one the leader does not
+    hold there) loses nothing; dropping the leader's record is a loss.
     """
 
     def __init__(self, violate: Callable[[str], None], max_cmds: int | None = None,
-                 note: Callable[[str], None] = lambda _what: None) -> None:
+                 note: Callable[[str], None] = lambda _what: None,
+                 authority: Callable[[int], dict[str, Any] | None] | None = None) -> None:
         self.note = note
+        self.authority = authority
         self.records: dict[int, dict[str, Any]] = {}
         self.acked = -1
         self.submits: dict[str, set[int]] = collections.defaultdict(set)
@@ -96,7 +103,7 @@ class History:
         q = r["q"]
         self.note(f"rec {q} {r['k']} {str(r.get('w'))[:40]} {_brief(r)}")
         old = self.records.get(q)
-        if old is not None and q <= self.acked and old != r:
+        if old is not None and q <= self.acked and old != r and self._acknowledged(q, old):
             self.violate(f"acknowledged record {q} ({old.get('k')} {old.get('w')}) replaced by "
                          f"{r.get('k')} {r.get('w')}")
         self.records[q] = r
@@ -113,13 +120,18 @@ class History:
     def cut(self, first_seq: int, where: str) -> None:
         """Records from ``first_seq`` on are gone from the store (a torn tail cut off)."""
         gone = sorted(q for q in self.records if q >= first_seq)
-        lost = [q for q in gone if q <= self.acked]
+        lost = [q for q in gone if q <= self.acked and self._acknowledged(q, self.records[q])]
         if lost:
             self.violate(f"acknowledged records {lost[0]}..{lost[-1]} lost from {where}")
         for q in gone:
             r = self.records.pop(q)
             if r["k"] == "submitted":
                 self.submits[r["w"]].discard(q)
+
+    def _acknowledged(self, q: int, record: dict[str, Any]) -> bool:
+        """Whether ``record``, held at ``q`` at or below the acknowledged point, is the
+        acknowledged one (always, for a log without an authority)."""
+        return self.authority is None or self.authority(q) == record
 
     def run_of(self, wid: str) -> int:
         """How many runs ``wid`` has had (its ``submitted`` records)."""
