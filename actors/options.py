@@ -79,6 +79,8 @@ class Options:
     """Serve the web console on 127.0.0.1 of the head node at this port (None: no console)."""
     console_token: str | None = field(default=None, repr=False)
     """Operator token the console's suspend and resume need; None: a read-only console."""
+    metrics: bool = True
+    """Export the coordinator's metrics (`actors.metrics`) through Ray's per-node metrics endpoint."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_cmds, int) or self.max_cmds < 1:
