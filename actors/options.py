@@ -75,6 +75,9 @@ class Options:
     """Allow several journal replicas on one node (for tests on a single machine)."""
     log_level: str = "warning"
     """structlog level of the actors: debug, info, warning or error."""
+    log_format: str = "auto"
+    """Log lines of the actors: ``json``, ``console`` (key=value), or ``auto`` (console on a
+    terminal, else JSON; an actor's stderr is a file, so JSON)."""
     console_port: int | None = None
     """Serve the web console on 127.0.0.1 of the head node at this port (None: no console)."""
     console_token: str | None = field(default=None, repr=False)
@@ -103,8 +106,8 @@ class Options:
             raise ValueError(f"Options.gateway must be None or 'module:factory' (dotted names), got {self.gateway!r}")
         if not self.namespace:
             raise ValueError("Options.namespace must not be empty")
-        if self.log_level not in ("debug", "info", "warning", "error"):
-            raise ValueError(f"Options.log_level must be debug, info, warning or error, got {self.log_level!r}")
+        _one_of("log_level", self.log_level, ("debug", "info", "warning", "error"))
+        _one_of("log_format", self.log_format, ("auto", "json", "console"))
         if self.console_port is not None and not (isinstance(self.console_port, int) and 0 < self.console_port < 65536):
             raise ValueError(f"Options.console_port must be None or a port 1-65535, got {self.console_port!r}")
         if self.console_token is not None and not (isinstance(self.console_token, str) and self.console_token):
@@ -113,6 +116,11 @@ class Options:
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
+
+
+def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"Options.{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
 
 
 def normalize_storage(storage: str) -> str:
