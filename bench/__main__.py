@@ -1,7 +1,8 @@
 """``python -m bench``: the coordinator against bare asyncio and DBOS, in one run.
 
 Workloads: ``saga3`` (N=2,000, 50 in flight), ``saga3-io`` (10 ms per step,
-N=1,000, 100 in flight), ``scale`` (saga3 at N=1k, 10k, 100k), ``recovery`` (1,000
+N=1,000, 100 in flight), ``saga3-metrics`` (saga3 on the coordinator with its metrics
+on and off, alternated, and the on/off ratio), ``scale`` (saga3 at N=1k, 10k, 100k), ``recovery`` (1,000
 unfinished workflows: time from `cluster.start` to all completed). ``--quick`` runs
 smaller sizes. Prints a table, the ratios and the targets, and writes
 ``bench-results.json`` (after every run, so a long run leaves partial results).
@@ -40,20 +41,22 @@ from bench import report
 from bench.local import DBOS_PEERS
 from bench.profile import print_summary
 
-WORKLOADS = ("saga3", "saga3-io", "scale", "recovery")
+WORKLOADS = ("saga3", "saga3-io", "saga3-metrics", "scale", "recovery")
 SYSTEMS = ("bare", *DBOS_PEERS, "coordinator", "ray-floor")
 ALIASES = {"dbos": tuple(DBOS_PEERS)}
 """``--system dbos``: both DBOS peers."""
 # workload -> [(n, in_flight, io_ms)]
 FULL: dict[str, list[tuple[int, int, int]]] = {
-    "saga3": [(2000, 50, 0)], "saga3-io": [(1000, 100, 10)],
+    "saga3": [(2000, 50, 0)], "saga3-io": [(1000, 100, 10)], "saga3-metrics": [(2000, 50, 0)],
     "scale": [(1000, 50, 0), (10_000, 50, 0), (100_000, 50, 0)], "recovery": [(1000, 1000, 0)],
 }
 QUICK: dict[str, list[tuple[int, int, int]]] = {
-    "saga3": [(500, 50, 0)], "saga3-io": [(300, 100, 10)],
+    "saga3": [(500, 50, 0)], "saga3-io": [(300, 100, 10)], "saga3-metrics": [(500, 50, 0)],
     "scale": [(1000, 50, 0), (10_000, 50, 0)], "recovery": [(200, 200, 0)],
 }
 SWEPT = ("saga3", "saga3-io")
+METRICS_ORDER = (True, False, False, True)
+"""``saga3-metrics``: metrics on, off, off, on (the pairs' order cancels a drift of the host's speed)."""
 DRIVERS = ("calls", "client")
 DEFAULT_SWEEP = [(1, 64, "calls"), (1, 64, "client"), (1, 128, "client"), (2, 64, "client")]
 """(command_actors, slots_per_actor, driver) swept when no knob is given."""
@@ -173,6 +176,10 @@ class Bench:
         fsync = not self.args.no_fsync
         if workload in SWEPT:
             return [CoordConfig(a, s, fsync, d) for a, s, d in self.sweep]
+        if workload == "saga3-metrics":
+            clients = [c for c in self.sweep if c[2] == "client"]
+            actors, slots, driver = self.best or (clients or self.sweep)[0]
+            return [CoordConfig(actors, slots, fsync, driver, metrics=on) for on in METRICS_ORDER]
         actors, slots, driver = self.best if self.best is not None else self.sweep[-1]
         return [CoordConfig(actors, slots, fsync, driver)]
 
@@ -185,6 +192,8 @@ class Bench:
             from bench.local import run_local
 
             for system in ("bare", *DBOS_PEERS):
+                if workload == "saga3-metrics":
+                    break  # the coordinator against itself only
                 if system not in self.systems or (system in DBOS_PEERS and workload == "scale"
                                                   and n > self.dbos_scale_max):
                     continue
@@ -212,6 +221,8 @@ class Bench:
             run = functools.partial(run_workload, host, workload, n, in_flight, io_ms, cfg, profile)
             self.record(f"coordinator {workload} n={n} [{cfg.name}]", run,
                         {"system": "coordinator", "config": cfg.name, **base})
+        if workload == "saga3-metrics":
+            print("   " + "\n   ".join(report.metrics_cost(self.rows)), flush=True)
         if workload == "saga3":
             best = report._find(self.rows, "coordinator", "saga3", n)
             if best is not None and best["wf_per_s"] > 0:

@@ -47,10 +47,12 @@ class CoordConfig:
     slots_per_actor: int = 8
     fsync: bool = True
     driver: str = "calls"
+    metrics: bool = True
 
     @property
     def name(self) -> str:
         name = f"a={self.command_actors} s={self.slots_per_actor} driver={self.driver}"
+        name += "" if self.metrics else " metrics=off"
         return name if self.fsync else name + " NO-FSYNC(diagnosis only)"
 
 
@@ -83,7 +85,7 @@ class RayHost:
     def options(namespace: str, run_dir: str, cfg: CoordConfig, max_cmds: int) -> Options:
         return Options(namespace=namespace, storage=os.path.join(run_dir, "journal"),
                        gateway="bench.sagas:make_gateway", command_actors=cfg.command_actors,
-                       slots_per_actor=cfg.slots_per_actor, fsync=cfg.fsync, max_cmds=max_cmds)
+                       slots_per_actor=cfg.slots_per_actor, fsync=cfg.fsync, max_cmds=max_cmds, metrics=cfg.metrics)
 
     def actor_pids(self) -> list[int]:
         sampler = Sampler(self.roots())
@@ -207,7 +209,7 @@ def run_workload(host: RayHost, workload: str, n: int, in_flight: int, io_ms: in
 
 def _config_fields(cfg: CoordConfig) -> dict[str, Any]:
     return {"config": cfg.name, "command_actors": cfg.command_actors, "slots_per_actor": cfg.slots_per_actor,
-            "fsync": cfg.fsync, "driver": cfg.driver}
+            "fsync": cfg.fsync, "driver": cfg.driver, "metrics": cfg.metrics}
 
 
 def run_recovery(host: RayHost, n: int, cfg: CoordConfig, settle_s: float = 1.0) -> dict[str, Any]:

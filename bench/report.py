@@ -115,7 +115,29 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
     missing = [label for system, label in DBOS_PEERS.items() if not any(r["system"] == system for r in rows)]
     if missing and out:
         out.append(f"(no {' or '.join(missing)} rows in this run)")
+    out.extend(metrics_cost(rows))
     out.extend(_targets(rows))
+    return out
+
+
+def metrics_cost(rows: list[dict[str, Any]]) -> list[str]:
+    """``saga3-metrics``: the coordinator with metrics on against off, means over each side's runs."""
+    out = []
+    for n in sorted({r["n"] for r in rows if r["workload"] == "saga3-metrics"}):
+        runs = [r for r in rows if r["workload"] == "saga3-metrics" and r["n"] == n and "error" not in r
+                and r["system"] == "coordinator"]
+        on = [r for r in runs if r.get("metrics", True)]
+        off = [r for r in runs if not r.get("metrics", True)]
+        if not on or not off:
+            continue
+        mean = {k: (sum(r[k] for r in on) / len(on), sum(r[k] for r in off) / len(off))
+                for k in ("wf_per_s", "p50_ms", "p99_ms", "cpu_s_per_wf")}
+        ratio = {k: a / b if b > 0 else float("nan") for k, (a, b) in mean.items()}
+        out.append(f"saga3 n={n:,} metrics on vs off ({len(on)}+{len(off)} runs, [{on[0].get('config')}]): "
+                   f"{mean['wf_per_s'][0]:,.1f} vs {mean['wf_per_s'][1]:,.1f} wf/s = {ratio['wf_per_s']:.3f}x; "
+                   f"p50 {ratio['p50_ms']:.3f}x, p99 {ratio['p99_ms']:.3f}x, CPU per workflow "
+                   f"{1000 * mean['cpu_s_per_wf'][0]:.2f} vs {1000 * mean['cpu_s_per_wf'][1]:.2f} ms = "
+                   f"{ratio['cpu_s_per_wf']:.3f}x")
     return out
 
 
