@@ -19,6 +19,8 @@ def test_a_replica_node_dies_mid_run_and_nothing_is_lost(tmp_path: Path) -> None
                           text=True, timeout=600, env=env, cwd=Path(__file__).parents[2])
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"\nreplica node killed: resume {counts['resume_s']} s; {counts}")
     assert counts["workflows"] == 40
-    assert counts["lost"] == 0 and counts["missing_calls"] == 0
+    assert counts["lost"] == 0 and counts["missing_calls"] == 0 and counts["over_repeated"] == 0
     assert counts["caught_up"]
+    assert counts["resume_s"] is not None
