@@ -1,11 +1,14 @@
-"""The `coordinator` command line against a real coordinator: answers and one-line errors."""
+"""The `coordinator` command line against a real coordinator: answers, tables, filters and one-line errors."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,10 +19,17 @@ from tests.support import Coordinator
 pytestmark = pytest.mark.ray
 
 
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3})?Z")
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], capture_output=True, text=True, timeout=120,
+                          env=env)
+
+
 def cli(address: str, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    return subprocess.run([sys.executable, "-m", "cluster.cli", "--address", address, "--namespace", namespace, *args],
-                          capture_output=True, text=True, timeout=120, env=env)
+    return run("--address", address, "--namespace", namespace, *args)
 
 
 def one_line_error(proc: subprocess.CompletedProcess[str], code: int, text: str) -> None:
@@ -71,3 +81,63 @@ def test_cli_journal_tools(ray_session: str, coordinator: Callable[..., Coordina
     (broken / "wal").mkdir(parents=True)
     (broken / "wal" / wal.name).write_bytes(bytes(data))
     one_line_error(cli(ray_session, ns, "journal", "verify", str(broken)), 1, "journal corrupt")
+
+
+def test_cli_lists_filters_and_renders(ray_session: str, coordinator: Callable[..., Coordinator]) -> None:
+    ns = coordinator().options.namespace
+    for wid, kind in (("old-echo", "Echo"), ("fails", "Fails"), ("new-echo", "Echo")):
+        fields = '{"value": 1}' if kind == "Echo" else '{"steps": 1}'
+        run("submit", f"workflows.testing:{kind}", "--json", fields, "--id", wid, "--wait",
+            "--address", ray_session, "--namespace", ns)  # the common options after the command
+    env = {"RAY_ADDRESS": ray_session, "COORDINATOR_NAMESPACE": ns}  # or from the environment
+    listed = json.loads(run("ls", env=env).stdout)
+    assert [s["id"] for s in listed] == ["new-echo", "fails", "old-echo"]  # newest first
+    assert all(ISO_UTC.fullmatch(s["submitted_at"]) and ISO_UTC.fullmatch(s["finished_at"]) for s in listed)
+    assert [s["id"] for s in json.loads(run("ls", "--type", "echo", "--limit", "1", "--offset", "1", env=env).stdout)] \
+        == ["old-echo"]
+    assert [s["id"] for s in json.loads(run("ls", "--state", "compensated", "--since", "10m", env=env).stdout)] \
+        == ["fails"]
+    assert json.loads(run("ls", "--until", "2000-01-01T00:00:00Z", env=env).stdout) == []
+    table = run("ls", "-o", "table", "--limit", "2", env=env).stdout.splitlines()
+    assert table[0].split() == ["ID", "TYPE", "STATE", "ATT", "SUBMITTED", "FINISHED/RETRY", "LAST", "ERROR"]
+    assert table[1].startswith("new-echo ") and table[-1] == "1-2 of 3, newest first; next page: --offset 2"
+    assert table[0].index("STATE") == table[1].index("completed")  # aligned
+    shown = run("status", "fails", "-o", "table", env=env).stdout
+    assert re.search(r"^last error +builtins\.ValueError: step 1 rejected the request$", shown, re.M), shown
+    assert re.search(r"^next retry +-$", shown, re.M) and re.search(r"^finished +\S+Z$", shown, re.M), shown
+    stats = run("stats", "-o", "table", env=env).stdout
+    assert re.search(r"^in flight +0 of max \d+$", stats, re.M) and re.search(r"^compensated +1$", stats, re.M)
+    assert "echo" in run("outcomes", "echo", "-o", "table", env=env).stdout.splitlines()[1]
+
+
+def test_cli_status_shows_the_next_retry(ray_session: str, coordinator: Callable[..., Coordinator]) -> None:
+    ns = coordinator(slow_retry_interval_s=30.0, jitter_s=0.0).options.namespace
+    assert cli(ray_session, ns, "submit", "workflows.testing:Flaky", "--id", "flaky").returncode == 0
+    deadline = time.monotonic() + 60
+    status = json.loads(cli(ray_session, ns, "status", "flaky").stdout)
+    while status["state"] != "delayed" and time.monotonic() < deadline:  # each call takes a second or two
+        status = json.loads(cli(ray_session, ns, "status", "flaky").stdout)
+    assert status["state"] == "delayed" and ISO_UTC.fullmatch(status["next_retry_at"]), status
+    shown = cli(ray_session, ns, "status", "flaky", "-o", "table").stdout
+    assert re.search(r"^next retry +\S+Z$", shown, re.M) and re.search(r"^finished +-$", shown, re.M), shown
+
+
+def test_cli_start_and_stop(ray_session: str, tmp_path: Path) -> None:
+    ns = f"t-{uuid.uuid4().hex[:8]}"
+    started = cli(ray_session, ns, "start", "--storage", str(tmp_path / "journal"), "--command-actors", "1")
+    try:
+        assert started.returncode == 0, started.stderr
+        summary = json.loads(started.stdout)
+        assert summary["namespace"] == ns and summary["mode"] == "normal" and summary["address"]
+        assert started.stderr == ""  # Ray's notes on connecting are not errors
+    finally:
+        stopped = cli(ray_session, ns, "stop")
+    assert json.loads(stopped.stdout) == {"stopped": True}
+
+
+def test_cli_usage_errors_are_one_line(ray_session: str) -> None:
+    one_line_error(run("start", "--gateway-service", "payments"), 1, "expected NAME=URL")
+    one_line_error(run("start", "--gateway-service", "payments=not a url"), 1, "expected NAME=URL")
+    one_line_error(run("ls", "--since", "last week"), 1, "ISO 8601")
+    one_line_error(run("report"), 1, "invalid choice")  # the actors' internal methods are not commands
+    one_line_error(run("stats", "--address", "127.0.0.1:1"), 1, "no Ray cluster answers at 127.0.0.1:1")
