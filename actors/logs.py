@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from collections.abc import Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -34,7 +35,9 @@ NODE_ID_DIGITS = 12
 
 
 def configure(level: str = "warning", fmt: str = "auto", *, stream: TextIO | None = None, **bind: str) -> None:
-    """Log lines at ``level`` and above to ``stream`` (stderr) in ``fmt``, every line with ``bind``.
+    """Log lines at ``level`` and above to ``stream`` in ``fmt``, every line with ``bind``.
+
+    Without ``stream``, each line goes to ``sys.stderr`` as it is when written.
 
     ``bind`` holds what is fixed for the process: ``component`` (required in
     practice; ``"unknown"`` without it), ``node_id`` (found from Ray when left out),
@@ -45,8 +48,7 @@ def configure(level: str = "warning", fmt: str = "auto", *, stream: TextIO | Non
         raise ValueError(f"log level must be one of {', '.join(LEVELS)}, got {level!r}")
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    out = stream if stream is not None else sys.stderr
-    json_lines = fmt == "json" or (fmt == "auto" and not _is_terminal(out))
+    json_lines = fmt == "json" or (fmt == "auto" and not _is_terminal(stream or sys.stderr))
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer(default=repr) if json_lines
         else structlog.dev.ConsoleRenderer(colors=False, pad_event_to=24)
@@ -64,7 +66,7 @@ def configure(level: str = "warning", fmt: str = "auto", *, stream: TextIO | Non
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=_NamedLoggerFactory(out),
+        logger_factory=_NamedLoggerFactory(stream),
         cache_logger_on_first_use=False,  # module-level loggers follow a later `configure`
     )
     structlog.contextvars.clear_contextvars()
@@ -117,16 +119,26 @@ def _is_terminal(stream: TextIO) -> bool:
     return bool(isatty and isatty())
 
 
-class _NamedLogger(structlog.PrintLogger):
-    """A PrintLogger that remembers the name given to ``structlog.get_logger(name)``."""
+class _NamedLogger:
+    """Writes each line to ``stream``, or to ``sys.stderr`` as it is when the line is written
+    (so a redirected or captured stderr gets the lines, and a closed one is never kept);
+    remembers the name given to ``structlog.get_logger(name)``."""
 
-    def __init__(self, file: TextIO | None = None, name: str | None = None) -> None:
-        super().__init__(file)
+    _lock = threading.Lock()  # one line at a time from the threads of a process
+
+    def __init__(self, stream: TextIO | None = None, name: str | None = None) -> None:
+        self.stream = stream
         self.name = name
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            print(message, file=self.stream or sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
 class _NamedLoggerFactory:
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO | None) -> None:
         self.stream = stream
 
     def __call__(self, *args: Any) -> _NamedLogger:

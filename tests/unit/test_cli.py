@@ -6,17 +6,25 @@ from __future__ import annotations
 import argparse
 import json
 import stat
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from cluster.cli import main, parser, render
 from cluster.cli.args import service, settle, when
 from cluster.cli.listing import Query, select
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC).timestamp()
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    yield  # `main` configures the process's logs: leave the next test structlog's defaults
+    structlog.reset_defaults()
 
 
 def parse(*argv: str, env: dict[str, str] | None = None, tty: bool = False) -> argparse.Namespace:

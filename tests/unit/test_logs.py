@@ -4,6 +4,7 @@ console lines on a terminal and JSON elsewhere."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import re
@@ -113,6 +114,17 @@ async def test_scope_binds_per_task() -> None:
     log.info("idle")
     got = {(line.get("workflow_id"), line.get("attempt")) for line in lines(out)}
     assert got == {("a", 1), ("b", 2), (None, None)}
+
+
+def test_without_a_stream_lines_follow_stderr() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(first):
+        logs.configure("info", "json", component="cli")
+        structlog.get_logger().info("one")
+    first.close()  # a captured stderr that is gone is not written to
+    with contextlib.redirect_stderr(second):
+        structlog.get_logger().info("two")
+    assert [line["event"] for line in lines(second)] == ["two"]
 
 
 def test_bad_level_or_format_is_refused() -> None:
