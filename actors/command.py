@@ -1,7 +1,8 @@
 """CommandActor: runs workflow attempts, a thin Ray shell over `actors.runner.Runner`.
 
-Owns: the outcome lists of the attempts it runs (``slots_per_actor`` at once). A
-parked attempt gives its slot back. Survives its death: every outcome it journaled;
+Owns: the outcome lists of the attempts it runs (``slots_per_actor`` at once), read
+from the journal for every attempt but a workflow's first, in one call per dispatch
+batch. A parked attempt gives its slot back. Survives its death: every outcome it journaled;
 the supervisor dispatches its attempts again elsewhere. Idempotent: ``reset``,
 ``ready``. An actor whose gateway cannot be built stays up to say so (``ready``) and
 runs nothing.
@@ -17,6 +18,7 @@ from actors import logs
 from actors.batching import Batcher
 from actors.log import append_within
 from actors.options import Options
+from actors.records import Dispatch, Ended, Record, Report, Steps
 from actors.runner import Runner, build_gateway
 from actors.tuning import hot, tune_gc
 
@@ -31,27 +33,31 @@ class CommandActor:
         self._incarnation = ""
         self._append_timeout_s = options.append_timeout_s
         # A few journal calls in flight: a step waits for its own batch, not the one before.
-        self._journal: Batcher[dict[str, Any]] = Batcher(self._append, max_in_flight=2)
-        self._reports: Batcher[dict[str, Any]] = Batcher(self._send_reports)
+        self._journal: Batcher[Record] = Batcher(self._append, max_in_flight=2)
+        self._reports: Batcher[Report] = Batcher(self._send_reports)
         self._fault: str | None = None
         try:
             gateway = build_gateway(options)
         except ValueError as exc:  # answered by `ready`: the supervisor's start-up fails with it
             self._fault, gateway = str(exc), None
-        self.runner = Runner(self._journal.submit, self._report, gateway, options.max_payload_bytes)
+        self.runner = Runner(self._journal.submit, self._live_steps, self._report, gateway, options.max_payload_bytes)
 
     def ready(self) -> str | None:
         """None once this actor can run workflows; else why not (a gateway that cannot be built)."""
         return self._fault
 
-    async def _append(self, records: list[dict[str, Any]]) -> list[Any]:
+    async def _append(self, records: list[Record]) -> list[Any]:
         return await append_within(self._log, records, self._append_timeout_s)
 
-    async def _send_reports(self, reports: list[dict[str, Any]]) -> list[Any]:
+    async def _live_steps(self, workflow_ids: list[str]) -> dict[str, Steps | Ended]:
+        steps: dict[str, Steps | Ended] = await self._log.live_steps.remote(workflow_ids)
+        return steps
+
+    async def _send_reports(self, reports: list[Report]) -> list[Any]:
         await self._supervisor.report.remote(reports)
         return [None] * len(reports)
 
-    async def _report(self, report: dict[str, Any]) -> None:
+    async def _report(self, report: Report) -> None:
         await self._reports.submit([report])
 
     async def reset(self, incarnation: str) -> int:
@@ -60,7 +66,7 @@ class CommandActor:
         return self.runner.cancel_all()
 
     @hot
-    async def run(self, items: list[dict[str, Any]]) -> None:
+    async def run(self, items: list[Dispatch]) -> None:
         """Run a dispatch batch; returns once each attempt in it has been reported.
 
         Only the current supervisor dispatches, so a batch from a new incarnation
@@ -68,8 +74,8 @@ class CommandActor:
         """
         if self._fault is not None:
             raise ValueError(self._fault)
-        if items and items[0]["inc"] != self._incarnation:
-            await self.reset(items[0]["inc"])
+        if items and items[0].incarnation != self._incarnation:
+            await self.reset(items[0].incarnation)
         await self.runner.run(items)
 
 

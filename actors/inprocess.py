@@ -14,26 +14,31 @@ from typing import Any
 from actors.batching import Batcher
 from actors.journal import Journal, open_backend
 from actors.options import Options
+from actors.records import Dispatch, Ended, Record, Report, Steps
 from actors.runner import Runner, build_gateway
 from actors.supervision.supervisor import SupervisorCore
+from workflows.context import Outcome
 from workflows.errors import WorkerLost
 
 
 class LocalJournal:
-    """`JournalPort` over an in-process `Journal`; records are copied as Ray would."""
+    """`JournalPort` over an in-process `Journal`; step lists are copied as Ray would (records are frozen)."""
 
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
-    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
-        return await self.journal.append([dict(r) for r in records])
+    async def append(self, records: list[Record]) -> list[Any]:
+        return await self.journal.append(list(records))
 
     async def state(self, offset: int, limit: int) -> dict[str, Any]:
         return self.journal.state(offset, limit)
 
-    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
-        return {w: dict(e) if isinstance(e, dict) else ([list(o) for o in e[0]], [list(o) for o in e[1]])
+    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Steps | Ended]:
+        return {w: e if isinstance(e, Ended) else (list(e[0]), list(e[1]))
                 for w, e in self.journal.live_steps(workflow_ids).items()}
+
+    async def steps_of(self, workflow_ids: list[str]) -> dict[str, list[Outcome]]:
+        return self.journal.steps_of(workflow_ids)
 
     async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
         return self.journal.outcomes(service, since_seq, limit)
@@ -56,7 +61,7 @@ class LocalPool:
         """Make the next batch sent to ``worker`` raise ``error`` without running."""
         self.failures.setdefault(worker, []).append(error)
 
-    async def run(self, worker: int, items: list[dict[str, Any]]) -> None:
+    async def run(self, worker: int, items: list[Dispatch]) -> None:
         if worker in self.lost:
             self.lost.discard(worker)
             raise WorkerLost(f"worker {worker} lost")
@@ -83,15 +88,15 @@ class LocalCoordinator:
         self.core = SupervisorCore(options, LocalJournal(self.journal), self.pool, clock=clock)
         gateway = gateway if gateway is not None else build_gateway(options)
         port = LocalJournal(self.journal)
-        self._batchers: list[Batcher[dict[str, Any]]] = []
+        self._batchers: list[Batcher[Record]] = []
         runners = []
         for _ in range(options.command_actors):
-            batcher: Batcher[dict[str, Any]] = Batcher(port.append)
+            batcher: Batcher[Record] = Batcher(port.append)
             self._batchers.append(batcher)
-            runners.append(Runner(batcher.submit, self._report, gateway, options.max_payload_bytes))
+            runners.append(Runner(batcher.submit, port.live_steps, self._report, gateway, options.max_payload_bytes))
         self.pool.bind(runners)
 
-    async def _report(self, report: dict[str, Any]) -> None:
+    async def _report(self, report: Report) -> None:
         await self.core.report([report])
 
     async def start(self) -> SupervisorCore:

@@ -24,11 +24,13 @@ from actors import logs
 from actors.journal import Journal, open_backend
 from actors.journal.replica import Replica, Replicator, replica_backend
 from actors.options import Options
+from actors.records import Ended, Record, Steps
 from actors.tuning import hot, tune_gc
+from workflows.context import Outcome
 from workflows.errors import JournalError, JournalUnavailable
 
 
-async def append_within(leader: Any, records: list[dict[str, Any]], timeout_s: float) -> list[Any]:
+async def append_within(leader: Any, records: list[Record], timeout_s: float) -> list[Any]:
     """Append through the leader LogActor. Ray re-sends a call to a restarting leader;
     one that does not answer within ``timeout_s`` (its node is gone and no other can
     hold it yet) is `JournalUnavailable`, never a silent wait."""
@@ -116,7 +118,7 @@ class LogActor:
     # --- leader --------------------------------------------------------------------------
 
     @hot
-    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
+    async def append(self, records: list[Record]) -> list[Any]:
         return await self._leader().append(records)
 
     async def read(self, from_seq: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
@@ -128,8 +130,11 @@ class LogActor:
     async def snapshot(self) -> int:
         return await self._leader().snapshot()
 
-    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
+    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Steps | Ended]:
         return self._leader().live_steps(workflow_ids)
+
+    async def steps_of(self, workflow_ids: list[str]) -> dict[str, list[Outcome]]:
+        return self._leader().steps_of(workflow_ids)
 
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         return self._leader().outcomes(service, since_seq, limit)

@@ -1,12 +1,38 @@
-"""The journal's records as their writers and the journal agree on them.
+"""The journal's records and the messages between actors: one typed class each.
 
-Every record is a msgpack map with a format version ``v``, a sequence number ``q``
-(given by the journal), a kind ``k`` and the workflow id ``w`` where it has one. The
-supervisor checks a submit against `MAX_RECORD_BYTES` before it journals anything;
-the journal's codec refuses to write or read a record over it.
+A record kind has one writer, and the code keeps it so:
+
+| kind | class | written by |
+|---|---|---|
+| ``epoch`` | `Epoch` | the journal, once per recovery |
+| ``submitted`` | `Submitted` | the supervisor, at submit |
+| ``started`` | `Started` | the runner, as an attempt begins |
+| ``outcome`` / ``compensation`` | `Step` | the runner, per step of ``exec`` / ``compensate`` |
+| ``compensating`` | `Compensating` | the runner, as ``exec`` raises |
+| ``completed`` / ``failed`` / ``compensated`` | `Completed`, `Failed`, `Compensated` | the runner, at the end |
+| ``delayed`` / ``blocked`` | `Parked` | the supervisor, as it parks a reported attempt |
+| ``expired`` | `Expired` | the supervisor, as a parked command's deadline passes |
+| ``mode`` | `ModeChanged` | the supervisor, as its mode changes |
+| ``snapshot`` | (`actors.journal.recovery`) | the journal, for compaction |
+
+Messages between actors, never journaled: `Dispatch` (supervisor to CommandActor),
+`Report` (runner to supervisor), `Ended` and `Known` (the journal's answers to a
+writer). They cross a Ray call as these objects.
+
+On storage a record is a msgpack map with a format version ``v``, a sequence number
+``q`` (given by the journal), a kind ``k`` and the workflow id ``w`` where it has one.
+`to_wire` and `from_wire` are the only conversion between the two; the codec
+(``actors.journal.codec``) frames the map. The keys are those journals have always
+held, so older journals read back into these classes.
 """
 
 from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from workflows.context import Outcome
 
 VERSION = 1
 """The version of the record map; the frame format is told apart by the codec."""
@@ -14,21 +40,303 @@ VERSION = 1
 MAX_RECORD_BYTES = 64 << 20
 """The largest record payload the journal writes or reads back."""
 
-KINDS = frozenset(
-    {
-        "epoch",  # the journal, once per recovery
-        "submitted",  # the supervisor, at submit
-        "started",  # a CommandActor, as an attempt begins
-        "outcome",  # a CommandActor, per step of `exec`
-        "delayed",  # the supervisor, for a parked attempt
-        "blocked",  # the supervisor, for a parked attempt
-        "completed",  # a CommandActor, as `exec` returns
-        "compensating",  # a CommandActor as `exec` raises, or the supervisor as a deadline passes
-        "compensation",  # a CommandActor, per step of `compensate`
-        "compensated",  # a CommandActor, as compensation ends
-        "failed",  # a CommandActor, or the supervisor past a deadline
-        "mode",  # the supervisor, as its mode changes
-        "snapshot",  # the journal, for compaction
-    }
-)
-"""Every record kind, with who writes it."""
+Error = dict[str, Any]
+"""An error as journaled: ``{"type", "message", "traceback"}`` (and ``compensation_error``)."""
+
+
+class Kind(enum.StrEnum):
+    EPOCH = "epoch"
+    SUBMITTED = "submitted"
+    STARTED = "started"
+    OUTCOME = "outcome"
+    COMPENSATION = "compensation"
+    COMPENSATING = "compensating"
+    DELAYED = "delayed"
+    BLOCKED = "blocked"
+    EXPIRED = "expired"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    COMPENSATED = "compensated"
+    MODE = "mode"
+    SNAPSHOT = "snapshot"
+
+
+KINDS = frozenset(k.value for k in Kind)
+TERMINAL = frozenset({Kind.COMPLETED, Kind.FAILED, Kind.COMPENSATED})
+PARKED = frozenset({Kind.DELAYED, Kind.BLOCKED})
+
+
+@dataclass(frozen=True, slots=True)
+class Epoch:
+    """Written by the journal as it opens: a new writer's epoch."""
+
+    epoch: int
+    owner: str = ""
+    kind: ClassVar[Kind] = Kind.EPOCH
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "epoch", "epoch": self.epoch, "owner": self.owner}
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """Written by the supervisor at submit: the command as type name and msgpack fields."""
+
+    workflow_id: str
+    type: str
+    fields: dict[str, Any]
+    t: float
+    kind: ClassVar[Kind] = Kind.SUBMITTED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "submitted", "w": self.workflow_id, "type": self.type, "fields": self.fields, "t": self.t}
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """Written by the runner as an attempt begins."""
+
+    workflow_id: str
+    attempt: int
+    t: float
+    kind: ClassVar[Kind] = Kind.STARTED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "started", "w": self.workflow_id, "attempt": self.attempt, "t": self.t}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Written by the runner: one step's outcome, of ``exec`` or (``compensation``) of ``compensate``."""
+
+    workflow_id: str
+    step: int
+    service: str
+    value: Any
+    compensation: bool = False
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.COMPENSATION if self.compensation else Kind.OUTCOME
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome(self.step, self.service, self.value)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.kind.value, "w": self.workflow_id, "step": self.step, "service": self.service,
+                "value": self.value}
+
+
+@dataclass(frozen=True, slots=True)
+class Compensating:
+    """Written by the runner as ``exec`` raises an error that is not retried."""
+
+    workflow_id: str
+    error: Error
+    t: float
+    kind: ClassVar[Kind] = Kind.COMPENSATING
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "compensating", "w": self.workflow_id, "error": self.error, "t": self.t}
+
+
+@dataclass(frozen=True, slots=True)
+class Parked:
+    """Written by the supervisor for an attempt that raised `Delayed` (or ``blocked``:
+    `Blocked`): its retry time. ``reason`` is the error's message (empty in journals
+    written before it was kept)."""
+
+    workflow_id: str
+    blocked: bool
+    attempt: int
+    next_retry_at: float
+    t: float
+    reason: str = ""
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.BLOCKED if self.blocked else Kind.DELAYED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.kind.value, "w": self.workflow_id, "attempt": self.attempt,
+                "next_retry_at": self.next_retry_at, "t": self.t, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Expired:
+    """Written by the supervisor as a parked command's deadline passes: the workflow is
+    compensating with ``error`` (`DeadlineExceeded`); the runner writes its end."""
+
+    workflow_id: str
+    error: Error
+    t: float
+    kind: ClassVar[Kind] = Kind.EXPIRED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "expired", "w": self.workflow_id, "error": self.error, "t": self.t}
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """Written by the runner as ``exec`` returns: the end of the workflow."""
+
+    workflow_id: str
+    result: Any
+    t: float
+    kind: ClassVar[Kind] = Kind.COMPLETED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "completed", "w": self.workflow_id, "t": self.t, "result": self.result}
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """Written by the runner: the workflow failed with nothing undone (no outcomes, or
+    ``compensate`` raised: ``error["compensation_error"]``)."""
+
+    workflow_id: str
+    error: Error
+    t: float
+    kind: ClassVar[Kind] = Kind.FAILED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "failed", "w": self.workflow_id, "t": self.t, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class Compensated:
+    """Written by the runner as ``compensate`` returns: the workflow failed with ``error``, undone."""
+
+    workflow_id: str
+    error: Error
+    t: float
+    kind: ClassVar[Kind] = Kind.COMPENSATED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "compensated", "w": self.workflow_id, "t": self.t, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
+class ModeChanged:
+    """Written by the supervisor: its suspension mode, and whether an operator holds it."""
+
+    mode: str
+    held: bool
+    t: float
+    kind: ClassVar[Kind] = Kind.MODE
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "mode", "mode": self.mode, "held": self.held, "t": self.t}
+
+
+Ending = Completed | Failed | Compensated
+WorkflowRecord = Submitted | Started | Step | Compensating | Parked | Expired | Ending
+Record = WorkflowRecord | Epoch | ModeChanged
+
+
+def to_wire(record: Record, seq: int) -> dict[str, Any]:
+    """The map the codec frames: the record's fields, its version and sequence number."""
+    wire = record.to_wire()
+    wire["v"], wire["q"] = VERSION, seq
+    return wire
+
+
+def from_wire(d: dict[str, Any]) -> Record:
+    """The typed record of a map read back (any version-1 journal). `KeyError` or
+    `ValueError` for a map that is not one; snapshots are read by their own reader."""
+    record: Record = _READERS[d["k"]](d)
+    return record
+
+
+def _ending(d: dict[str, Any]) -> Ending:
+    k, w, t = d["k"], d["w"], d.get("t", 0.0)
+    if k == "completed":
+        return Completed(w, d.get("result"), t)
+    return (Failed if k == "failed" else Compensated)(w, d.get("error") or {}, t)
+
+
+_READERS: dict[str, Any] = {
+    "epoch": lambda d: Epoch(d["epoch"], d.get("owner", "")),
+    "submitted": lambda d: Submitted(d["w"], d["type"], d["fields"], d["t"]),
+    "started": lambda d: Started(d["w"], d["attempt"], d.get("t", 0.0)),
+    "outcome": lambda d: Step(d["w"], d["step"], d["service"], d["value"]),
+    "compensation": lambda d: Step(d["w"], d["step"], d["service"], d["value"], compensation=True),
+    "compensating": lambda d: Compensating(d["w"], d["error"], d.get("t", 0.0)),
+    "delayed": lambda d: Parked(d["w"], False, d.get("attempt", 0), d.get("next_retry_at") or 0.0,
+                                d.get("t", 0.0), d.get("reason", "")),
+    "blocked": lambda d: Parked(d["w"], True, d.get("attempt", 0), d.get("next_retry_at") or 0.0,
+                                d.get("t", 0.0), d.get("reason", "")),
+    "expired": lambda d: Expired(d["w"], d["error"], d["t"]),
+    "completed": _ending,
+    "failed": _ending,
+    "compensated": _ending,
+    "mode": lambda d: ModeChanged(d["mode"], bool(d.get("held", False)), d.get("t", 0.0)),
+}
+
+
+def ending(kind: Kind, workflow_id: str, t: float, result: Any = None, error: Error | None = None) -> Ending:
+    """The terminal record of ``kind`` (one of `TERMINAL`)."""
+    if kind is Kind.COMPLETED:
+        return Completed(workflow_id, result, t)
+    return (Failed if kind is Kind.FAILED else Compensated)(workflow_id, error or {}, t)
+
+
+# --- messages between actors ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Sent by the supervisor to a CommandActor: run one attempt. ``error`` is set for
+    a compensation. ``fresh``: the first attempt of a workflow submitted to this
+    supervisor, with no steps journaled; any other attempt gets its steps from the
+    journal (one call per dispatch batch)."""
+
+    workflow_id: str
+    type: str
+    fields: dict[str, Any]
+    attempt: int
+    incarnation: str
+    error: Error | None = None
+    fresh: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Sent by the runner to the supervisor: how an attempt ended. ``end`` is a terminal
+    kind (journaled by the runner before it reports) or ``delayed``/``blocked`` (the
+    supervisor journals the `Parked` record); ``error`` is set for a failed workflow and
+    for a compensation that parked; ``reason`` for a parked attempt."""
+
+    workflow_id: str
+    attempt: int
+    incarnation: str
+    end: Kind
+    result: Any = None
+    error: Error | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """Written by the journal, to a writer of a record of a workflow it holds as ended:
+    the terminal record it holds (``kind`` None when it does not know the workflow).
+    A type of its own, so a writer tells it from a step's value."""
+
+    kind: Kind | None
+    result: Any = None
+    error: Error | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Known:
+    """Written by the journal, to a ``submitted`` of an id it holds: the command it
+    holds, and its fold (``Workflow.to_dict``) once that ``submitted`` is durable."""
+
+    type: str
+    fields: dict[str, Any]
+    workflow: dict[str, Any] | None
+
+
+Steps = tuple[list[Outcome], list[Outcome]]
+"""A live workflow's journaled outcomes and compensations."""

@@ -1,10 +1,12 @@
 """The step runner behind a CommandActor: runs workflow attempts, one per slot.
 
-An attempt gets its outcome list from the dispatch (the supervisor's cache of the
-journal), so it replays done steps and calls services only for new ones. Its
-outcomes are appended through the actor's batched journal client; terminal records
-(``completed``, ``compensating``, ``compensated``, ``failed``) are journaled here
-before the supervisor hears of them, so a result is durable before it is reported.
+The runner writes what happens inside an attempt (see the table in `actors.records`):
+``started``, each outcome and compensation, ``compensating`` as ``exec`` raises, and
+the attempt's end (``completed``, ``compensated``, ``failed``), journaled before the
+supervisor hears of it (a `Report`), so a result is durable before it is reported.
+A first attempt starts from no steps; any other gets the journaled ones of its
+workflow from the journal (one call per dispatch batch), so it replays done steps and
+calls services only for new ones.
 The journal answers a record of a workflow it holds as ended with that end
 (`Ended`): the attempt is stale, it stops and reports what the journal holds, never
 what it computed (or nothing, when the journal does not know the workflow).
@@ -18,32 +20,50 @@ import importlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import msgpack
 import structlog
 
-from actors.journal.index import Ended
 from actors.options import Options
+from actors.records import (
+    Compensated,
+    Compensating,
+    Completed,
+    Dispatch,
+    Ended,
+    Ending,
+    Error,
+    Failed,
+    Kind,
+    Record,
+    Report,
+    Started,
+    Step,
+    Steps,
+)
 from workflows.command import Command, decode_command
 from workflows.context import Context, Outcome
 from workflows.errors import Blocked, CommandFailed, Delayed, InvalidCommand, JournalError, PayloadTooLarge
 
 log = structlog.get_logger("runner")
 
-Report = dict[str, Any]
-Append = Callable[[list[dict[str, Any]]], Awaitable[list[Any]]]
+Append = Callable[[list[Record]], Awaitable[list[Any]]]
+LiveSteps = Callable[[list[str]], Awaitable[dict[str, Steps | Ended]]]
+Reporting = Callable[..., Report]
+"""A `Report` of one attempt, given its end and what goes with it."""
 
 
-def retry_kind(exc: BaseException) -> str | None:
+def retry_kind(exc: BaseException) -> Kind | None:
     """``delayed`` or ``blocked`` for those errors, their subclasses and errors raised from them."""
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
         if isinstance(cur, Blocked):
-            return "blocked"
+            return Kind.BLOCKED
         if isinstance(cur, Delayed):
-            return "delayed"
+            return Kind.DELAYED
         seen.add(id(cur))
         cur = cur.__cause__
     return None
@@ -54,7 +74,7 @@ MAX_ERROR_TEXT = 64 << 10
 and an error carrying megabytes must not make its record too big to be written."""
 
 
-def describe(exc: BaseException) -> dict[str, Any]:
+def describe(exc: BaseException) -> Error:
     """An error as the journal keeps it: type name, message and traceback text, each bounded."""
     cls = type(exc)
     return {
@@ -76,12 +96,8 @@ class StaleAttempt(JournalError):
     """The journal holds the workflow as ended: this attempt's records are dropped."""
 
     def __init__(self, end: Ended) -> None:
-        super().__init__(f"the journal holds this workflow as ended ({end['k']})")
+        super().__init__(f"the journal holds this workflow as ended ({end.kind})")
         self.end = end
-
-
-def _steps(raw: list[Any]) -> list[Outcome]:
-    return [Outcome(int(s), str(svc), v) for s, svc, v in raw]
 
 
 def build_gateway(options: Options) -> Any:
@@ -112,11 +128,13 @@ def build_gateway(options: Options) -> Any:
 
 
 class Runner:
-    """Runs attempts; ``append`` journals records, ``report`` tells the supervisor."""
+    """Runs attempts; ``append`` journals records, ``live_steps`` reads the journaled
+    steps of attempts that are not first ones, ``report`` tells the supervisor."""
 
-    def __init__(self, append: Append, report: Callable[[Report], Awaitable[Any]], gateway: Any,
-                 max_payload_bytes: int, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, append: Append, live_steps: LiveSteps, report: Callable[[Report], Awaitable[Any]],
+                 gateway: Any, max_payload_bytes: int, clock: Callable[[], float] = time.time) -> None:
         self._append = append
+        self._live_steps = live_steps
         self._report = report
         self._gateway = gateway
         self._max_payload = max_payload_bytes
@@ -126,10 +144,9 @@ class Runner:
     # Recorder protocol, for Context
     async def record(self, workflow_id: str, kind: str, step: int, service: str, value: Any) -> Any:
         self._check_payload(value, f"{kind} {step} of {workflow_id}")
-        rec = {"k": kind, "w": workflow_id, "step": step, "service": service, "value": value}
-        return await self._journal(rec)
+        return await self._journal(Step(workflow_id, step, service, value, compensation=kind == "compensation"))
 
-    async def _journal(self, record: dict[str, Any]) -> Any:
+    async def _journal(self, record: Record) -> Any:
         """Append one record; its answer, or `StaleAttempt` if the journal holds the workflow as ended."""
         answer = (await self._append([record]))[0]
         if isinstance(answer, Ended):
@@ -144,17 +161,26 @@ class Runner:
         if size > self._max_payload:
             raise PayloadTooLarge(f"{what} is {size} bytes, over the {self._max_payload}-byte limit")
 
-    async def run(self, items: list[dict[str, Any]]) -> None:
-        """Run a dispatch batch; returns once every attempt in it has been reported."""
+    async def run(self, items: list[Dispatch]) -> None:
+        """Run a dispatch batch; returns once every attempt in it has been reported.
+
+        Attempts that are not ``fresh`` get their journaled steps first, in one call
+        for the batch. One the journal has no steps for (its end is not durable yet) is
+        not run nor reported: the supervisor requeues what a batch left unreported."""
+        stale = [i.workflow_id for i in items if not i.fresh]
+        steps: dict[str, Steps | Ended] = await self._live_steps(stale) if stale else {}
         tasks = []
         for item in items:
-            task = asyncio.get_running_loop().create_task(self._attempt(item))
-            self._tasks[item["w"]] = task
+            if not item.fresh and item.workflow_id not in steps:
+                continue
+            entry = steps.get(item.workflow_id, ([], []))
+            task = asyncio.get_running_loop().create_task(self._attempt(item, entry))
+            self._tasks[item.workflow_id] = task
             tasks.append(task)
         await asyncio.gather(*tasks, return_exceptions=True)
         for item in items:
-            if self._tasks.get(item["w"]) in tasks:
-                del self._tasks[item["w"]]
+            if self._tasks.get(item.workflow_id) in tasks:
+                del self._tasks[item.workflow_id]
 
     def cancel_all(self) -> int:
         for task in self._tasks.values():
@@ -163,23 +189,27 @@ class Runner:
         self._tasks.clear()
         return n
 
-    async def _attempt(self, item: dict[str, Any]) -> None:
-        wid, attempt = item["w"], item["attempt"]
-        start = {"k": "started", "w": wid, "attempt": attempt, "t": self._clock()}
-        started = asyncio.ensure_future(self._append([start]))
-        outcomes, compensations = _steps(item["outcomes"]), _steps(item["compensations"])
-        ctx = Context(wid, attempt, outcomes, self, self._gateway)
-        report: Report = {"w": wid, "attempt": attempt, "inc": item["inc"]}
+    async def _attempt(self, item: Dispatch, entry: Steps | Ended) -> None:
+        wid = item.workflow_id
+        report = partial(Report, wid, item.attempt, item.incarnation)
+        if isinstance(entry, Ended):  # ended before this attempt: report the journal's end
+            if entry.kind is not None:
+                await self._report(report(entry.kind, entry.result, entry.error))
+            return
+        started = asyncio.ensure_future(self._append([Started(wid, item.attempt, self._clock())]))
+        outcomes, compensations = list(entry[0]), list(entry[1])
+        ctx = Context(wid, item.attempt, outcomes, self, self._gateway)
+        done: Report | None = None
         end: Ended | None = None
         try:
-            cmd = decode_command(item["type"], item["fields"])
-            if item.get("error") is not None:
-                report.update(await self._compensate(cmd, ctx, compensations, item["error"], None))
+            cmd = decode_command(item.type, item.fields)
+            if item.error is not None:
+                done = await self._compensate(cmd, ctx, compensations, item.error, None, report)
             else:
-                report.update(await self._exec(cmd, ctx, compensations))
+                done = await self._exec(cmd, ctx, compensations, report)
         except InvalidCommand as exc:  # the command cannot be rebuilt: fail it, nothing to undo
             try:
-                report.update(await self._terminal(wid, "failed", error=describe(exc)))
+                done = await self._terminal(report, Failed(wid, describe(exc), self._clock()))
             except StaleAttempt as stale:
                 end = stale.end
         except StaleAttempt as stale:
@@ -187,15 +217,14 @@ class Runner:
         held = (await started)[0]
         end = held if isinstance(held, Ended) else end
         if end is not None:  # ended before or during this attempt: report the journal's end
-            if end["k"] is None:
+            if end.kind is None:
                 return  # unknown to the journal: left to the supervisor, which asks it
-            ctx.log.info("attempt_stale", ended=end["k"])
-            report.update(kind=end["k"], result=end["result"], error=end["error"])
-        report["outcomes"] = [list(o) for o in outcomes]
-        report["compensations"] = [list(o) for o in compensations]
-        await self._report(report)
+            ctx.log.info("attempt_stale", ended=end.kind.value)
+            done = report(end.kind, end.result, end.error)
+        if done is not None:
+            await self._report(done)
 
-    async def _exec(self, cmd: Command, ctx: Context, compensations: list[Outcome]) -> Report:
+    async def _exec(self, cmd: Command, ctx: Context, compensations: list[Outcome], report: Reporting) -> Report:
         try:
             result = await cmd.exec(ctx)
             self._check_payload(result, f"result of {ctx.workflow_id}")
@@ -204,19 +233,21 @@ class Runner:
         except Exception as exc:  # the attempt's one catch-all: classify, never crash the actor
             kind = retry_kind(exc)
             if kind is not None:
-                ctx.log.info("attempt_parked", kind=kind, reason=str(exc))
-                return {"kind": kind, "reason": str(exc)}
+                ctx.log.info("attempt_parked", kind=kind.value, reason=str(exc))
+                return report(kind, reason=str(exc))
             ctx.log.warning("command_failed", error=repr(exc))
             error = describe(exc)
-            await self._journal({"k": "compensating", "w": ctx.workflow_id, "error": error, "t": self._clock()})
-            return await self._compensate(cmd, ctx, compensations, error, exc)
-        return await self._terminal(ctx.workflow_id, "completed", result=result)
+            await self._journal(Compensating(ctx.workflow_id, error, self._clock()))
+            return await self._compensate(cmd, ctx, compensations, error, exc, report)
+        return await self._terminal(report, Completed(ctx.workflow_id, result, self._clock()))
 
     async def _compensate(self, cmd: Command, ctx: Context, compensations: list[Outcome],
-                          error: dict[str, Any], exc: BaseException | None) -> Report:
+                          error: Error, exc: BaseException | None, report: Reporting) -> Report:
+        """Undo what the outcomes say was done; the end is journaled here: ``failed``
+        when there is nothing to undo or ``compensate`` raised, else ``compensated``."""
         wid = ctx.workflow_id
         if not ctx.outcomes:
-            return await self._terminal(wid, "failed", error=error)
+            return await self._terminal(report, Failed(wid, error, self._clock()))
         cctx = Context(wid, ctx.attempt, list(ctx.outcomes), self, self._gateway,
                        compensations=compensations, compensating=True)
         cause = exc or CommandFailed(wid, error["type"], error["message"], error.get("traceback", ""))
@@ -227,12 +258,12 @@ class Runner:
         except Exception as cexc:  # compensation failed: park if retryable, else the command fails
             kind = retry_kind(cexc)
             if kind is not None:
-                return {"kind": kind, "reason": str(cexc), "error": error}
+                return report(kind, error=error, reason=str(cexc))
             failed = dict(error, compensation_error=describe(cexc))
-            return await self._terminal(wid, "failed", error=failed)
-        return await self._terminal(wid, "compensated", error=error)
+            return await self._terminal(report, Failed(wid, failed, self._clock()))
+        return await self._terminal(report, Compensated(wid, error, self._clock()))
 
-    async def _terminal(self, wid: str, kind: str, **fields: Any) -> Report:
+    async def _terminal(self, report: Reporting, end: Ending) -> Report:
         """Journal the attempt's end; `StaleAttempt` if the journal holds another one."""
-        await self._journal({"k": kind, "w": wid, "t": self._clock(), **fields})
-        return {"kind": kind, **fields}
+        await self._journal(end)
+        return report(end.kind, getattr(end, "result", None), getattr(end, "error", None))

@@ -23,8 +23,10 @@ from actors.command import RemoteCommandActor
 from actors.log import append_within
 from actors.options import Options
 from actors.placement import actor_options, command_actor_name, journal_replicas, log_actor_name
+from actors.records import Dispatch, Ended, Record, Report, Steps
 from actors.supervision.supervisor import SupervisorCore
 from actors.tuning import hot, tune_gc
+from workflows.context import Outcome
 from workflows.errors import CoordinatorError, WorkerLost
 
 POOL_READY_TIMEOUT_S = 120.0
@@ -51,20 +53,24 @@ class RayJournal:
     def __init__(self, handle: Any, append_timeout_s: float) -> None:
         self.handle = handle
         self.append_timeout_s = append_timeout_s
-        self._batcher: Batcher[dict[str, Any]] = Batcher(self._send)
+        self._batcher: Batcher[Record] = Batcher(self._send)
 
-    async def _send(self, records: list[dict[str, Any]]) -> list[Any]:
+    async def _send(self, records: list[Record]) -> list[Any]:
         return await append_within(self.handle, records, self.append_timeout_s)
 
-    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
+    async def append(self, records: list[Record]) -> list[Any]:
         return await self._batcher.submit(records)
 
     async def state(self, offset: int, limit: int) -> dict[str, Any]:
         page: dict[str, Any] = await self.handle.state.remote(offset, limit)
         return page
 
-    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
-        steps: dict[str, Any] = await self.handle.live_steps.remote(workflow_ids)
+    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Steps | Ended]:
+        steps: dict[str, Steps | Ended] = await self.handle.live_steps.remote(workflow_ids)
+        return steps
+
+    async def steps_of(self, workflow_ids: list[str]) -> dict[str, list[Outcome]]:
+        steps: dict[str, list[Outcome]] = await self.handle.steps_of.remote(workflow_ids)
         return steps
 
     async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
@@ -79,7 +85,7 @@ class RayPool:
         self.handles = handles
         self.size = len(handles)
 
-    async def run(self, worker: int, items: list[dict[str, Any]]) -> None:
+    async def run(self, worker: int, items: list[Dispatch]) -> None:
         try:
             await self.handles[worker].run.remote(items)
         except RayActorError as exc:
@@ -165,7 +171,7 @@ class SupervisorActor:
         return await self._ready().outcomes(service, since_seq, limit)
 
     @hot
-    async def report(self, reports: list[dict[str, Any]]) -> None:
+    async def report(self, reports: list[Report]) -> None:
         """From CommandActors: the ends of attempts."""
         await self._ready().report(reports)
 
@@ -176,7 +182,7 @@ class SupervisorActor:
         return {"log": logs, "command": self.pool[:]}
 
     async def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
-        return self._ready().list(state, limit)
+        return await self._ready().list(state, limit)
 
 
 # Calls in flight when it dies are sent again to its restarted self (results, submits

@@ -10,6 +10,22 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors.records import (
+    Compensated,
+    Compensating,
+    Completed,
+    Epoch,
+    Expired,
+    Failed,
+    Kind,
+    ModeChanged,
+    Parked,
+    Record,
+    Started,
+    Step,
+    Submitted,
+    WorkflowRecord,
+)
 from workflows.context import Outcome
 
 
@@ -140,9 +156,10 @@ class Workflow:
 class WorkflowTable:
     """All workflows by id, and the supervisor mode, folded from journal records.
 
-    ``apply`` is tolerant of the order in which independent writers' records land
-    (a CommandActor's outcomes and the supervisor's scheduling records): each record
-    carries the facts it changes, and duplicates of a step index are ignored.
+    Each record kind has one writer (see `actors.records`), and the journal keeps one
+    end per workflow and drops the records of an ended one, so ``apply`` takes each
+    record as the fact it states: no record has to be reconciled with another
+    writer's. Duplicate step indices are the only repeats it ignores.
     """
 
     def __init__(self) -> None:
@@ -151,21 +168,21 @@ class WorkflowTable:
         self.held = False
         self.last_seq = -1
 
-    def apply(self, r: dict[str, Any]) -> Workflow | None:
-        self.last_seq = max(self.last_seq, r.get("q", -1))
-        kind = r["k"]
-        if kind == "mode":
-            self.mode, self.held = r["mode"], bool(r.get("held", False))
+    def apply(self, r: Record, seq: int = -1) -> Workflow | None:
+        """Fold ``r``, journaled at ``seq``; the workflow it changed, if any."""
+        self.last_seq = max(self.last_seq, seq)
+        if isinstance(r, ModeChanged):
+            self.mode, self.held = r.mode, r.held
             return None
-        if kind == "epoch":
+        if isinstance(r, Epoch):
             return None
-        if kind == "submitted":
-            wf = Workflow(r["w"], r["type"], r["fields"], r["t"])
+        if isinstance(r, Submitted):
+            wf = Workflow(r.workflow_id, r.type, r.fields, r.t)
             self.workflows.setdefault(wf.id, wf)
             return wf
-        found = self.workflows.get(r["w"])
+        found = self.workflows.get(r.workflow_id)
         if found is not None:
-            _APPLY[kind](found, r)
+            _fold(found, r, seq)
         return found
 
     def unfinished(self) -> list[Workflow]:
@@ -198,61 +215,25 @@ def _replayed(wf: Workflow, o: Outcome, seq: int, kind: str) -> dict[str, Any]:
     return {"seq": seq, "kind": kind, "workflow_id": wf.id, "step": o.step, "service": o.service, "value": o.value}
 
 
-def _started(wf: Workflow, r: dict[str, Any]) -> None:
-    wf.attempts = max(wf.attempts, r["attempt"])
+_ENDS = {Kind.COMPLETED: State.COMPLETED, Kind.FAILED: State.FAILED, Kind.COMPENSATED: State.COMPENSATED}
 
 
-def _append(outcomes: list[Outcome], r: dict[str, Any]) -> None:
-    if r["step"] == len(outcomes):
-        outcomes.append(Outcome(r["step"], r["service"], r["value"]))
-
-
-def _outcome(wf: Workflow, r: dict[str, Any]) -> None:
-    if r["step"] == len(wf.outcomes):
-        wf.outcome_seqs.append(r.get("q", -1))
-    _append(wf.outcomes, r)
-
-
-def _compensation(wf: Workflow, r: dict[str, Any]) -> None:
-    if r["step"] == len(wf.compensations):
-        wf.compensation_seqs.append(r.get("q", -1))
-    _append(wf.compensations, r)
-
-
-def _parked(state: State) -> Any:
-    def apply(wf: Workflow, r: dict[str, Any]) -> None:
-        if not wf.state.finished:
-            wf.state, wf.next_retry_at = state, r.get("next_retry_at")
-            wf.attempts = max(wf.attempts, r.get("attempt", 0))
-
-    return apply
-
-
-def _compensating(wf: Workflow, r: dict[str, Any]) -> None:
-    wf.compensating, wf.error = True, r["error"]
-
-
-def _finished(state: State) -> Any:
-    def apply(wf: Workflow, r: dict[str, Any]) -> None:
-        if wf.state.finished:
-            return
-        wf.state, wf.finished_at, wf.next_retry_at = state, r["t"], None
-        if state is State.COMPLETED:
-            wf.result = r.get("result")
-        else:
-            wf.error = r.get("error", wf.error)
-
-    return apply
-
-
-_APPLY: dict[str, Any] = {
-    "started": _started,
-    "outcome": _outcome,
-    "compensation": _compensation,
-    "delayed": _parked(State.DELAYED),
-    "blocked": _parked(State.BLOCKED),
-    "compensating": _compensating,
-    "completed": _finished(State.COMPLETED),
-    "failed": _finished(State.FAILED),
-    "compensated": _finished(State.COMPENSATED),
-}
+def _fold(wf: Workflow, r: WorkflowRecord, seq: int) -> None:
+    if isinstance(r, Step):
+        steps, seqs = (wf.compensations, wf.compensation_seqs) if r.compensation else (wf.outcomes, wf.outcome_seqs)
+        if r.step == len(steps):
+            steps.append(r.outcome)
+            seqs.append(seq)
+    elif isinstance(r, Started):
+        wf.attempts = max(wf.attempts, r.attempt)  # a lost attempt's record may land after its successor's
+    elif isinstance(r, Parked):
+        wf.state, wf.next_retry_at = (State.BLOCKED if r.blocked else State.DELAYED), r.next_retry_at
+        wf.attempts = max(wf.attempts, r.attempt)
+    elif isinstance(r, Compensating | Expired):
+        wf.compensating, wf.error = True, r.error
+        if isinstance(r, Expired):  # it runs again, to compensate
+            wf.state, wf.next_retry_at = State.PENDING, None
+    elif isinstance(r, Completed):
+        wf.state, wf.finished_at, wf.next_retry_at, wf.result = State.COMPLETED, r.t, None, r.result
+    elif isinstance(r, Failed | Compensated):
+        wf.state, wf.finished_at, wf.next_retry_at, wf.error = _ENDS[r.kind], r.t, None, r.error

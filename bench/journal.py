@@ -23,6 +23,7 @@ from typing import Any
 
 from actors.journal import Journal, codec, open_backend
 from actors.journal.files import FileBackend
+from actors.records import Submitted
 
 
 def fsync_limit(seconds: float = 2.0) -> float:
@@ -43,9 +44,8 @@ def fsync_limit(seconds: float = 2.0) -> float:
     return n / elapsed
 
 
-def record(i: int) -> dict[str, Any]:
-    return {"k": "submitted", "w": f"w{i}", "type": "bench.sagas:Saga3", "fields": {"n": i, "pad": "x" * 100},
-            "t": 0.0}
+def record(i: int) -> Submitted:
+    return Submitted(f"w{i}", "bench.sagas:Saga3", {"n": i, "pad": "x" * 100}, 0.0)
 
 
 async def _in_process(n: int, writers: int) -> float:

@@ -4,10 +4,10 @@
   with the value the journal holds; a step that skips one is refused.
 - One terminal record per workflow: later ones are dropped.
 - A record of a workflow the journal holds as ended (an outcome, a compensation, a
-  second terminal record, ``started``, a parked or ``compensating`` record) is dropped
+  second terminal record, ``started``, a parked, ``compensating`` or ``expired`` record) is dropped
   and answered with `Ended`: the terminal record the journal holds, so a late writer
   reports what is durable rather than what it computed. An outcome or compensation
-  of a workflow it does not know is answered ``Ended(k=None)``. `Ended` is never a
+  of a workflow it does not know is answered ``Ended(None)``. `Ended` is never a
   step's value: values are msgpack data, and it is a type of its own.
 - One ``submitted`` per id while the journal knows the id (unfinished, or finished and
   not yet compacted away): a duplicate is dropped and answered with what the journal
@@ -24,30 +24,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from actors.journal import codec
+from actors.records import (
+    TERMINAL,
+    Compensating,
+    Ended,
+    Expired,
+    Kind,
+    Known,
+    Parked,
+    Record,
+    Started,
+    Step,
+    Steps,
+    Submitted,
+    WorkflowRecord,
+)
 from actors.workflow_state import WorkflowTable
-from workflows.context import Outcome
 
-TERMINAL = frozenset({"completed", "failed", "compensated"})
-STEP_KINDS = {"outcome": 0, "compensation": 1}
-LATE_KINDS = frozenset({"started", "delayed", "blocked", "compensating"})
+LATE = (Started, Parked, Compensating, Expired)
 """Other records of an attempt: dropped once the workflow has ended."""
 
-
-class Ended(dict[str, Any]):
-    """The journal's answer to a record of an ended workflow: ``{"k", "result", "error"}``
-    of the terminal record it holds (``k`` None when it does not know the workflow).
-
-    A dict, so it crosses a Ray call or a msgpack-free copy as one; a type of its
-    own, so a writer tells it from a step's value."""
-
-    def __init__(self, k: str | None, result: Any = None, error: dict[str, Any] | None = None) -> None:
-        super().__init__(k=k, result=result, error=error)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (Ended, (self["k"], self["result"], self["error"]))
-
-Steps = tuple[list[Outcome], list[Outcome]]
 Undo = list[Callable[[], object]]
 
 
@@ -59,84 +55,83 @@ class Index:
         self.live: dict[str, Steps] = {}
         self.finished: set[str] = set()
         # ``submitted`` records admitted but not yet durable, by id.
-        self.unwritten: dict[str, codec.Record] = {}
+        self.unwritten: dict[str, Submitted] = {}
         # Terminal records admitted but not yet durable, by id.
-        self.ending: dict[str, codec.Record] = {}
+        self.ending: dict[str, WorkflowRecord] = {}
 
     def knows(self, wid: str) -> bool:
         return wid in self.live or wid in self.finished
 
-    def index(self, r: codec.Record) -> None:
+    def index(self, r: Record) -> None:
         """Take a durable record read back at recovery."""
-        kind, wid = r["k"], str(r.get("w"))
-        if kind == "submitted":
-            if wid not in self.finished:
-                self.live.setdefault(wid, ([], []))
-        elif kind in STEP_KINDS:
-            steps = self.live.get(wid)
+        if isinstance(r, Submitted):
+            if r.workflow_id not in self.finished:
+                self.live.setdefault(r.workflow_id, ([], []))
+        elif isinstance(r, Step):
+            steps = self.live.get(r.workflow_id)
             if steps is not None:
-                lst = steps[STEP_KINDS[kind]]
-                if r["step"] == len(lst):
-                    lst.append(Outcome(r["step"], r["service"], r["value"]))
-        elif kind in TERMINAL:
+                lst = steps[r.compensation]
+                if r.step == len(lst):
+                    lst.append(r.outcome)
+        elif r.kind in TERMINAL:
+            wid = r.workflow_id  # type: ignore[union-attr]  # every terminal record has one
             self.live.pop(wid, None)
             self.finished.add(wid)
 
-    def admit(self, r: codec.Record, undo: Undo) -> tuple[bool, Any]:
+    def admit(self, r: Record, undo: Undo) -> tuple[bool, Any]:
         """Whether to journal ``r``, and the value to answer its writer with; ``undo`` gets its reversal."""
-        kind, wid = r.get("k"), str(r.get("w"))
-        if kind not in codec.KINDS:
-            raise ValueError(f"unknown record kind {kind!r}")
-        if kind in STEP_KINDS:
-            return self._admit_step(r, kind, wid, undo)
-        if kind == "submitted":
+        if isinstance(r, Step):
+            return self._admit_step(r, undo)
+        if isinstance(r, Submitted):
+            wid = r.workflow_id
             if self.knows(wid):
                 return False, self.submitted_answer(wid)
             self.live[wid] = ([], [])
             self.unwritten[wid] = r
             undo.append(lambda: self._unsubmit(wid))
-        elif kind in TERMINAL:
+        elif r.kind in TERMINAL:
+            wid = r.workflow_id  # type: ignore[union-attr]  # every terminal record has one
             if wid in self.finished:
                 return False, self.ended(wid)
             steps = self.live.pop(wid, None)
             self.finished.add(wid)
-            self.ending[wid] = r
+            self.ending[wid] = r  # type: ignore[assignment]
             undo.append(lambda: self._reopen(wid, steps))
-        elif kind in LATE_KINDS and wid in self.finished:
-            return False, self.ended(wid)
+        elif isinstance(r, LATE) and r.workflow_id in self.finished:
+            return False, self.ended(r.workflow_id)
         return True, None
 
-    def _admit_step(self, r: codec.Record, kind: str, wid: str, undo: Undo) -> tuple[bool, Any]:
-        steps = self.live.get(wid)
+    def _admit_step(self, r: Step, undo: Undo) -> tuple[bool, Any]:
+        steps = self.live.get(r.workflow_id)
         if steps is None:
-            return False, self.ended(wid)  # finished or unknown: a late writer, nothing to keep
-        lst, step = steps[STEP_KINDS[kind]], r["step"]
-        if step < len(lst):
-            return False, lst[step].value
-        if step > len(lst):
-            raise ValueError(f"{kind} step {step} of {wid} skips step {len(lst)}")
-        lst.append(Outcome(step, r["service"], r["value"]))
+            return False, self.ended(r.workflow_id)  # finished or unknown: a late writer, nothing to keep
+        lst = steps[r.compensation]
+        if r.step < len(lst):
+            return False, lst[r.step].value
+        if r.step > len(lst):
+            raise ValueError(f"{r.kind.value} step {r.step} of {r.workflow_id} skips step {len(lst)}")
+        lst.append(r.outcome)
         undo.append(lst.pop)
-        return True, r["value"]
+        return True, r.value
 
-    def submitted_answer(self, wid: str) -> dict[str, Any]:
+    def submitted_answer(self, wid: str) -> Known:
         """What the journal holds for a known id: its type and fields, and its fold
         (``Workflow.to_dict()``) once its ``submitted`` record is durable, else None."""
         wf = self.table.workflows.get(wid)
         if wf is not None:
-            return {"type": wf.type, "fields": wf.fields, "workflow": wf.to_dict()}
-        r = self.unwritten.get(wid, {})
-        return {"type": r.get("type"), "fields": r.get("fields"), "workflow": None}
+            return Known(wf.type, wf.fields, wf.to_dict())
+        r = self.unwritten[wid]
+        return Known(r.type, r.fields, None)
 
     def ended(self, wid: str) -> Ended:
         """The terminal record held for ``wid``: admitted (an append answered with it
         waits for a batch no earlier than that record's), or durable in the fold."""
         r = self.ending.get(wid)
         if r is not None:
-            return Ended(r["k"], r.get("result"), r.get("error"))
+            return Ended(r.kind, getattr(r, "result", None), getattr(r, "error", None))
         wf = self.table.workflows.get(wid)
         if wid in self.finished and wf is not None and wf.state.finished:
-            return Ended(wf.state.value, wf.result, wf.error)
+            return Ended(Kind(wf.state.value), wf.result, wf.error)
         return Ended(None)
 
     def durable_end(self, wid: str) -> Ended | None:
@@ -145,16 +140,15 @@ class Index:
         if wid in self.ending or wid not in self.finished:
             return None
         end = self.ended(wid)
-        return end if end["k"] is not None else None
+        return end if end.kind is not None else None
 
-    def written(self, records: list[codec.Record]) -> None:
+    def written(self, records: list[Record]) -> None:
         """``records`` are durable (and folded into the table)."""
         for r in records:
-            if r["k"] == "submitted":
-                self.unwritten.pop(str(r.get("w")), None)
-            elif r["k"] in TERMINAL:
-                self.ending.pop(str(r.get("w")), None)
-
+            if isinstance(r, Submitted):
+                self.unwritten.pop(r.workflow_id, None)
+            elif r.kind in TERMINAL:
+                self.ending.pop(r.workflow_id, None)  # type: ignore[union-attr]
     def forget(self, ids: list[str]) -> None:
         """Ids compacted away by a snapshot: free again."""
         self.finished.difference_update(ids)

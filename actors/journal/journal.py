@@ -41,11 +41,12 @@ import structlog
 
 from actors.journal import codec
 from actors.journal.backends import Backend, SegmentRef
-from actors.journal.index import Ended, Index, Undo
+from actors.journal.index import Index, Undo
 from actors.journal.maintenance import Maintenance
 from actors.journal.replica import Replicator
 from actors.journal.segments import SegmentLog
 from actors.journal.startup import Startup
+from actors.records import Ended, Record, Steps, from_wire, to_wire
 from actors.workflow_state import WorkflowTable
 from workflows.context import Outcome
 from workflows.errors import Fenced, JournalUnavailable
@@ -58,7 +59,7 @@ T = TypeVar("T")
 class _Batch:
     future: asyncio.Future[None]
     frames: list[bytes] = field(default_factory=list)
-    records: list[codec.Record] = field(default_factory=list)
+    records: list[tuple[Record, int]] = field(default_factory=list)
     undo: Undo = field(default_factory=list)
     last_seq: int = -1
     durable: bool = False
@@ -106,15 +107,17 @@ class Journal(Startup):
     # --- appends ------------------------------------------------------------------
 
     def _stamp(self, record: codec.Record) -> codec.Record:
+        """Give a wire map the next sequence number (the epoch record of `Startup`)."""
         record["v"], record["q"] = codec.VERSION, self.next_seq
         self.next_seq += 1
         return record
 
-    async def append(self, records: list[codec.Record]) -> list[Any]:
+    async def append(self, records: list[Record]) -> list[Any]:
         """Journal ``records`` durably; return, per record, the value the journal holds.
 
-        That is None for a kept record other than an outcome; for a dropped duplicate
-        ``submitted``, `Index.submitted_answer`. Raises `JournalUnavailable` if the
+        That is the value held for a step; None for another kept record; for a dropped
+        duplicate ``submitted``, `Known`; for a record of an ended workflow, `Ended`
+        (see `Index`). Raises `JournalUnavailable` if the
         write failed (the records may be journaled or not), `Fenced` once fenced.
         """
         if self._fenced is not None:
@@ -122,14 +125,15 @@ class Journal(Startup):
         answers: list[Any] = []
         frames: list[bytes] = []
         first_seq, undo = self.next_seq, Undo()
-        kept: list[codec.Record] = []
+        kept: list[tuple[Record, int]] = []
         try:
             for r in records:
                 keep, value = self.index.admit(r, undo)
                 answers.append(value)
                 if keep:
-                    frames.append(codec.encode(self._stamp(r)))
-                    kept.append(r)
+                    frames.append(codec.encode(to_wire(r, self.next_seq)))
+                    kept.append((r, self.next_seq))
+                    self.next_seq += 1
         except BaseException:
             # A bad record (unknown kind, a skipped step, an unencodable or oversized
             # value) fails the whole call and leaves nothing behind: a stamped but
@@ -207,9 +211,9 @@ class Journal(Startup):
         batch.future.set_result(None)
 
     def _applied(self, batch: _Batch) -> None:
-        for r in batch.records:
-            self.table.apply(r)
-        self.index.written(batch.records)
+        for r, q in batch.records:
+            self.table.apply(r, q)
+        self.index.written([r for r, _ in batch.records])
         self.maintenance.since_snapshot += len(batch.records)
         batch.applied = True
 
@@ -267,9 +271,10 @@ class Journal(Startup):
         return b"".join(out)
 
     def _write_now(self, records: list[codec.Record]) -> None:
+        """Write stamped wire maps at once, before any append (the epoch record of `Startup`)."""
         self.log.write([codec.encode(r) for r in records], self.next_seq - 1)
         for r in records:
-            self.table.apply(r)
+            self.table.apply(from_wire(r), r["q"])
 
     # --- snapshots ------------------------------------------------------------------
 
@@ -320,16 +325,20 @@ class Journal(Startup):
         """Durable outcomes of ``service`` (of workflows kept), in journal order."""
         return self.table.outcomes(service, since_seq, limit)
 
-    def live_steps(self, workflow_ids: list[str]) -> dict[str, tuple[list[Outcome], list[Outcome]] | Ended]:
+    def live_steps(self, workflow_ids: list[str]) -> dict[str, Steps | Ended]:
         """The journaled outcomes and compensations of unfinished workflows, and for
         one whose terminal record is durable, that record (`Ended`). An id whose end
         is not durable yet, or that the journal does not know, is left out."""
-        found: dict[str, tuple[list[Outcome], list[Outcome]] | Ended] = {}
+        found: dict[str, Steps | Ended] = {}
         for w in workflow_ids:
             entry = self.index.live.get(w) or self.index.durable_end(w)
             if entry is not None:
                 found[w] = entry
         return found
+
+    def steps_of(self, workflow_ids: list[str]) -> dict[str, list[Outcome]]:
+        """The durable outcomes of each workflow kept among ``workflow_ids`` (for status)."""
+        return {w: list(wf.outcomes) for w in workflow_ids if (wf := self.table.workflows.get(w)) is not None}
 
     def close(self) -> None:
         if self._flusher is not None:

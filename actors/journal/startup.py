@@ -19,6 +19,7 @@ from actors.journal.epochs import UNKNOWN, Epochs
 from actors.journal.index import Index
 from actors.journal.replica import Replicator
 from actors.journal.segments import SegmentLog
+from actors.records import Epoch, Record, from_wire
 from actors.workflow_state import Workflow, WorkflowTable
 from workflows.errors import JournalUnavailable
 
@@ -40,7 +41,7 @@ class Startup:
     _epochs_from: int
     _last_record: codec.Record | None
 
-    async def append(self, records: list[codec.Record]) -> list[Any]:
+    async def append(self, records: list[Record]) -> list[Any]:
         raise NotImplementedError
 
     def _stamp(self, record: codec.Record) -> codec.Record:
@@ -69,7 +70,7 @@ class Startup:
         self.epoch = max(self.epoch, newest) + 1
         replicator.begin(self.epoch, self.next_seq, self._epochs, self._epochs_from)
         replicator.sealed_upto = self.log.sealed_upto
-        await self.append([{"k": "epoch", "epoch": self.epoch, "owner": self.owner}])
+        await self.append([Epoch(self.epoch, self.owner)])
         self._opened()
 
     def _opened(self) -> None:
@@ -100,8 +101,9 @@ class Startup:
         log.info("snapshot_loaded", snapshot=snap.name, seq=snap.seq, workflows=len(snap.workflows))
 
     def _index(self, r: codec.Record) -> None:
-        self.table.apply(r)
-        self.index.index(r)
+        record = from_wire(r)
+        self.table.apply(record, r["q"])
+        self.index.index(record)
         self._last_record = r
         if r["k"] == "epoch":
             self.epoch = max(self.epoch, r["epoch"])

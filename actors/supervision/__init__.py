@@ -1,3 +1,3 @@
-"""The supervisor's logic without Ray: `supervisor.SupervisorCore` and its parts
-(intake, queries, suspension), admission, the mode machine, the retry timers, and the
-two ports it is driven through."""
+"""The supervisor's logic without Ray: `supervisor.SupervisorCore`, a facade over its
+parts (intake, dispatcher, parking, queries), admission, the mode machine, the retry
+timers, and the two ports it is driven through."""

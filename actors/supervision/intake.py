@@ -1,6 +1,7 @@
 """Intake: how workflows enter the supervisor's table, new, recovered or adopted.
 
-`Intake` is a part of `actors.supervision.supervisor.SupervisorCore`. A submit is checked whole before
+`Intake` is a part of `actors.supervision.supervisor.SupervisorCore`: admission under
+MaxCmds, submits, and adoption of workflows the journal keeps. A submit is checked whole before
 anything is journaled (command, id, record size: `InvalidCommand`), waits for room
 under MaxCmds, and returns only once its ``submitted`` record is durable, for every
 caller: a second submit of an id still being admitted waits for the first one's
@@ -11,18 +12,21 @@ workflow this cache has forgotten) is answered from what it holds.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
 
 from actors import records
 from actors.options import Options
+from actors.records import Known, Record, Submitted, to_wire
 from actors.supervision.admission import Admission
+from actors.supervision.dispatcher import Dispatcher
 from actors.supervision.modes import Mode
+from actors.supervision.parking import Parking
 from actors.supervision.ports import JournalPort
-from actors.supervision.retry import TimerHeap
 from actors.workflow_state import Event, Workflow, WorkflowTable, transition
 from workflows.command import check_workflow_id, encode_command
 from workflows.errors import InvalidCommand, Suspended
@@ -32,32 +36,31 @@ Encoded = tuple[str, dict[str, Any]]
 
 
 class Intake:
-    options: Options
-    journal: JournalPort
-    clock: Any
-    table: WorkflowTable
-    mode: Mode
-    held: bool
-    admission: Admission
-    timers: TimerHeap
-    ready: deque[str]
-    retrying: set[str]
-    submitting: dict[str, tuple[Encoded, asyncio.Future[None]]]
-    started: asyncio.Event
-    _wake_dispatch: asyncio.Event
-    _wake_timer: asyncio.Event
+    """Admission, submits and adoption; new workflows go to ``dispatcher``, parked
+    recovered ones to ``parking``."""
 
-    def _schedule(self, wf: Workflow, now: float) -> None:
+    def __init__(self, options: Options, journal: JournalPort, table: WorkflowTable, admission: Admission,
+                 parking: Parking, dispatcher: Dispatcher, started: asyncio.Event,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.options = options
+        self.journal = journal
+        self.table = table
+        self.admission = admission
+        self.parking = parking
+        self.dispatcher = dispatcher
+        self.started = started
+        self.clock = clock
+        self.submitting: dict[str, tuple[Encoded, asyncio.Future[None]]] = {}
+        """Ids being admitted: their command, and a future that ends as their submit does."""
+
+    def recover(self, wf: Workflow, now: float) -> None:
         """Schedule an unfinished workflow the journal holds and this process did not run:
         a parked one at its retry time, any other at once (its attempt was cut off)."""
         if wf.state.parked:
-            self.retrying.add(wf.id)
-            self.timers.push(wf.next_retry_at or now, wf.id)
-            self._wake_timer.set()
+            self.parking.wait(wf.id, wf.next_retry_at or now)
         else:
             wf.state = transition(wf.state, Event.LOST)
-            self.ready.append(wf.id)
-            self._wake_dispatch.set()
+            self.dispatcher.enqueue(wf.id)
 
     async def submit(self, cmd: Any, workflow_id: str | None = None) -> str:
         return (await self.submit_many([cmd], [workflow_id]))[0]
@@ -105,16 +108,12 @@ class Intake:
         # Fields are bounded by max_payload_bytes, the id by its limit: pack the whole
         # record only when they could add up to more than the journal takes.
         if self.options.max_payload_bytes + 4 * (len(wid) + len(encoded[0])) + 256 > records.MAX_RECORD_BYTES:
-            record = {**self._submitted(wid, encoded, 0.0), "v": records.VERSION, "q": 2**63 - 1}
+            record = to_wire(Submitted(wid, encoded[0], encoded[1], 0.0), 2**63 - 1)
             size = len(msgpack.packb(record, use_bin_type=True))  # as the journal packs it
             if size > records.MAX_RECORD_BYTES:
                 raise InvalidCommand(f"workflow {wid[:80]!r}: its record is {size} bytes, over the journal's "
                                      f"{records.MAX_RECORD_BYTES}-byte limit")
         return wid, encoded
-
-    @staticmethod
-    def _submitted(wid: str, encoded: Encoded, now: float) -> dict[str, Any]:
-        return {"k": "submitted", "w": wid, "type": encoded[0], "fields": encoded[1], "t": now}
 
     def _known(self, wid: str) -> tuple[Encoded | None, asyncio.Future[None] | None]:
         wf = self.table.workflows.get(wid)
@@ -124,9 +123,10 @@ class Intake:
         return (pending[0], pending[1]) if pending is not None else (None, None)
 
     def _check_intake(self) -> None:
-        if self.mode is not Mode.NORMAL:
-            reason = "suspended by an operator" if self.held else "a service is out (circuit breaker open)"
-            raise Suspended(f"intake is closed: {reason}; mode {self.mode.value}")
+        mode = self.parking.mode
+        if mode is not Mode.NORMAL:
+            reason = "suspended by an operator" if self.parking.held else "a service is out (circuit breaker open)"
+            raise Suspended(f"intake is closed: {reason}; mode {mode.value}")
 
     async def _admit(self, new: dict[str, Encoded]) -> None:
         self._check_intake()
@@ -139,12 +139,12 @@ class Intake:
             try:
                 self._check_intake()
                 now = self.clock()
-                records = [self._submitted(w, e, now) for w, e in new.items()]
-                answers = await self.journal.append(records)
+                batch = [Submitted(w, e[0], e[1], now) for w, e in new.items()]
+                answers = await self.journal.append(list[Record](batch))
             except BaseException:
                 self.admission.release(len(new))
                 raise
-            errors = self._take_answers(records, answers)
+            errors = self._take_answers(batch, answers)
         except asyncio.CancelledError:
             for future in futures.values():
                 future.cancel()
@@ -165,27 +165,27 @@ class Intake:
         if errors:
             raise next(iter(errors.values()))
 
-    def _take_answers(self, records: list[dict[str, Any]], answers: list[Any]) -> dict[str, BaseException]:
-        """Apply journaled submits; for ids the journal knew already, compare and adopt.
+    def _take_answers(self, batch: list[Submitted], answers: list[Any]) -> dict[str, BaseException]:
+        """Apply journaled submits; for ids the journal knew already (`Known`), compare and adopt.
 
         Returns the `InvalidCommand` of each id the journal holds with another command.
         """
         conflicts: dict[str, BaseException] = {}
-        for r, answer in zip(records, answers, strict=True):
-            wid = r["w"]
-            if answer is None:
+        for r, answer in zip(batch, answers, strict=True):
+            wid = r.workflow_id
+            if not isinstance(answer, Known):
                 self.table.apply(r)
-                self.ready.append(wid)
-            elif (answer["type"], answer["fields"]) != (r["type"], r["fields"]):
+                self.dispatcher.fresh.add(wid)
+                self.dispatcher.enqueue(wid)
+            elif (answer.type, answer.fields) != (r.type, r.fields):
                 self.admission.release(1)
                 conflicts[wid] = InvalidCommand(
-                    f"workflow id {wid!r} was already submitted with another command ({answer['type']})")
-            elif not self._adopt(r, answer.get("workflow")):
+                    f"workflow id {wid!r} was already submitted with another command ({answer.type})")
+            elif not self._adopt(r, answer.workflow):
                 self.admission.release(1)
-        self._wake_dispatch.set()
         return conflicts
 
-    def _adopt(self, record: dict[str, Any], known: dict[str, Any] | None) -> bool:
+    def _adopt(self, record: Submitted, known: dict[str, Any] | None) -> bool:
         """Take into the table a workflow the journal keeps and this cache does not (it
         forgot it, or a submit that gave up waiting on the journal was journaled after
         all); True if it is unfinished, and so keeps its admission.
@@ -193,17 +193,17 @@ class Intake:
         ``known`` is the journal's fold of it, or None while its `submitted` record is
         still in a batch being written: that batch comes before the one that answered,
         so it is durable now, and the record is the same command as ``record``."""
-        wid = record["w"]
+        wid = record.workflow_id
         if wid in self.table.workflows:
             return False  # put there meanwhile
         if known is None:
             self.table.apply(record)
-            self.ready.append(wid)
+            self.dispatcher.enqueue(wid)
             return True
         wf = Workflow.from_dict(known)
+        wf.outcomes, wf.compensations = [], []  # the journal holds them; attempts read them there
         self.table.workflows[wid] = wf
         if wf.state.finished:
             return False
-        self._schedule(wf, self.clock())
+        self.recover(wf, self.clock())
         return True
-

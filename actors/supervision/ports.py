@@ -7,22 +7,27 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from actors.records import Dispatch, Ended, Record, Steps
+from workflows.context import Outcome
+
 
 class JournalPort(Protocol):
-    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
+    async def append(self, records: list[Record]) -> list[Any]:
         """Journal ``records`` durably; per record, what the journal answers: None for
-        a kept ``submitted``; for one whose id the journal knows already, the
-        ``{"type", "fields", "workflow"}`` it holds (``workflow`` a `Workflow.to_dict`,
-        or None while that record is not yet durable). A record of a workflow the
-        journal holds as ended is dropped and answered with its terminal record's
-        ``{"k", "result", "error"}``."""
+        a kept ``submitted``; for one whose id the journal knows already, `Known`. A
+        record of a workflow the journal holds as ended is dropped and answered with
+        its terminal record (`Ended`)."""
         ...
 
     async def state(self, offset: int, limit: int) -> dict[str, Any]: ...
-    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Any]:
+    async def live_steps(self, workflow_ids: list[str]) -> dict[str, Steps | Ended]:
         """Per id the journal holds: ``(outcomes, compensations)`` of an unfinished
-        workflow, or the ``{"k", "result", "error"}`` of an ended one's durable terminal
-        record. An id whose end is not durable yet, or that it does not know, is left out."""
+        workflow, or the `Ended` of an ended one's durable terminal record. An id whose
+        end is not durable yet, or that it does not know, is left out."""
+        ...
+
+    async def steps_of(self, workflow_ids: list[str]) -> dict[str, list[Outcome]]:
+        """The durable outcomes of each workflow the journal keeps among ``workflow_ids``."""
         ...
 
     async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]: ...
@@ -31,5 +36,5 @@ class JournalPort(Protocol):
 class PoolPort(Protocol):
     size: int
 
-    async def run(self, worker: int, items: list[dict[str, Any]]) -> None: ...
+    async def run(self, worker: int, items: list[Dispatch]) -> None: ...
     async def reset(self, incarnation: str) -> None: ...

@@ -1,9 +1,10 @@
 """The supervisor's read side: results, waits, status, listings, stats, replays.
 
-`Queries` is a part of `actors.supervision.supervisor.SupervisorCore`, kept apart because it only
-reads the workflow table (and the journal, for live steps and replays) and wakes
-nothing but its own futures. A waiter's future leaves ``waiters`` however its call
-ends: answered, timed out or cancelled.
+`Queries` is a part of `actors.supervision.supervisor.SupervisorCore`. Guarantees: it
+only reads the workflow table (and the journal, for outcomes and replays) and wakes
+nothing but its own futures; a waiter's future leaves ``waiters`` however its call
+ends (answered, timed out or cancelled); outcomes in a status are the journal's
+durable ones.
 """
 
 from __future__ import annotations
@@ -13,26 +14,19 @@ import builtins
 import contextlib
 from typing import Any
 
-from actors.options import Options
-from actors.supervision.admission import Admission
-from actors.supervision.modes import Mode
 from actors.supervision.ports import JournalPort
-from actors.supervision.retry import TimerHeap
 from actors.workflow_state import State, Workflow, WorkflowTable
 from workflows.errors import CommandFailed, UnknownWorkflow
 
 
 class Queries:
-    options: Options
-    journal: JournalPort
-    table: WorkflowTable
-    mode: Mode
-    held: bool
-    admission: Admission
-    timers: TimerHeap
-    running: dict[str, tuple[int, int]]
-    waiters: dict[str, list[asyncio.Future[None]]]
-    started: asyncio.Event
+    """Results, waiters, status, listings and replays over ``table`` and the journal."""
+
+    def __init__(self, journal: JournalPort, table: WorkflowTable, started: asyncio.Event) -> None:
+        self.journal = journal
+        self.table = table
+        self.started = started
+        self.waiters: dict[str, list[asyncio.Future[None]]] = {}
 
     def _get(self, workflow_id: str) -> Workflow:
         wf = self.table.workflows.get(workflow_id)
@@ -40,14 +34,14 @@ class Queries:
             raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
         return wf
 
-    def _notify(self, workflow_id: str) -> None:
+    def notify(self, workflow_id: str) -> None:
         """Wake every call waiting for ``workflow_id`` to finish."""
         for future in self.waiters.pop(workflow_id, []):
             if not future.done():
                 future.set_result(None)
 
     async def _until_finished(self, workflow_ids: builtins.list[str], timeout_s: float | None) -> None:
-        """Wait until one of ``workflow_ids`` is finished (`_notify`), or raise TimeoutError."""
+        """Wait until one of ``workflow_ids`` is finished (`notify`), or raise TimeoutError."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         for w in workflow_ids:
             self.waiters.setdefault(w, []).append(future)
@@ -88,33 +82,28 @@ class Queries:
 
     async def status(self, workflow_id: str) -> dict[str, Any]:
         await self.started.wait()
-        wf = self._get(workflow_id)
-        status = wf.status()
-        if wf.state is State.RUNNING:
-            steps = await self.journal.live_steps([workflow_id])
-            entry = steps.get(workflow_id)
-            if entry is not None and not isinstance(entry, dict):  # a dict: ended, its report on the way
-                status["outcomes"] = [list(o) for o in entry[0]]
-        return status
+        return (await self._with_outcomes([self._get(workflow_id)]))[0]
 
-    def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
+    async def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         if state is not None and state not in {s.value for s in State}:
             raise ValueError(f"unknown state {state!r}: one of {', '.join(s.value for s in State)}")
-        out = []
+        found = []
         for wf in self.table.workflows.values():
             if state is None or wf.state.value == state:
-                out.append(wf.status())
-                if len(out) >= limit:
+                found.append(wf)
+                if len(found) >= limit:
                     break
-        return out
+        return await self._with_outcomes(found)
 
-    def stats(self) -> dict[str, Any]:
-        counts = {s.value: 0 for s in State}
-        for wf in self.table.workflows.values():
-            counts[wf.state.value] += 1
-        return {"mode": self.mode.value, "held": self.held, "in_flight": self.admission.admitted,
-                "max_cmds": self.options.max_cmds, "waiting_admission": self.admission.waiting,
-                "running": len(self.running), "parked": len(self.timers), "counts": counts}
+    async def _with_outcomes(self, wfs: builtins.list[Workflow]) -> builtins.list[dict[str, Any]]:
+        """Status dicts, with the outcomes the journal holds (this cache keeps none)."""
+        steps = await self.journal.steps_of([wf.id for wf in wfs]) if wfs else {}
+        out = []
+        for wf in wfs:
+            status = wf.status()
+            status["outcomes"] = [list(o) for o in steps.get(wf.id, wf.outcomes)]
+            out.append(status)
+        return out
 
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> builtins.list[dict[str, Any]]:
         """The journaled steps of ``service``, outcomes and compensations, in journal order."""

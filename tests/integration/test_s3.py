@@ -23,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from actors.journal import Backend, Journal, codec, open_backend
 from actors.journal.backends import SegmentRef
 from actors.journal.s3 import S3Backend
+from actors.records import Submitted
 from tests.support import Coordinator
 from workflows.errors import Fenced
 from workflows.testing import Echo, Flaky
@@ -99,7 +100,7 @@ def test_segments_are_sealed_to_the_store_and_read_back(s3_endpoint: str, tmp_pa
 
     async def fill() -> None:
         for i in range(40):
-            await j.append([{"k": "submitted", "w": f"w{i}", "type": "m:T", "fields": {"i": i}, "t": 0.0}])
+            await j.append([_record(i)])
 
     asyncio.run(fill())
     sealed = [r for r in j.backend.segments() if r.sealed]
@@ -116,8 +117,8 @@ def test_segments_are_sealed_to_the_store_and_read_back(s3_endpoint: str, tmp_pa
 LEASE_S = 1.5
 
 
-def _record(i: int) -> dict[str, object]:
-    return {"k": "submitted", "w": f"w{i}", "type": "m:T", "fields": {"i": i}, "t": 0.0}
+def _record(i: int) -> Submitted:
+    return Submitted(f"w{i}", "m:T", {"i": i}, 0.0)
 
 
 def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> float:

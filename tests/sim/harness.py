@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.batching import Batcher
+from actors.records import Dispatch, Record, Report
 from actors.runner import Runner
 from tests.sim.compat import Journal, LocalJournal, Options, SupervisorCore, backends
 from tests.sim.loop import InlineExecutor, SimLoop
@@ -62,24 +63,24 @@ class SimPool:
         self.size = size
         self.runners: list[Runner] = []
 
-    async def run(self, worker: int, items: list[dict[str, Any]]) -> None:
+    async def run(self, worker: int, items: list[Dispatch]) -> None:
         w, f = self.world, self.world.pool_faults
         roll = w.rng_fault.random()
         runner = self.runners[worker]
-        w.trace(f"dispatch {worker}: {[(i['w'][:40], i['attempt'], len(i['outcomes'])) for i in items]}")
+        w.trace(f"dispatch {worker}: {[(i.workflow_id[:40], i.attempt, i.fresh) for i in items]}")
         if roll < f.p_lost:
-            w.fault(f"worker {worker} lost before running {[i['w'] for i in items]}")
+            w.fault(f"worker {worker} lost before running {[i.workflow_id for i in items]}")
             raise WorkerLost(f"worker {worker} lost")
         roll -= f.p_lost
         if roll < f.p_error:
-            w.fault(f"worker {worker} call failed (not WorkerLost) for {[i['w'] for i in items]}")
+            w.fault(f"worker {worker} call failed (not WorkerLost) for {[i.workflow_id for i in items]}")
             raise ActorDied(f"worker {worker}: actor call failed")
         roll -= f.p_error
         if roll < f.p_lost_mid:
             task = asyncio.ensure_future(runner.run(items))
             await asyncio.wait([task], timeout=w.rng_fault.uniform(0, 0.05))
             if not task.done():
-                w.fault(f"worker {worker} died mid-run ({[i['w'] for i in items]})")
+                w.fault(f"worker {worker} died mid-run ({[i.workflow_id for i in items]})")
                 runner.cancel_all()
                 raise WorkerLost(f"worker {worker} died")
             return
@@ -91,18 +92,16 @@ class SimPool:
 
 
 class Port(LocalJournal):
-    """The journal port, copying records as a Ray call would; notes what is acknowledged."""
+    """The journal port, copying records as a Ray call would; notes what is acknowledged
+    (every record up to the durable fold's last one, once an append is answered)."""
 
     def __init__(self, journal: Journal, history: History) -> None:
         super().__init__(journal)
         self.history = history
 
-    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
-        copies = copy.deepcopy(records)
-        answers: list[Any] = await self.journal.append(copies)
-        for r in copies:
-            if "q" in r:
-                self.history.ack(r["q"])
+    async def append(self, records: list[Record]) -> list[Any]:
+        answers: list[Any] = await self.journal.append(copy.deepcopy(records))
+        self.history.ack(self.journal.table.last_seq)
         return answers
 
 
@@ -113,7 +112,7 @@ class Generation:
     journal: Journal
     core: SupervisorCore
     pool: SimPool
-    batchers: list[Batcher[dict[str, Any]]] = field(default_factory=list)
+    batchers: list[Batcher[Record]] = field(default_factory=list)
     up: bool = False
     fired: int = 0
 
@@ -213,9 +212,9 @@ class World:
         core = SupervisorCore(self.options, port, pool, clock=self.loop.clock)
         gen = Generation(n, backend, journal, core, pool, fired=sum(backend.faults.fired.values()))
         for _ in range(self.options.command_actors):
-            batcher: Batcher[dict[str, Any]] = Batcher(port.append, max_in_flight=self.rng_fault.choice([1, 2]))
+            batcher: Batcher[Record] = Batcher(port.append, max_in_flight=self.rng_fault.choice([1, 2]))
             gen.batchers.append(batcher)
-            pool.runners.append(Runner(batcher.submit, self._reporter(gen), self.services,
+            pool.runners.append(Runner(batcher.submit, port.live_steps, self._reporter(gen), self.services,
                                        self.options.max_payload_bytes, clock=self.loop.clock))
         self.gen = gen
         gen.up = True  # `start` is called through `call`, like the actor's constructor
@@ -228,22 +227,21 @@ class World:
         self.trace(f"boot {n}: up at seq {journal.next_seq}")
         return True
 
-    def _reporter(self, gen: Generation) -> Callable[[dict[str, Any]], Awaitable[None]]:
-        async def report(rep: dict[str, Any]) -> None:
+    def _reporter(self, gen: Generation) -> Callable[[Report], Awaitable[None]]:
+        async def report(rep: Report) -> None:
             f = self.pool_faults
             if self.rng_fault.random() < f.p_report_dup:
                 self.spawn(self._duplicate(copy.deepcopy(rep), self.rng_fault.uniform(0, 0.5)))
             if self.rng_fault.random() < f.p_report_delay:
                 await asyncio.sleep(self.rng_fault.uniform(0, 0.05))
-            self.trace(f"report {rep['w'][:40]} attempt={rep['attempt']} {rep.get('kind')} "
-                       f"outcomes={len(rep.get('outcomes', []))}")
+            self.trace(f"report {rep.workflow_id[:40]} attempt={rep.attempt} {rep.end.value}")
             await gen.core.report([rep])
 
         return report
 
-    async def _duplicate(self, rep: dict[str, Any], delay: float) -> None:
+    async def _duplicate(self, rep: Report, delay: float) -> None:
         await asyncio.sleep(delay)
-        self.fault(f"duplicate report of {rep['w']} attempt {rep['attempt']} ({rep.get('kind')})")
+        self.fault(f"duplicate report of {rep.workflow_id} attempt {rep.attempt} ({rep.end.value})")
         try:
             await self.call(lambda c: c.report([rep]))
         except (Lost, CoordinatorError, OSError) as exc:

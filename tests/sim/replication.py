@@ -24,6 +24,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
+from actors.records import from_wire
 from tests.sim.compat import Journal, codec, replica
 from tests.sim.harness import GEN, JOURNAL_TAKES_EXECUTOR
 from tests.sim.loop import InlineExecutor, Livelock, SimLoop, Stalled, new_loop
@@ -233,10 +234,11 @@ class ReplicaSim:
 
     async def _append(self, journal: Journal, writer: int, record: dict[str, Any]) -> None:
         """Runs as the leader's task: the acknowledgement is noted the moment it is given."""
-        await journal.append([record])
-        if "q" not in record:
-            return
-        q = record["q"]
+        q = journal.next_seq  # the append gives the record this number before it first waits
+        (answer,) = await journal.append([from_wire(record)])
+        if answer is not None:
+            return  # not journaled (a duplicate)
+        record = {**record, "v": codec.VERSION, "q": q}
         self.acked[q] = dict(record)
         self.by_writer.setdefault(writer, []).append(q)
         self.ack_all(q)

@@ -22,16 +22,12 @@ COORDINATOR_SEEDS = 300
 REPLICA_SEEDS = 200
 STEPS = 200
 
-MODE_NOT_DURABLE = ("an operator's resume changes the supervisor's mode before its mode record is durable; when "
-                    "that append fails, a restart brings the drained coordinator back suspended")
-
-KNOWN: dict[tuple[str, int], str] = {
-    **{("coordinator", s): MODE_NOT_DURABLE for s in (1006, 1402, 1541, 1954)},
-}
+KNOWN: dict[tuple[str, int], str] = {}
 """Seeds that fail for a defect still being fixed, each with its reason: strict xfails."""
 
 REGRESSIONS: tuple[tuple[str, int], ...] = (
     ("coordinator", 322), ("coordinator", 536), ("coordinator", 678), ("coordinator", 965), ("coordinator", 966),
+    ("coordinator", 1006), ("coordinator", 1402), ("coordinator", 1541), ("coordinator", 1954),
     ("replica", 367), ("replica", 719), ("replica", 786), ("replica", 1113), ("replica", 1604),
 )
 """Seeds beyond the ranges run that once showed a defect since fixed: run on every CI."""

@@ -235,7 +235,7 @@ class Workload:
         calls: dict[str, Callable[[Any], Awaitable[Any]]] = {
             "status": lambda c: c.status(wid),
             "stats": lambda c: _ready(c.stats()),
-            "list": lambda c: _ready(c.list(None, 10)),
+            "list": lambda c: c.list(None, 10),
             "outcomes": lambda c: c.outcomes(self.rng.choice(SERVICES), 0, 100),
         }
         self.launch(which, wid, self.w.call(calls[which]))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -12,22 +10,10 @@ import pytest
 from actors.inprocess import LocalCoordinator
 from actors.journal import MemoryBackend
 from actors.options import Options
+from actors.records import Step, Submitted
+from tests.unit.local import FAST, opts
 from workflows.errors import AtCapacity, CommandFailed, InvalidCommand, Suspended, UnknownWorkflow
 from workflows.testing import Echo, Fails, Flaky, Impatient, RaisesFrom, Returns, Tracked, read_calls
-
-FAST = {"slow_retry_interval_s": 0.05, "fast_retry_interval_s": 0.0, "jitter_s": 0.01, "gateway": None}
-
-
-def opts(**kw: Any) -> Options:
-    return Options(storage=f"mem://{uuid.uuid4().hex}", **{**FAST, **kw})
-
-
-@pytest.fixture
-async def coord() -> AsyncIterator[LocalCoordinator]:
-    c = LocalCoordinator(opts())
-    await c.start()
-    yield c
-    await c.close()
 
 
 async def restart(c: LocalCoordinator, **kw: Any) -> LocalCoordinator:
@@ -137,7 +123,7 @@ async def test_max_cmds_back_pressure_then_at_capacity() -> None:
         await c2.core.result(first, 5)
         assert await c2.core.result(await second, 5) == "waited"
         await c2.close()
-        assert a in {s["id"] for s in c.core.list("delayed") + c.core.list("running") + c.core.list("pending")}
+        assert a in {s["id"] for st in ("delayed", "running", "pending") for s in await c.core.list(st)}
     finally:
         await c.close()
 
@@ -175,10 +161,8 @@ async def test_one_outcome_per_step_index(coord: LocalCoordinator) -> None:
     live = LocalCoordinator(opts())
     await live.start()
     try:
-        await live.journal.append([{"k": "submitted", "w": "w", "type": "t:T", "fields": {}, "t": 0}])
-        answers = await asyncio.gather(
-            *[live.journal.append([{"k": "outcome", "w": "w", "step": 0, "service": "s", "value": v}]) for v in "abc"]
-        )
+        await live.journal.append([Submitted("w", "t:T", {}, 0)])
+        answers = await asyncio.gather(*[live.journal.append([Step("w", 0, "s", v)]) for v in "abc"])
         assert answers == [["a"], ["a"], ["a"]]
         assert sum(1 for r in live.journal.read() if r["k"] == "outcome") == 1
     finally:
@@ -252,4 +236,4 @@ async def test_wait_returns_whichever_finished(coord: LocalCoordinator) -> None:
     assert done[failed]["state"] == "failed" and "rejected" in done[failed]["error"]["message"]
     with pytest.raises(UnknownWorkflow):
         await coord.core.wait(["nope"])
-    assert not any(coord.core.waiters.get(w) for w in (slow, failed))  # nothing left behind
+    assert not any(coord.core.queries.waiters.get(w) for w in (slow, failed))  # nothing left behind

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +14,11 @@ from actors import records
 from actors.inprocess import LocalCoordinator
 from actors.journal import MemoryBackend
 from actors.options import Options
+from actors.records import Submitted
+from tests.unit.local import FAST, opts
 from tests.unit.test_journal import gate_sync
 from workflows.errors import AtCapacity, InvalidCommand, UnknownWorkflow
 from workflows.testing import Echo, Flaky
-
-FAST: dict[str, Any] = {"slow_retry_interval_s": 0.05, "fast_retry_interval_s": 0.0, "jitter_s": 0.01, "gateway": None}
-
-
-def opts(**kw: Any) -> Options:
-    return Options(storage=f"mem://{uuid.uuid4().hex}", **{**FAST, **kw})
-
-
-@pytest.fixture
-async def coord() -> AsyncIterator[LocalCoordinator]:
-    c = LocalCoordinator(opts())
-    await c.start()
-    yield c
-    await c.close()
 
 
 async def restart(c: LocalCoordinator) -> LocalCoordinator:
@@ -150,7 +136,7 @@ async def test_a_concurrent_duplicate_submit_gets_the_first_ones_error() -> None
         second = asyncio.ensure_future(c.core.submit(Echo("x"), "dup"))
         answers = await asyncio.gather(first, second, return_exceptions=True)
         assert [type(a) for a in answers] == [AtCapacity, AtCapacity]
-        assert submitted(c, "dup") == [] and not c.core.submitting
+        assert submitted(c, "dup") == [] and not c.core.intake.submitting
         with pytest.raises(UnknownWorkflow):
             await c.core.result("dup", 0.01)
     finally:
@@ -217,8 +203,7 @@ async def test_a_submit_whose_record_an_abandoned_append_is_still_journaling_run
     await c.start()
     try:
         entered, release = gate_sync(c.journal, monkeypatch)
-        record = {"k": "submitted", "w": "late", "type": "workflows.testing:Echo",
-                  "fields": {"value": "late", "steps": 2}, "t": time.time()}
+        record = Submitted("late", "workflows.testing:Echo", {"value": "late", "steps": 2}, time.time())
         abandoned = asyncio.ensure_future(c.journal.append([record]))  # its caller gave up
         while not entered.is_set():
             await asyncio.sleep(0.001)

@@ -12,6 +12,7 @@ import pytest
 
 from actors.journal import Journal, MemoryBackend, codec, open_backend, tools
 from actors.journal.backends import Backend, SegmentRef
+from actors.records import Parked, Record, Step, from_wire, to_wire
 from workflows.errors import JournalCorrupt
 
 
@@ -25,8 +26,8 @@ def uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         MemoryBackend.drop(name)
 
 
-def submitted(w: str) -> dict[str, Any]:
-    return {"k": "submitted", "w": w, "type": "tests:T", "fields": {"x": w}, "t": 1.0}
+def submitted(w: str) -> Record:
+    return from_wire({"k": "submitted", "w": w, "type": "tests:T", "fields": {"x": w}, "t": 1.0})
 
 
 async def write(uri: str, n: int, **kw: Any) -> Journal:
@@ -94,7 +95,7 @@ async def test_a_gap_in_sequence_numbers_inside_a_segment(uri: str) -> None:
     backend = open_backend(uri)
     (ref,) = backend.segments()
     seg = backend.open_active(ref.first_seq)
-    seg.append(codec.encode({"v": 1, "q": 99, **submitted("late")}))
+    seg.append(codec.encode(to_wire(submitted("late"), 99)))
     seg.close()
     both_refuse(uri, "record 99 where 4 was expected")
 
@@ -132,9 +133,9 @@ async def test_a_journal_of_the_old_frame_format_opens_and_goes_on_in_the_new_on
     backend.lock("old")
     seg = backend.open_active(0)
     old = [{"v": 1, "q": 0, "k": "epoch", "epoch": 1, "owner": "old"}]
-    old += [{"v": 1, "q": q, **submitted(f"old{q}")} for q in (1, 2)]
+    old += [to_wire(submitted(f"old{q}"), q) for q in (1, 2)]
     seg.append(b"".join(codec.legacy_frame(codec.pack(r)) for r in old))
-    seg.append(codec.legacy_frame(codec.pack({"v": 1, "q": 3, **submitted("torn")}))[:-4])  # the old writer's crash
+    seg.append(codec.legacy_frame(codec.pack(to_wire(submitted("torn"), 3)))[:-4])  # the old writer's crash
     seg.close()
     backend.unlock()
     assert tools.verify(uri)["records"] == 3
@@ -152,3 +153,56 @@ async def test_a_journal_of_the_old_frame_format_opens_and_goes_on_in_the_new_on
     j.close()
     assert tools.verify(uri)["ok"]
 
+
+
+# Records exactly as journals written before the typed records hold them: the maps the
+# supervisor and the runner wrote, keys in their order, and the stamp (``v``, ``q``) last.
+OLD_RECORDS: list[dict[str, Any]] = [
+    {"k": "epoch", "epoch": 1, "owner": "old"},
+    {"k": "submitted", "w": "done", "type": "tests:T", "fields": {"x": 1}, "t": 1.0},
+    {"k": "submitted", "w": "late", "type": "tests:T", "fields": {"x": 2}, "t": 1.0},
+    {"k": "submitted", "w": "undone", "type": "tests:T", "fields": {"x": 3}, "t": 1.0},
+    {"k": "mode", "mode": "suspended_slow", "held": True, "t": 1.1},
+    {"k": "started", "w": "done", "attempt": 1, "t": 1.2},
+    {"k": "outcome", "w": "done", "step": 0, "service": "svc", "value": {"id": 7}},
+    {"k": "completed", "w": "done", "t": 1.3, "result": [1, 2]},
+    {"k": "started", "w": "late", "attempt": 1, "t": 1.2},
+    {"k": "delayed", "w": "late", "attempt": 1, "next_retry_at": 5.0, "t": 1.4},
+    {"k": "failed", "w": "late", "error": {"type": "x.DeadlineExceeded", "message": "m", "traceback": ""},
+     "t": 1.5},  # the supervisor's failure past a deadline, as it was written
+    {"k": "started", "w": "undone", "attempt": 1, "t": 1.2},
+    {"k": "outcome", "w": "undone", "step": 0, "service": "svc", "value": "u0"},
+    {"k": "compensating", "w": "undone", "error": {"type": "builtins.ValueError"}, "t": 1.6},
+    {"k": "compensation", "w": "undone", "step": 0, "service": "svc", "value": "c0"},
+    {"k": "compensated", "w": "undone", "t": 1.7, "error": {"type": "builtins.ValueError"}},
+]
+
+
+async def test_a_journal_written_with_the_old_record_maps_reads_back_into_typed_records(uri: str) -> None:
+    backend: Backend = open_backend(uri)
+    backend.lock("old")
+    seg = backend.open_active(0)
+    seg.append(b"".join(codec.encode({**r, "v": 1, "q": q}) for q, r in enumerate(OLD_RECORDS)))
+    seg.close()
+    backend.unlock()
+    (ref,) = open_backend(uri).segments()
+    typed = [from_wire(r) for r in codec.scan(open_backend(uri).read(ref))[0]]
+    assert [type(r).__name__ for r in typed] == [
+        "Epoch", "Submitted", "Submitted", "Submitted", "ModeChanged", "Started", "Step", "Completed", "Started",
+        "Parked", "Failed", "Started", "Step", "Compensating", "Step", "Compensated"]
+    assert typed[9] == Parked("late", False, 1, 5.0, 1.4, "")
+    assert typed[14] == Step("undone", 0, "svc", "c0", compensation=True)
+    for r, old in zip(typed[1:], OLD_RECORDS[1:], strict=True):  # what it wrote is what it reads
+        assert {k: v for k, v in to_wire(r, 0).items() if k not in ("v", "q", "reason")} == old
+    j = Journal(open_backend(uri), owner="new")
+    j.open()
+    try:
+        wfs = j.table.workflows
+        assert (wfs["done"].state.value, wfs["done"].result, wfs["done"].outcomes) == ("completed", [1, 2],
+                                                                                      [(0, "svc", {"id": 7})])
+        assert wfs["late"].state.value == "failed" and wfs["late"].error["type"] == "x.DeadlineExceeded"
+        assert (wfs["undone"].state.value, wfs["undone"].compensations) == ("compensated", [(0, "svc", "c0")])
+        assert (j.table.mode, j.table.held) == ("suspended_slow", True)
+        assert await j.append([submitted("done")]) != [None]  # still known: answered, not journaled
+    finally:
+        j.close()

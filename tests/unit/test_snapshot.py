@@ -12,6 +12,7 @@ import pytest
 from actors.inprocess import LocalCoordinator
 from actors.journal import Journal, codec, open_backend
 from actors.options import Options
+from actors.records import Record, from_wire
 from workflows.errors import JournalCorrupt, UnknownWorkflow
 from workflows.testing import Echo, Flaky
 
@@ -24,16 +25,16 @@ class Clock:
         return self.now
 
 
-def sub(w: str) -> dict[str, Any]:
-    return {"k": "submitted", "w": w, "type": "workflows.testing:Echo", "fields": {"value": w}, "t": 1.0}
+def sub(w: str) -> Record:
+    return from_wire({"k": "submitted", "w": w, "type": "workflows.testing:Echo", "fields": {"value": w}, "t": 1.0})
 
 
-def out(w: str, step: int) -> dict[str, Any]:
-    return {"k": "outcome", "w": w, "step": step, "service": "svc", "value": f"{w}-{step}"}
+def out(w: str, step: int) -> Record:
+    return from_wire({"k": "outcome", "w": w, "step": step, "service": "svc", "value": f"{w}-{step}"})
 
 
-def done(w: str, t: float) -> dict[str, Any]:
-    return {"k": "completed", "w": w, "result": w, "t": t}
+def done(w: str, t: float) -> Record:
+    return from_wire({"k": "completed", "w": w, "result": w, "t": t})
 
 
 def journal(uri: str, clock: Clock, **kw: Any) -> Journal:

@@ -9,15 +9,15 @@ are answered with the journal's end, so what it reports is what is durable.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
-from actors.inprocess import LocalCoordinator
+from actors.inprocess import LocalCoordinator, LocalJournal
 from actors.journal import MemoryBackend
-from actors.journal.index import Ended
 from actors.options import Options
+from actors.records import Completed, Dispatch, Ended, Kind, Record, Report, Started, Step, Submitted
 from actors.runner import Runner
 from workflows.command import Command
 from workflows.context import Context
@@ -58,15 +58,15 @@ class CollectsThenFails(Command):
         await ctx.step("undo", lambda: f"undone-by-{ctx.attempt}")
 
 
-def lose_reports(c: LocalCoordinator, times: int) -> list[dict[str, Any]]:
+def lose_reports(c: LocalCoordinator, times: int) -> list[Report]:
     """The next ``times`` attempts run to their end, then their actor dies before reporting."""
-    dropped: list[dict[str, Any]] = []
+    dropped: list[Report] = []
     run = c.pool.run
 
-    async def drop(report: dict[str, Any]) -> None:
+    async def drop(report: Report) -> None:
         dropped.append(report)
 
-    async def run_then_die(worker: int, items: list[dict[str, Any]]) -> None:
+    async def run_then_die(worker: int, items: list[Dispatch]) -> None:
         if len(dropped) >= times:
             await run(worker, items)
             return
@@ -104,7 +104,7 @@ async def test_an_attempt_lost_after_its_end_is_durable_is_finished_from_the_jou
         end = records(c, wid)[-1]
         status = await c.core.status(wid)
         assert status["state"] == end["k"] and status["attempts"] == 1
-        assert not c.core.running and c.core.free == [c.options.slots_per_actor]
+        assert not c.core.dispatcher.running and c.core.dispatcher.free == [c.options.slots_per_actor]
         assert c.core.admission.admitted == 0
     finally:
         await c.close()
@@ -121,10 +121,10 @@ async def test_a_failed_started_append_after_a_durable_end_answers_the_journal_r
     c = LocalCoordinator(opts(command_actors=1))
     runner = c.pool.runners[0]
     append = runner._append
-    failed: list[dict[str, Any]] = []
+    failed: list[Record] = []
 
-    async def started_fails_once(recs: list[dict[str, Any]]) -> list[Any]:
-        if not failed and recs[0]["k"] == "started":
+    async def started_fails_once(recs: list[Record]) -> list[Any]:
+        if not failed and isinstance(recs[0], Started):
             failed.append(recs[0])
             raise JournalUnavailable("the journal leader did not answer")
         return await append(recs)
@@ -147,18 +147,17 @@ async def test_a_stale_attempt_reports_the_journal_end_and_journals_nothing() ->
         wid = await c.core.submit(Collects())
         result = await c.core.result(wid, 5)
         before = c.journal.next_seq
-        reports: list[dict[str, Any]] = []
+        reports: list[Report] = []
 
-        async def report(rep: dict[str, Any]) -> None:
+        async def report(rep: Report) -> None:
             reports.append(rep)
 
-        stale = Runner(c.pool.runners[0]._append, report, None, c.options.max_payload_bytes)
+        port = LocalJournal(c.journal)
+        stale = Runner(c.pool.runners[0]._append, port.live_steps, report, None, c.options.max_payload_bytes)
         wf = c.core.table.workflows[wid]
-        item = {"w": wid, "type": wf.type, "fields": wf.fields, "attempt": 2, "inc": "old", "outcomes": [],
-                "compensations": [], "error": None}
-        await stale.run([item])
+        await stale.run([Dispatch(wid, wf.type, wf.fields, 2, "old")])
         assert len(reports) == 1
-        assert reports[0]["kind"] == "completed" and reports[0]["result"] == result
+        assert reports[0].end is Kind.COMPLETED and reports[0].result == result
         assert c.journal.next_seq == before
     finally:
         await c.close()
@@ -169,16 +168,16 @@ async def test_the_journal_answers_records_of_an_ended_workflow_with_its_end() -
     await c.start()
     try:
         j = c.journal
-        await j.append([{"k": "submitted", "w": "a", "type": "T", "fields": {}, "t": 1.0}])
-        step = {"k": "outcome", "w": "a", "step": 0, "service": "svc", "value": None}
-        assert await j.append([dict(step), dict(step, value="second")]) == [None, None]  # §4.2: the held value
-        end = {"k": "completed", "w": "a", "result": {"r": 1}, "t": 2.0}
-        answers = await j.append([dict(end), dict(end, result=2), dict(step, step=1, value="late")])
+        await j.append([Submitted("a", "T", {}, 1.0)])
+        step = Step("a", 0, "svc", None)
+        assert await j.append([step, replace(step, value="second")]) == [None, None]  # §4.2: the held value
+        end = Completed("a", {"r": 1}, 2.0)
+        answers = await j.append([end, replace(end, result=2), replace(step, step=1, value="late")])
         assert answers[0] is None
-        assert answers[1] == answers[2] == Ended(k="completed", result={"r": 1}, error=None)
+        assert answers[1] == answers[2] == Ended(Kind.COMPLETED, result={"r": 1}, error=None)
         assert isinstance(answers[2], Ended)
-        assert await j.append([{"k": "started", "w": "a", "attempt": 3, "t": 3.0}]) == [answers[1]]
-        assert await j.append([dict(step, w="unknown")]) == [Ended(k=None, result=None, error=None)]
+        assert await j.append([Started("a", 3, 3.0)]) == [answers[1]]
+        assert await j.append([replace(step, workflow_id="unknown")]) == [Ended(None, result=None, error=None)]
         assert [r["k"] for r in j.read() if r.get("w") == "a"] == ["submitted", "outcome", "completed"]
         assert j.live_steps(["a", "unknown"]) == {"a": answers[1]}
     finally:

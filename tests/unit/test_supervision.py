@@ -5,8 +5,6 @@ timed-out waits leave nothing behind."""
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -16,25 +14,11 @@ import pytest
 from actors.inprocess import LocalCoordinator, LocalJournal
 from actors.journal import MemoryBackend
 from actors.options import Options
+from tests.unit.local import FAST, opts
 from workflows.command import Command
 from workflows.context import Context
 from workflows.errors import CommandFailed, Delayed, JournalUnavailable
 from workflows.testing import Echo, Flaky, Impatient
-
-FAST: dict[str, Any] = {"slow_retry_interval_s": 0.05, "fast_retry_interval_s": 0.0, "jitter_s": 0.01,
-                        "gateway": None}
-
-
-def opts(**kw: Any) -> Options:
-    return Options(storage=f"mem://{uuid.uuid4().hex}", **{**FAST, **kw})
-
-
-@pytest.fixture
-async def coord() -> AsyncIterator[LocalCoordinator]:
-    c = LocalCoordinator(opts())
-    await c.start()
-    yield c
-    await c.close()
 
 
 async def until(cond: Any, timeout_s: float = 5.0) -> None:
@@ -83,7 +67,7 @@ class BookThenFail(Command):
 async def test_a_deadline_failure_leaves_the_backlog_and_intake_reopens(coord: LocalCoordinator) -> None:
     with pytest.raises(CommandFailed, match="deadline_s"):
         await coord.core.result(await coord.core.submit(Impatient()), 5)
-    assert not coord.core.retrying
+    assert not coord.core.parking.retrying
     blocked = await coord.core.submit(Flaky(failures=1, kind="blocked"))
     await coord.core.result(blocked, 5)
     await until(lambda: coord.core.mode.value == "normal")
@@ -97,7 +81,7 @@ async def test_a_deadline_failure_while_suspended_drains_the_backlog(coord: Loca
         await coord.core.result(late, 5)
     await coord.core.result(blocked, 5)
     await until(lambda: coord.core.mode.value == "normal")
-    assert not coord.core.retrying and coord.core.stats()["in_flight"] == 0
+    assert not coord.core.parking.retrying and coord.core.stats()["in_flight"] == 0
 
 
 async def test_a_deadline_failure_compensates_what_was_done(coord: LocalCoordinator) -> None:
@@ -107,17 +91,18 @@ async def test_a_deadline_failure_compensates_what_was_done(coord: LocalCoordina
     assert info.value.error_type.endswith("DeadlineExceeded")
     assert (await coord.core.status(wid))["state"] == "compensated"
     records = [r for r in coord.journal.read() if r.get("w") == wid]
-    compensating = [r for r in records if r["k"] == "compensating"]
-    assert len(compensating) == 1 and compensating[0]["error"]["type"].endswith("DeadlineExceeded")
+    expired = [r for r in records if r["k"] == "expired"]  # the supervisor's; the runner compensates
+    assert len(expired) == 1 and expired[0]["error"]["type"].endswith("DeadlineExceeded")
+    assert not any(r["k"] == "compensating" for r in records)
     assert [r["value"] for r in records if r["k"] == "compensation"] == ["cancelled-booked-t-9"]
-    assert records[-1]["k"] == "compensated" and not coord.core.retrying
+    assert records[-1]["k"] == "compensated" and not coord.core.parking.retrying
 
 
 async def test_an_expired_workflow_compensates_after_a_restart(tmp_path: Path) -> None:
     c = LocalCoordinator(Options(storage=str(tmp_path), **FAST))
     await c.start()
     wid = await c.core.submit(BookThenStall("t-r"))
-    await until(lambda: any(r["k"] == "compensating" for r in c.journal.read()))
+    await until(lambda: any(r["k"] == "expired" for r in c.journal.read()))
     await c.close()
     c = LocalCoordinator(Options(storage=str(tmp_path), **FAST))
     await c.start()
@@ -140,7 +125,7 @@ async def test_any_dispatch_error_requeues_the_attempts(coord: LocalCoordinator)
     coord.pool.fail(0, asyncio.CancelledError())
     ids = await coord.core.submit_many([Echo(i) for i in range(4)])
     assert [await coord.core.result(w, 5) for w in ids] == [0, 1, 2, 3]
-    assert not coord.core.running and coord.core.free == [1, 1]
+    assert not coord.core.dispatcher.running and coord.core.dispatcher.free == [1, 1]
 
 
 class FlakyLiveSteps(LocalJournal):
@@ -160,13 +145,13 @@ class FlakyLiveSteps(LocalJournal):
 async def test_a_failing_live_steps_during_requeue_is_asked_again() -> None:
     c = LocalCoordinator(opts(slow_retry_interval_s=0.01))
     port = FlakyLiveSteps(LocalJournal(c.journal), failures=2)
-    c.core.journal = port
+    c.core.dispatcher.journal = port  # the requeue asks through it
     await c.start()
     try:
         c.pool.lost.update({0, 1})
         wid = await c.core.submit(Echo("again"))
         assert await c.core.result(wid, 5) == "again"
-        assert port.failures == 0 and not c.core.running and c.core.free == [1, 1]
+        assert port.failures == 0 and not c.core.dispatcher.running and c.core.dispatcher.free == [1, 1]
     finally:
         await c.close()
 
@@ -203,14 +188,14 @@ async def test_timed_out_results_leave_no_waiter(coord: LocalCoordinator) -> Non
     for _ in range(5):
         with pytest.raises(TimeoutError):
             await coord.core.result(wid, 0.01)
-    assert coord.core.waiters == {}
+    assert coord.core.queries.waiters == {}
     waiting = asyncio.ensure_future(coord.core.result(wid))
     await asyncio.sleep(0.01)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert await coord.core.wait([wid], 0.01) == {}
-    assert coord.core.waiters == {}
+    assert coord.core.queries.waiters == {}
 
 
 # --- errors too big to journal whole ---------------------------------------------------------
@@ -228,3 +213,31 @@ async def test_an_error_too_big_to_journal_is_cut_and_the_command_fails(coord: L
     with pytest.raises(CommandFailed, match="characters cut") as info:
         await coord.core.result(await coord.core.submit(FailsLoudly()), 10)
     assert len(info.value.message) < 70 << 10
+
+
+# --- the operator's mode is journaled before it takes effect ----------------------------------
+
+
+async def test_an_operator_resume_that_cannot_be_journaled_changes_nothing() -> None:
+    c = LocalCoordinator(opts())
+    await c.start()
+    await c.core.suspend()
+    append = c.journal.append
+
+    async def down(records: list[Any]) -> list[Any]:
+        raise JournalUnavailable("the journal leader did not answer")
+
+    c.journal.append = down  # type: ignore[method-assign]
+    with pytest.raises(JournalUnavailable):
+        await c.core.resume()
+    assert (c.core.mode.value, c.core.held) == ("suspended_slow", True)  # as the journal holds it
+    c.journal.append = append  # type: ignore[method-assign]
+    await c.close()
+    again = LocalCoordinator(c.options)
+    await again.start()
+    try:
+        assert (again.core.mode.value, again.core.held) == ("suspended_slow", True)
+        await again.core.resume()
+        assert (again.core.mode.value, again.core.held) == ("normal", False)
+    finally:
+        await again.close()

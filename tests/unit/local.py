@@ -1,0 +1,16 @@
+"""Options and a coordinator for unit tests: the whole coordinator in this process, on `mem://`."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from actors.options import Options
+
+FAST: dict[str, Any] = {"slow_retry_interval_s": 0.05, "fast_retry_interval_s": 0.0, "jitter_s": 0.01, "gateway": None}
+"""Short retries, so tests wait milliseconds, not the defaults' tenths of seconds."""
+
+
+def opts(**kw: Any) -> Options:
+    """`FAST` options on a fresh in-memory store, with ``kw`` on top."""
+    return Options(storage=f"mem://{uuid.uuid4().hex}", **{**FAST, **kw})
