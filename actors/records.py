@@ -29,6 +29,7 @@ held, so older journals read back into these classes.
 from __future__ import annotations
 
 import enum
+import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -249,13 +250,6 @@ def from_wire(d: dict[str, Any]) -> Record:
     return record
 
 
-def _ending(d: dict[str, Any]) -> Ending:
-    k, w, t = d["k"], d["w"], d.get("t", 0.0)
-    if k == "completed":
-        return Completed(w, d.get("result"), t)
-    return (Failed if k == "failed" else Compensated)(w, d.get("error") or {}, t)
-
-
 _READERS: dict[str, Any] = {
     "epoch": lambda d: Epoch(d["epoch"], d.get("owner", "")),
     "submitted": lambda d: Submitted(d["w"], d["type"], d["fields"], d["t"]),
@@ -268,18 +262,11 @@ _READERS: dict[str, Any] = {
     "blocked": lambda d: Parked(d["w"], True, d.get("attempt", 0), d.get("next_retry_at") or 0.0,
                                 d.get("t", 0.0), d.get("reason", "")),
     "expired": lambda d: Expired(d["w"], d["error"], d["t"]),
-    "completed": _ending,
-    "failed": _ending,
-    "compensated": _ending,
+    "completed": lambda d: Completed(d["w"], d.get("result"), d.get("t", 0.0)),
+    "failed": lambda d: Failed(d["w"], d.get("error") or {}, d.get("t", 0.0)),
+    "compensated": lambda d: Compensated(d["w"], d.get("error") or {}, d.get("t", 0.0)),
     "mode": lambda d: ModeChanged(d["mode"], bool(d.get("held", False)), d.get("t", 0.0)),
 }
-
-
-def ending(kind: Kind, workflow_id: str, t: float, result: Any = None, error: Error | None = None) -> Ending:
-    """The terminal record of ``kind`` (one of `TERMINAL`)."""
-    if kind is Kind.COMPLETED:
-        return Completed(workflow_id, result, t)
-    return (Failed if kind is Kind.FAILED else Compensated)(workflow_id, error or {}, t)
 
 
 # --- messages between actors ---------------------------------------------------------
@@ -340,3 +327,21 @@ class Known:
 
 Steps = tuple[list[Outcome], list[Outcome]]
 """A live workflow's journaled outcomes and compensations."""
+
+
+def _pickled_as_call(cls: type) -> None:
+    """Pickle ``cls`` as a call of it on its field values. Records and messages cross
+    every Ray call; this is about three times faster than a slotted dataclass's default."""
+    names: tuple[str, ...] = getattr(cls, "__slots__")  # noqa: B009  # mypy knows no __slots__ on a type
+    get = operator.attrgetter(*names)
+
+    def reduce(self: Any) -> tuple[type, tuple[Any, ...]]:
+        values = get(self)
+        return cls, values if len(names) > 1 else (values,)
+
+    cls.__reduce__ = reduce  # type: ignore[method-assign,assignment]
+
+
+for _cls in (Epoch, Submitted, Started, Step, Compensating, Parked, Expired, Completed, Failed, Compensated,
+             ModeChanged, Dispatch, Report, Ended, Known):
+    _pickled_as_call(_cls)
