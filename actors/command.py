@@ -26,7 +26,7 @@ from actors.tuning import hot, tune_gc
 class CommandActor:
     def __init__(self, options: Options, log: Any, supervisor: Any, index: int) -> None:
         node = ray.get_runtime_context().get_node_id()
-        logs.configure(options.log_level, component="command", actor=str(index), node_id=node[:12])
+        logs.configure(options.log_level, options.log_format, component="command", actor=str(index), node_id=node[:12])
         tune_gc()
         self._log = log
         self._supervisor = supervisor

@@ -69,7 +69,7 @@ class _RayFollower:
 class LogActor:
     async def __init__(self, options: Options, replica: int = 0,  # type: ignore[misc]  # Ray awaits it
                        followers: list[Any] | None = None) -> None:
-        logs.configure(options.log_level, component="log", replica=str(replica))
+        logs.configure(options.log_level, options.log_format, component="log", replica=str(replica))
         tune_gc()
         self._fault: JournalError | None = None
         # The owner names this Ray cluster too: a restarted replica re-takes its own lock,

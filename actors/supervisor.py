@@ -99,7 +99,7 @@ class RayPool:
 
 class SupervisorActor:
     async def __init__(self, options: Options) -> None:  # type: ignore[misc]  # Ray awaits it
-        logs.configure(options.log_level, component="supervisor")
+        logs.configure(options.log_level, options.log_format, component="supervisor")
         tune_gc()
         self.options = options
         self._fault: Exception | None = None
