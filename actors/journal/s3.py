@@ -42,36 +42,28 @@ clocks, which must agree to well within the lease.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import tempfile
-import threading
-import time
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import boto3
-import structlog
 from botocore.config import Config
-from botocore.exceptions import ClientError, ResponseStreamingError
 
 from actors.journal.backends import ActiveSegment, Backend, GuardedSegment, SegmentRef, parse_names
 from actors.journal.files import FileBackend
-from workflows.errors import Fenced
-
-log = structlog.get_logger("journal.s3")
+from actors.journal.s3lease import S3Lease
 
 LEASE_S = 30.0
 # Share of the lease each lease request may spend connecting, and again reading.
 REQUEST_SHARE = 0.1
-LEASE_READ_ATTEMPTS = 5
 
 
 class S3Backend(Backend):
     """Active segments on local disk, sealed ones and snapshots in S3, fenced by a lease.
 
     ``lease_s`` given here wins over ``?lease_s=`` in the URI, which wins over `LEASE_S`.
-    ``renewals`` and ``renewal_failures`` count the renewal thread's attempts.
+    ``renewals`` and ``renewal_failures`` count the renewal thread's attempts (`S3Lease`).
     """
 
     def __init__(self, uri: str, lease_s: float | None = None) -> None:
@@ -101,188 +93,45 @@ class S3Backend(Backend):
         digest = hashlib.sha1(f"{self.bucket}/{self.prefix}".encode()).hexdigest()[:16]
         wal = query.get("wal", [os.path.join(tempfile.gettempdir(), "coordinator-wal", digest)])[0]
         self.local = FileBackend(wal)
-        self.renewals = 0
-        self.renewal_failures = 0
-        # Shared with the renewal thread, under ``_guard``.
-        self._guard = threading.Lock()
-        self._owner: str | None = None
-        self._valid_until = 0.0  # monotonic
-        self._lost: str | None = None
-        self._last_error = ""
-        self._stop: threading.Event | None = None
-        self._renewer: threading.Thread | None = None
+        self.lease = S3Lease(self.client, self._lease_client, self.bucket, self._key("LOCK"), uri, lease_s,
+                             self._request_s)
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
 
     # --- the lease ------------------------------------------------------------------------
 
-    def _read_lease(self) -> dict[str, Any] | None:
-        """The lease object, or None if there is none. A read that races the holder's
-        write of it (rclone: a 500, a short or half-written body) is tried again a few
-        times within ~0.3 s; an unreachable store raises at the first attempt."""
-        for attempt in range(LEASE_READ_ATTEMPTS):
-            if attempt:
-                time.sleep(0.01 * 2**attempt)
-            try:
-                body = self._lease_client.get_object(Bucket=self.bucket, Key=self._key("LOCK"))["Body"].read()
-                lease: dict[str, Any] = json.loads(body)
-                return lease
-            except ClientError as exc:
-                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-                if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    return None
-                if status < 500 or attempt == LEASE_READ_ATTEMPTS - 1:
-                    raise
-            except (ResponseStreamingError, ValueError):
-                if attempt == LEASE_READ_ATTEMPTS - 1:
-                    raise
-        raise AssertionError("unreachable")
+    # --- the lease ------------------------------------------------------------------------
 
-    def _write_lease(self, client: Any, owner: str) -> float:
-        """Write ``owner``'s lease; return the monotonic time it is valid until."""
-        sent = time.monotonic()
-        body = json.dumps({"owner": owner, "expires": time.time() + self.lease_s}).encode()
-        client.put_object(Bucket=self.bucket, Key=self._key("LOCK"), Body=body)
-        return sent + self.lease_s
+    @property
+    def renewals(self) -> int:
+        return self.lease.renewals
+
+    @property
+    def renewal_failures(self) -> int:
+        return self.lease.renewal_failures
 
     def lock(self, owner: str) -> None:
         """Take the storage for ``owner`` (see the module docstring) and start renewing."""
-        self.stop_renewing()
         self.local.lock(owner)
         try:
-            lease = self._read_lease()
-            if lease is not None and lease["owner"] != owner and lease["expires"] > time.time():
-                raise Fenced(f"storage {self.uri} is held by another coordinator: {lease['owner']}")
-            valid_until = self._write_lease(self.client, owner)
-            lease = self._read_lease()
-            if lease is None or lease["owner"] != owner:
-                raise Fenced(f"storage {self.uri} was taken by another coordinator at the same time")
+            self.lease.acquire(owner)
         except BaseException:
             self.local.unlock()
             raise
-        with self._guard:
-            self._owner, self._valid_until, self._lost, self._last_error = owner, valid_until, None, ""
-        self._stop = threading.Event()
-        self._renewer = threading.Thread(target=self._renew_loop, args=(self._stop,), daemon=True,
-                                         name=f"s3-lease-{self.bucket}/{self.prefix}")
-        self._renewer.start()
 
     def renew(self) -> None:
-        """Extend the lease by ``lease_s``; `Fenced` if it is lost: another owner holds
-        it, or it runs out before a renewal could land. Store errors propagate."""
-        self._check()
-        with self._guard:
-            owner = self._owner
-        assert owner is not None  # _check raised otherwise
-        self._check_time_to_renew()
-        lease = self._read_lease()
-        if lease is not None and lease["owner"] != owner:
-            raise Fenced(f"storage {self.uri} was taken over by {lease['owner']}")
-        self._check_time_to_renew()
-        valid_until = self._write_lease(self._lease_client, owner)
-        lease = self._read_lease()
-        if lease is None or lease["owner"] != owner:
-            taker = lease["owner"] if lease is not None else "nobody (the lease object is gone)"
-            raise Fenced(f"storage {self.uri} was taken over by {taker}")
-        with self._guard:
-            self._valid_until = max(self._valid_until, valid_until)
-
-    def _check_time_to_renew(self) -> None:
-        """`Fenced` once a lease write could still be in flight when the lease ends: it
-        might land after another owner took the storage and overwrite its lease."""
-        with self._guard:
-            if time.monotonic() + 2 * self._request_s >= self._valid_until:
-                raise Fenced(self._expired_reason())
-
-    def _renew_loop(self, stop: threading.Event) -> None:
-        """Renew every ``lease_s / 3`` until ``stop``; on failure retry sooner, backing
-        off, while the lease lasts; a lost lease ends the loop."""
-        interval = self.lease_s / 3
-        # Retries back off from a fiftieth to a tenth of the lease: several attempts fit
-        # in what is left of it, so a store back shortly before the end is caught.
-        first_backoff, max_backoff = self.lease_s / 50, self.lease_s / 10
-        delay, backoff = interval, first_backoff
-        while not stop.wait(delay):
-            try:
-                self.renew()
-            except Fenced as exc:
-                if not stop.is_set():  # after unlock the lease is no longer this loop's to lose
-                    self._lose(str(exc))
-                return
-            except Exception as exc:  # the one catch-all: any failed renewal is retried while the lease lasts
-                self.renewal_failures += 1
-                with self._guard:
-                    self._last_error = repr(exc)
-                    left = self._valid_until - time.monotonic()
-                log.warning("lease_renewal_failed", storage=self.uri, error=repr(exc), lease_left_s=round(left, 3))
-                # Wake at the latest when a renewal can no longer be sent, to mark the
-                # lease lost then rather than at the writer's next append.
-                delay = max(0.0, min(backoff, left - 2 * self._request_s))
-                backoff = min(backoff * 2, max_backoff)
-                continue
-            self.renewals += 1
-            delay, backoff = interval, first_backoff
+        """Extend the lease now; `Fenced` if it is lost."""
+        self.lease.renew()
 
     def stop_renewing(self) -> None:
-        """Stop the renewal thread and keep the lease until it runs out, as a process
-        that hangs would; then `Fenced` at the next write. A fault-injection point."""
-        if self._stop is not None:
-            self._stop.set()
-        if self._renewer is not None:
-            # A renewal in flight ends within its request timeouts.
-            self._renewer.join(timeout=self.lease_s)
-            self._renewer = None
-
-    def _expired_reason(self) -> str:
-        cause = self._last_error or "no renewal ran"
-        return f"lease on {self.uri} expired: not renewed within {self.lease_s:g} s (last error: {cause})"
-
-    def _lose(self, reason: str) -> None:
-        with self._guard:
-            if self._lost is not None:
-                return
-            self._lost = reason
-        log.error("lease_lost", storage=self.uri, reason=reason)
-
-    def _check(self) -> None:
-        """`Fenced` unless this backend holds an unexpired lease it has not lost."""
-        with self._guard:
-            if self._owner is None:
-                reason: str | None = f"storage {self.uri} is not locked by this coordinator"
-            else:
-                if self._lost is None and time.monotonic() >= self._valid_until:
-                    self._lost = self._expired_reason()
-                reason = self._lost
-        if reason is not None:
-            raise Fenced(reason)
-
-    def _verify(self) -> None:
-        """`_check`, then re-read the lease: it must name this owner and be unexpired."""
-        self._check()
-        lease = self._read_lease()
-        with self._guard:
-            owner = self._owner
-        if lease is None or lease["owner"] != owner:
-            taker = lease["owner"] if lease is not None else "nobody (the lease object is gone)"
-            self._lose(f"storage {self.uri} was taken over by {taker}")
-        elif lease["expires"] <= time.time():
-            self._lose(f"lease on {self.uri} expired at {lease['expires']:.3f} (wall clock)")
-        self._check()
+        """Stop renewing and keep the lease until it runs out, as a process that hangs
+        would; then `Fenced` at the next write. A fault-injection point."""
+        self.lease.stop_renewing()
 
     def unlock(self) -> None:
-        """Stop renewing and delete the lease if it still names this owner. The store
-        being unreachable is logged, not raised: the lease then runs out by itself."""
-        self.stop_renewing()
-        with self._guard:
-            owner, self._owner, self._lost = self._owner, None, None
         try:
-            if owner is not None:
-                lease = self._read_lease()
-                if lease is not None and lease["owner"] == owner:
-                    self._lease_client.delete_object(Bucket=self.bucket, Key=self._key("LOCK"))
-        except Exception as exc:  # releasing is a courtesy; the lease expires anyway
-            log.warning("lease_release_failed", storage=self.uri, error=repr(exc))
+            self.lease.release()
         finally:
             self.local.unlock()
 
@@ -307,30 +156,30 @@ class S3Backend(Backend):
         return body
 
     def truncate(self, ref: SegmentRef, size: int) -> None:
-        self._check()
+        self.lease.check()
         self.local.truncate(ref, size)
 
     def open_active(self, first_seq: int) -> ActiveSegment:
-        return GuardedSegment(self.local.open_active(first_seq), self._check)
+        return GuardedSegment(self.local.open_active(first_seq), self.lease.check)
 
     def seal(self, first_seq: int) -> None:
         ref = SegmentRef(first_seq, False)
         data = self.local.read(ref)
         sealed = SegmentRef(first_seq, True)
-        self._verify()
+        self.lease.verify()
         self.client.put_object(Bucket=self.bucket, Key=self._key(f"segments/{sealed.name}"), Body=data)
         self.local.delete(ref)
 
     def delete(self, ref: SegmentRef) -> None:
         if ref.sealed:
-            self._verify()
+            self.lease.verify()
             self.client.delete_object(Bucket=self.bucket, Key=self._key(f"segments/{ref.name}"))
         else:
-            self._check()
+            self.lease.check()
             self.local.delete(ref)
 
     def put_snapshot(self, name: str, data: bytes) -> None:
-        self._verify()
+        self.lease.verify()
         self.client.put_object(Bucket=self.bucket, Key=self._key(f"snapshots/{name}"), Body=data)
 
     def get_snapshot(self, name: str) -> bytes:
@@ -345,7 +194,7 @@ class S3Backend(Backend):
         return sorted(n for n in names if n.endswith(".snap"))
 
     def delete_snapshot(self, name: str) -> None:
-        self._verify()
+        self.lease.verify()
         self.client.delete_object(Bucket=self.bucket, Key=self._key(f"snapshots/{name}"))
 
     def describe(self, ref: SegmentRef) -> str:
