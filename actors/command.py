@@ -10,11 +10,13 @@ runs nothing.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
 import ray
 
 from actors import logs
+from actors import metrics as m
 from actors.batching import Batcher
 from actors.log import append_within
 from actors.options import Options
@@ -40,7 +42,10 @@ class CommandActor:
             gateway = build_gateway(options)
         except ValueError as exc:  # answered by `ready`: the supervisor's start-up fails with it
             self._fault, gateway = str(exc), None
-        self.runner = Runner(self._journal.submit, self._live_steps, self._report, gateway, options.max_payload_bytes)
+        self.metrics = m.for_options(options.namespace, options.metrics)
+        self._metrics_task: asyncio.Task[None] | None = None  # started by the first `run`, on the actor's loop
+        self.runner = Runner(self._journal.submit, self._live_steps, self._report, gateway, options.max_payload_bytes,
+                             metrics=self.metrics)
 
     def ready(self) -> str | None:
         """None once this actor can run workflows; else why not (a gateway that cannot be built)."""
@@ -76,6 +81,8 @@ class CommandActor:
             raise ValueError(self._fault)
         if items and items[0].incarnation != self._incarnation:
             await self.reset(items[0].incarnation)
+        if self._metrics_task is None and self.metrics.enabled:
+            self._metrics_task = self.metrics.start()
         await self.runner.run(items)
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any, cast
 
 import ray
 from ray.exceptions import RayActorError
 
 from actors import logs
+from actors import metrics as m
 from actors.journal import Journal, open_backend
 from actors.journal.replica import Replica, Replicator, replica_backend
 from actors.options import Options
@@ -50,11 +52,14 @@ async def _await(ref: Any) -> Any:
 class _RayFollower:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
+        self.end_seen = 0
+        """The end of the follower's log it last answered with (for the replica lag metric)."""
 
     @hot
     async def accept(self, epoch: int, epoch_seq: int, first_seq: int, data: bytes, count: int,
                      sealed_upto: int) -> int:
         end: int = await self.handle.accept.remote(epoch, epoch_seq, first_seq, data, count, sealed_upto)
+        self.end_seen = end
         return end
 
     async def read(self, from_seq: int) -> tuple[int, bytes]:
@@ -77,6 +82,9 @@ class LogActor:
         owner = f"{ray.get_runtime_context().gcs_address}/{options.namespace}/log-{replica}"
         self.journal: Journal | None = None
         self.replica: Replica | None = None
+        self.metrics = m.for_options(options.namespace, options.metrics and replica == 0)
+        self._followers = [_RayFollower(f) for f in followers or []]
+        self._written = (0, 0)
         try:
             if replica == 0:
                 self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
@@ -85,7 +93,7 @@ class LogActor:
                                        seal_idle_s=options.seal_idle_s)
                 if followers:
                     await self.journal.open_replicated(
-                        Replicator([_RayFollower(f) for f in followers], timeout_s=options.replica_timeout_s))
+                        Replicator(list(self._followers), timeout_s=options.replica_timeout_s))
                 else:
                     self.journal.open()
             else:
@@ -94,6 +102,24 @@ class LogActor:
                 self.replica.open()
         except JournalError as exc:  # Fenced, JournalCorrupt, JournalUnavailable: raised to every caller
             self._fault = exc
+        if self.journal is not None:
+            self.metrics.source(self._sample)
+            self._metrics_task = self.metrics.start()
+
+    def _sample(self, metrics: m.Metrics) -> None:
+        """The journal's counters and the replicas' lag, read at each metrics flush (the
+        write thread only counts): fsyncs, records, and their mean per fsync over the interval."""
+        log_ = cast(Journal, self.journal).log
+        writes, records = log_.writes, log_.records_written
+        fsyncs, written = writes - self._written[0], records - self._written[1]
+        self._written = (writes, records)
+        metrics.count(m.FSYNCS, fsyncs)
+        metrics.count(m.JOURNAL_RECORDS, written)
+        if fsyncs:
+            metrics.observe(m.BATCH_RECORDS, written / fsyncs)
+        durable_end = log_.segments[-1].last_seq + 1 if log_.segments else 0
+        for i, follower in enumerate(self._followers, start=1):
+            metrics.gauge(m.REPLICA_LAG, max(0, durable_end - follower.end_seen), str(i))
 
     def _leader(self) -> Journal:
         if self._fault is not None:
@@ -119,7 +145,10 @@ class LogActor:
 
     @hot
     async def append(self, records: list[Record]) -> list[Any]:
-        return await self._leader().append(records)
+        start = time.perf_counter()
+        answers = await self._leader().append(records)
+        self.metrics.observe(m.APPEND_LATENCY, time.perf_counter() - start)
+        return answers
 
     async def read(self, from_seq: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
         return self._leader().read(from_seq, limit)

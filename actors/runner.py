@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 import structlog
 
+from actors.metrics import STEP_LATENCY, Metrics
 from actors.options import Options
 from actors.records import (
     Compensated,
@@ -132,8 +133,12 @@ class Runner:
     steps of attempts that are not first ones, ``report`` tells the supervisor."""
 
     def __init__(self, append: Append, live_steps: LiveSteps, report: Callable[[Report], Awaitable[Any]],
-                 gateway: Any, max_payload_bytes: int, clock: Callable[[], float] = time.time) -> None:
+                 gateway: Any, max_payload_bytes: int, clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
         self._append = append
+        self._metrics = metrics or Metrics.off()
+        self._step_since: dict[str, tuple[str, float]] = {}
+        """Per running workflow: its type, and when its current step began (the last one's end)."""
         self._live_steps = live_steps
         self._report = report
         self._gateway = gateway
@@ -144,7 +149,13 @@ class Runner:
     # Recorder protocol, for Context
     async def record(self, workflow_id: str, kind: str, step: int, service: str, value: Any) -> Any:
         self._check_payload(value, f"{kind} {step} of {workflow_id}")
-        return await self._journal(Step(workflow_id, step, service, value, compensation=kind == "compensation"))
+        answer = await self._journal(Step(workflow_id, step, service, value, compensation=kind == "compensation"))
+        since = self._step_since.get(workflow_id)
+        if since is not None:
+            now = time.perf_counter()
+            self._metrics.observe(STEP_LATENCY, now - since[1], since[0])
+            self._step_since[workflow_id] = (since[0], now)
+        return answer
 
     async def _journal(self, record: Record) -> Any:
         """Append one record; its answer, or `StaleAttempt` if the journal holds the workflow as ended."""
@@ -176,17 +187,21 @@ class Runner:
             entry = steps.get(item.workflow_id, ([], []))
             task = asyncio.get_running_loop().create_task(self._attempt(item, entry))
             self._tasks[item.workflow_id] = task
+            if self._metrics.enabled:
+                self._step_since[item.workflow_id] = (item.type, time.perf_counter())
             tasks.append(task)
         await asyncio.gather(*tasks, return_exceptions=True)
         for item in items:
             if self._tasks.get(item.workflow_id) in tasks:
                 del self._tasks[item.workflow_id]
+                self._step_since.pop(item.workflow_id, None)
 
     def cancel_all(self) -> int:
         for task in self._tasks.values():
             task.cancel()
         n = len(self._tasks)
         self._tasks.clear()
+        self._step_since.clear()
         return n
 
     async def _attempt(self, item: Dispatch, entry: Steps | Ended) -> None:

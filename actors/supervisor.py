@@ -18,6 +18,7 @@ import ray
 from ray.exceptions import RayActorError
 
 from actors import logs
+from actors import metrics as m
 from actors.batching import Batcher
 from actors.command import RemoteCommandActor
 from actors.log import append_within
@@ -120,8 +121,11 @@ class SupervisorActor:
         if fault is not None:  # a bad gateway option: `cluster.start` raises it and stops everything
             self._fault = ValueError(fault)
             return
-        self.core = SupervisorCore(options, RayJournal(self.log, options.append_timeout_s), RayPool(pool))
+        self.metrics = m.for_options(options.namespace, options.metrics)
+        self.core = SupervisorCore(options, RayJournal(self.log, options.append_timeout_s), RayPool(pool),
+                                   metrics=self.metrics)
         await self.core.start()
+        self._metrics_task = self.metrics.start()
 
     def _ready(self) -> SupervisorCore:
         if self._fault is not None:

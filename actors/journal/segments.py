@@ -45,6 +45,9 @@ class SegmentLog:
         self._active: ActiveSegment | None = None
         self._durable = 0  # bytes of the active segment known to be durable
         self._broken = False  # a write failed: repair before the next one
+        # Written by the one thread that writes (the journal's executor), read by metrics.
+        self.writes = 0  # durable writes, one fsync each (with fsync on)
+        self.records_written = 0
 
     # --- set-up -------------------------------------------------------------------
 
@@ -103,6 +106,7 @@ class SegmentLog:
             raise
         self._durable = active.size()
         self.segments[-1].last_seq = last_seq
+        self.writes, self.records_written = self.writes + 1, self.records_written + len(frames)
 
     def _open(self) -> ActiveSegment:
         if self._active is not None and not self._broken:

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from actors.metrics import BLOCKED, DELAYED, FINISHED, WORKFLOW_LATENCY, Metrics
 from actors.options import Options
 from actors.records import PARKED, Dispatch, Ended, Expired, Kind, Record, Report
 from actors.supervision.admission import Admission
@@ -48,8 +49,9 @@ class Dispatcher:
 
     def __init__(self, options: Options, journal: JournalPort, pool: PoolPort, table: WorkflowTable,
                  admission: Admission, parking: Parking, finished: Callable[[str], None], incarnation: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         self.options = options
+        self.metrics = metrics or Metrics.off()
         self.journal = journal
         self.pool = pool
         self.table = table
@@ -202,6 +204,7 @@ class Dispatcher:
             self._release(wf.id, slot)
             if rep.end in PARKED:
                 blocked = blocked or rep.end is Kind.BLOCKED
+                self.metrics.count(BLOCKED if rep.end is Kind.BLOCKED else DELAYED, 1, wf.type)
                 if rep.error is not None:
                     wf.compensating, wf.error = True, rep.error
                 record = self.parking.park(wf, rep)
@@ -238,6 +241,8 @@ class Dispatcher:
         wf.state = transition(wf.state, FINISH_EVENTS[kind])
         wf.finished_at, wf.next_retry_at = self.clock(), None
         wf.result, wf.error = result, error if error is not None else wf.error
+        self.metrics.count(FINISHED[kind], 1, wf.type)
+        self.metrics.observe(WORKFLOW_LATENCY, wf.finished_at - wf.submitted_at, wf.type)
         self.parking.done(wf.id)
         self.admission.release(1)
         self.finished(wf.id)

@@ -20,6 +20,7 @@ from typing import Any
 import msgpack
 
 from actors import records
+from actors.metrics import SUBMITTED, Metrics
 from actors.options import Options
 from actors.records import Known, Record, Submitted, to_wire
 from actors.supervision.admission import Admission
@@ -41,7 +42,7 @@ class Intake:
 
     def __init__(self, options: Options, journal: JournalPort, table: WorkflowTable, admission: Admission,
                  parking: Parking, dispatcher: Dispatcher, started: asyncio.Event,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: Metrics | None = None) -> None:
         self.options = options
         self.journal = journal
         self.table = table
@@ -50,6 +51,7 @@ class Intake:
         self.dispatcher = dispatcher
         self.started = started
         self.clock = clock
+        self.metrics = metrics or Metrics.off()
         self.submitting: dict[str, tuple[Encoded, asyncio.Future[None]]] = {}
         """Ids being admitted: their command, and a future that ends as their submit does."""
 
@@ -174,6 +176,7 @@ class Intake:
         for r, answer in zip(batch, answers, strict=True):
             wid = r.workflow_id
             if not isinstance(answer, Known):
+                self.metrics.count(SUBMITTED, 1, r.type)
                 self.table.apply(r)
                 self.dispatcher.fresh.add(wid)
                 self.dispatcher.enqueue(wid)

@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import structlog
 
+from actors.metrics import RETRIES, Metrics
 from actors.options import Options
 from actors.records import Expired, Kind, ModeChanged, Parked, Report
 from actors.supervision.modes import Mode, Signal, next_mode
@@ -40,8 +41,10 @@ class Parking:
     """Retry timers, deadlines and the mode; ``ready`` hands a due workflow to dispatch."""
 
     def __init__(self, options: Options, journal: JournalPort, table: WorkflowTable,
-                 ready: Callable[[str], None], clock: Callable[[], float] = time.time) -> None:
+                 ready: Callable[[str], None], clock: Callable[[], float] = time.time,
+                 metrics: Metrics | None = None) -> None:
         self.options = options
+        self.metrics = metrics or Metrics.off()
         self.journal = journal
         self.table = table
         self.ready = ready
@@ -133,6 +136,7 @@ class Parking:
                 wf = self.table.workflows.get(wid)
                 if wf is not None and wf.state.parked:
                     wf.state = transition(wf.state, Event.RETRY_DUE)
+                    self.metrics.count(RETRIES, 1, wf.type)
                     self.ready(wid)
 
 

@@ -14,6 +14,7 @@ import builtins
 import contextlib
 from typing import Any
 
+from actors.metrics import RESULT_CACHE_HITS, Metrics
 from actors.supervision.ports import JournalPort
 from actors.workflow_state import State, Workflow, WorkflowTable
 from workflows.errors import CommandFailed, UnknownWorkflow
@@ -22,8 +23,10 @@ from workflows.errors import CommandFailed, UnknownWorkflow
 class Queries:
     """Results, waiters, status, listings and replays over ``table`` and the journal."""
 
-    def __init__(self, journal: JournalPort, table: WorkflowTable, started: asyncio.Event) -> None:
+    def __init__(self, journal: JournalPort, table: WorkflowTable, started: asyncio.Event,
+                 metrics: Metrics | None = None) -> None:
         self.journal = journal
+        self.metrics = metrics or Metrics.off()
         self.table = table
         self.started = started
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
@@ -63,6 +66,8 @@ class Queries:
                 await self._until_finished([workflow_id], timeout_s)
             except TimeoutError:
                 raise TimeoutError(f"workflow {workflow_id} did not finish within {timeout_s} s") from None
+        # Every finished workflow is held in memory until retention_s has passed: each answer is a hit.
+        self.metrics.count(RESULT_CACHE_HITS)
         if wf.state is State.COMPLETED:
             return wf.result
         err = wf.error or {}
@@ -77,8 +82,10 @@ class Queries:
         if wfs and not any(wf.state.finished for wf in wfs):
             with contextlib.suppress(TimeoutError):
                 await self._until_finished(workflow_ids, timeout_s)
-        return {wf.id: {"state": wf.state.value, "result": wf.result, "error": wf.error}
-                for wf in wfs if wf.state.finished}
+        answers = {wf.id: {"state": wf.state.value, "result": wf.result, "error": wf.error}
+                   for wf in wfs if wf.state.finished}
+        self.metrics.count(RESULT_CACHE_HITS, len(answers))
+        return answers
 
     async def status(self, workflow_id: str) -> dict[str, Any]:
         await self.started.wait()

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from actors import metrics as m
 from actors.options import Options
 from actors.records import Report
 from actors.supervision.admission import Admission
@@ -47,20 +48,23 @@ class SupervisorCore:
     """The supervisor's public methods, each delegated to the part that owns it."""
 
     def __init__(self, options: Options, journal: JournalPort, pool: PoolPort,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, metrics: m.Metrics | None = None) -> None:
         self.options = options
         self.pool = pool
         self.clock = clock
+        self.metrics = metrics or m.Metrics.off()
         self.incarnation = uuid.uuid4().hex
         self.table = WorkflowTable()
         self.admission = Admission(options.max_cmds)
         self.started = asyncio.Event()
-        self.queries = Queries(journal, self.table, self.started)
-        self.parking = Parking(options, journal, self.table, lambda wid: self.dispatcher.enqueue(wid), clock)
+        self.queries = Queries(journal, self.table, self.started, self.metrics)
+        self.parking = Parking(options, journal, self.table, lambda wid: self.dispatcher.enqueue(wid), clock,
+                               self.metrics)
         self.dispatcher = Dispatcher(options, journal, pool, self.table, self.admission, self.parking,
-                                     self.queries.notify, self.incarnation, clock)
+                                     self.queries.notify, self.incarnation, clock, self.metrics)
         self.intake = Intake(options, journal, self.table, self.admission, self.parking, self.dispatcher,
-                             self.started, clock)
+                             self.started, clock, self.metrics)
+        self.metrics.source(self._sample)
         self._loops: list[asyncio.Task[Any]] = []
 
     @property
@@ -99,6 +103,12 @@ class SupervisorCore:
         self.parking.wake.set()
         log.info("supervisor_started", workflows=len(self.table.workflows), unfinished=self.admission.admitted,
                  mode=self.mode.value)
+
+    def _sample(self, metrics: m.Metrics) -> None:
+        """The gauges, read at each metrics flush rather than kept up to date per event."""
+        metrics.gauge(m.IN_FLIGHT, self.admission.admitted)
+        metrics.gauge(m.MAX_CMDS, self.options.max_cmds)
+        metrics.gauge(m.MODE, m.MODES[self.mode.value])
 
     def close(self) -> None:
         for task in self._loops:
