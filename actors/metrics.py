@@ -88,8 +88,8 @@ WORKFLOW_LATENCY = _histogram("coordinator_workflow_latency_s", "End to end: fro
                               "finished", LATENCY_BUCKETS_S, "type")
 APPEND_LATENCY = _histogram("coordinator_journal_append_latency_s", "A journal append call until its records "
                             "are durable (on a majority of replicas)", LATENCY_BUCKETS_S)
-BATCH_RECORDS = _histogram("coordinator_journal_batch_records", "Records written per journal fsync "
-                           "(group commit)", BATCH_BUCKETS)
+BATCH_RECORDS = _histogram("coordinator_journal_batch_records", "Records per journal fsync (group commit): "
+                           "the mean of each flush interval", BATCH_BUCKETS)
 FSYNCS = _counter("coordinator_journal_fsyncs", "Journal batches written and synced by the leader")
 JOURNAL_RECORDS = _counter("coordinator_journal_records", "Records journaled by the leader")
 REPLICA_LAG = _gauge("coordinator_replica_lag_records", "Records a follower is behind the journal leader",
