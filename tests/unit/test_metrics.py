@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from actors import metrics as m
+from actors.inprocess import LocalCoordinator, LocalJournal
 from actors.options import Options
+from actors.supervision.supervisor import SupervisorCore
+from tests.unit.local import opts
+from workflows.errors import CommandFailed
+from workflows.testing import Echo, Fails, Flaky
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "cluster" / "grafana" / "coordinator-dashboard.json"
 
@@ -138,8 +145,6 @@ def test_specs_are_unique_valid_and_cover_every_mode_and_end() -> None:
 
 def test_importing_the_module_imports_no_ray() -> None:
     # Ray may already be imported by other tests in this process: check a fresh interpreter.
-    import subprocess
-
     code = "import sys, actors.metrics, actors.supervision.supervisor, actors.runner; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -176,3 +181,30 @@ def test_dashboard_filters_every_query_by_the_namespace_variable() -> None:
 @pytest.mark.parametrize("spec", m.SPECS, ids=lambda s: s.name)
 def test_every_spec_has_a_description(spec: m.Spec) -> None:
     assert spec.description
+
+
+async def test_the_supervisor_core_counts_what_happens_to_workflows() -> None:
+    """The in-process coordinator with a recording `Metrics`: submits, ends, parked attempts,
+    retries, latencies, the sampled gauges and result answers, by command type."""
+    metrics, fake = make()
+    c = LocalCoordinator(opts())
+    c.core = SupervisorCore(c.options, LocalJournal(c.journal), c.pool, metrics=metrics)
+    await c.start()
+    try:
+        ids = await c.core.submit_many([Echo(1), Echo(2), Fails(steps=0), Fails(steps=1), Flaky(failures=1)])
+        for wid in ids:
+            with contextlib.suppress(CommandFailed):
+                await c.core.result(wid, 10)
+        metrics.flush()
+    finally:
+        await c.close()
+    echo, fails, flaky = "workflows.testing:Echo", "workflows.testing:Fails", "workflows.testing:Flaky"
+    counts = {(name, tags.get("type")): value for op, name, value, tags in fake.calls if op == "inc"}
+    assert counts[(m.SUBMITTED.name, echo)] == 2 and counts[(m.SUBMITTED.name, fails)] == 2
+    assert counts[(m.COMPLETED.name, echo)] == 2 and counts[(m.COMPLETED.name, flaky)] == 1
+    assert counts[(m.FAILED.name, fails)] == 1 and counts[(m.COMPENSATED.name, fails)] == 1
+    assert counts[(m.DELAYED.name, flaky)] == 1 and counts[(m.RETRIES.name, flaky)] == 1
+    assert counts[(m.RESULT_CACHE_HITS.name, None)] == 5
+    assert len([v for v, t in fake.of("observe", m.WORKFLOW_LATENCY.name) if t["type"] == echo]) == 2
+    gauges = {name: value for op, name, value, _ in fake.calls if op == "set"}
+    assert gauges == {m.IN_FLIGHT.name: 0, m.MAX_CMDS.name: c.options.max_cmds, m.MODE.name: 0}
