@@ -84,13 +84,14 @@ class LocalCoordinator:
                                segment_bytes=options.segment_bytes, owner=f"{options.namespace}/local",
                                snapshot_records=options.snapshot_records, retention_s=options.retention_s,
                                seal_idle_s=options.seal_idle_s, clock=clock)
-        self.pool = LocalPool(options.command_actors)
+        actors = options.command_actors or 1  # None: one per node, and here is one node
+        self.pool = LocalPool(actors)
         self.core = SupervisorCore(options, LocalJournal(self.journal), self.pool, clock=clock)
         gateway = gateway if gateway is not None else build_gateway(options)
         port = LocalJournal(self.journal)
         self._batchers: list[Batcher[Record]] = []
         runners = []
-        for _ in range(options.command_actors):
+        for _ in range(actors):
             batcher: Batcher[Record] = Batcher(port.append)
             self._batchers.append(batcher)
             runners.append(Runner(batcher.submit, port.live_steps, self._report, gateway, options.max_payload_bytes))

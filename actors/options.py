@@ -43,9 +43,10 @@ class Options:
     """Where the journal lives: a path, ``file:///path``, ``s3://bucket/prefix`` or ``mem://name``."""
     replicas: int = 1
     """Journal replicas (LogActors); a batch is durable once a majority has it."""
-    command_actors: int = 2
-    """Size of the CommandActor pool."""
-    slots_per_actor: int = 1
+    command_actors: int | None = None
+    """CommandActors per deployment, spread over the nodes; None: one per alive node
+    (re-spread as nodes are lost and join)."""
+    slots_per_actor: int = 64
     """Workflows one CommandActor runs at once (interleaving their waits)."""
     namespace: str = "coordinator"
     """Ray namespace of the detached, named actors."""
@@ -94,11 +95,7 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:  # `not >=` also refuses NaN
                 raise ValueError(f"Options.{name} must be a number >= 0, got {value!r}")
-        for name in ("replicas", "command_actors", "slots_per_actor", "max_payload_bytes", "segment_bytes",
-                     "snapshot_records"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"Options.{name} must be an integer >= 1, got {value!r}")
+        _check_counts(self)
         if self.max_payload_bytes > MAX_PAYLOAD_BYTES:
             raise ValueError(f"Options.max_payload_bytes must be at most {MAX_PAYLOAD_BYTES} (a quarter of the "
                              f"journal's record limit), got {self.max_payload_bytes!r}")
@@ -116,6 +113,14 @@ class Options:
 
     def replace(self, **changes: Any) -> Options:
         return dataclasses.replace(self, **changes)
+
+
+def _check_counts(options: Options) -> None:
+    names = ("replicas", "slots_per_actor", "max_payload_bytes", "segment_bytes", "snapshot_records")
+    for name in names if options.command_actors is None else ("command_actors", *names):
+        value = getattr(options, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"Options.{name} must be an integer >= 1, got {value!r}")
 
 
 def _one_of(name: str, value: Any, allowed: tuple[str, ...]) -> None:

@@ -104,8 +104,8 @@ def _start(sub: Any) -> None:
                    help=f"unfinished commands at most (default: {d.max_cmds})")
     s.add_argument("--replicas", type=int, default=d.replicas,
                    help=f"journal replicas, one per node; a majority acknowledges (default: {d.replicas})")
-    s.add_argument("--command-actors", type=int, default=d.command_actors,
-                   help=f"CommandActors in the pool (default: {d.command_actors})")
+    s.add_argument("--command-actors", type=_positive, default=d.command_actors,
+                   help="CommandActors per deployment, spread over the nodes (default: one per alive node)")
     s.add_argument("--slots-per-actor", type=int, default=d.slots_per_actor,
                    help=f"workflows one CommandActor runs at once (default: {d.slots_per_actor})")
     s.add_argument("--gateway-service", action="append", default=[], type=service, metavar="NAME=URL",

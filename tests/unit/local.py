@@ -7,8 +7,10 @@ from typing import Any
 
 from actors.options import Options
 
-FAST: dict[str, Any] = {"slow_retry_interval_s": 0.05, "fast_retry_interval_s": 0.0, "jitter_s": 0.01, "gateway": None}
-"""Short retries, so tests wait milliseconds, not the defaults' tenths of seconds."""
+FAST: dict[str, Any] = {"slow_retry_interval_s": 0.05, "fast_retry_interval_s": 0.0, "jitter_s": 0.01, "gateway": None,
+                        "command_actors": 2, "slots_per_actor": 1}
+"""Short retries, so tests wait milliseconds, not the defaults' tenths of seconds; a pool
+of two one-slot workers, so tests see dispatch spread and slots run out."""
 
 
 def opts(**kw: Any) -> Options:

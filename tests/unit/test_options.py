@@ -18,8 +18,8 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (o.max_cmds, o.slow_retry_interval_s, o.fast_retry_interval_s, o.jitter_s, o.admission_timeout_s) == (
         100, 0.2, 0.0, 0.1, 30)
     assert o.storage == f"file://{tmp_path / 'coordinator-data'}"
-    assert (o.replicas, o.slots_per_actor, o.namespace, o.runtime_env, o.fsync) == (1, 1, "coordinator", None, True)
-    assert o.command_actors >= 1 and o.retention_s > 0 and o.log_level == "warning"
+    assert (o.replicas, o.slots_per_actor, o.namespace, o.runtime_env, o.fsync) == (1, 64, "coordinator", None, True)
+    assert o.command_actors is None and o.retention_s > 0 and o.log_level == "warning"
     assert o.segment_bytes == 64 << 20 and o.max_payload_bytes == 1 << 20
 
 
