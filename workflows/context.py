@@ -3,17 +3,30 @@
 A context belongs to one attempt of one workflow. Its outcome list is restored from
 the journal before the attempt starts, so ``step`` replays what was already done and
 calls services only for steps that have no outcome yet.
+
+Steps and their keys. ``ctx.step(...)`` reserves its step index, hence its
+idempotency key ``"{id}/{index}"``, when it is called, before anything runs: steps
+made in the same order get the same indices on every attempt, whatever order they
+finish in. `Context.gather` runs reserved steps concurrently; each journals its
+outcome under its own index, and a step that finishes before an earlier one holds
+its outcome until the earlier one is journaled (the journal keeps outcome *i* only
+after *i-1*, one outcome per index). A step made or started while another is in
+flight outside one ``gather`` raises `ConcurrentStep`: its index would depend on
+timing, and a replay could give it another step's outcome.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import inspect
-from collections.abc import Callable
+import itertools
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
 import structlog
 
-from workflows.errors import NonDeterminism
+from workflows.errors import ConcurrentStep, CoordinatorError, NonDeterminism
 
 
 class Outcome(NamedTuple):
@@ -32,6 +45,15 @@ class Recorder(Protocol):
     """
 
     async def record(self, workflow_id: str, kind: str, step: int, service: str, value: Any) -> Any: ...
+
+
+_STEP: contextvars.ContextVar[tuple[Context, int] | None] = contextvars.ContextVar("workflow_step", default=None)
+"""The context and index of the step whose function is running in this task (for `Context.key`)."""
+
+
+class _Unjournaled(CoordinatorError):
+    """A step finished after an earlier one of its ``gather`` failed: its outcome cannot
+    be journaled (the journal refuses a skipped index); the retry calls it again."""
 
 
 class Context:
@@ -56,7 +78,16 @@ class Context:
         self._recorder = recorder
         self._gateway = gateway
         self._cursor = 0
+        """The next step index to reserve."""
         self._log: Any = None
+        self._unstarted: dict[Coroutine[Any, Any, Any], int] = {}
+        self._running: set[int] = set()
+        self._groups: dict[int, int] = {}
+        """Reserved index -> the `gather` call running it."""
+        self._gathers = itertools.count(1)
+        self._lost: int | None = None
+        """The lowest index that settled without an outcome since the cursor last rewound."""
+        self._settled: list[asyncio.Future[None]] = []
 
     @property
     def log(self) -> Any:
@@ -82,8 +113,12 @@ class Context:
         return bind(self) if bind is not None else self._gateway
 
     def key(self, step: int | None = None) -> str:
-        """The idempotency key of a step (default: the step about to run)."""
-        index = self._cursor if step is None else step
+        """The idempotency key of a step: by default the step whose function is running
+        (inside ``ctx.step``), else the next step to be made."""
+        index = step
+        if index is None:
+            current = _STEP.get()
+            index = current[1] if current is not None and current[0] is self else self._cursor
         if self._compensating:
             return f"{self.workflow_id}/compensate/{index}"
         return f"{self.workflow_id}/{index}"
@@ -93,18 +128,88 @@ class Context:
 
     async def record(self, service: str, value: Any) -> Any:
         """Journal ``value`` as the next outcome durably, then append it; returns it."""
+        self._check_idle("ctx.record")
         current = self._current()
         index = len(current)
-        kind = "compensation" if self._compensating else "outcome"
-        stored = await self._recorder.record(self.workflow_id, kind, index, service, value)
-        current.append(Outcome(index, service, stored))
+        stored = await self._journal(index, service, value)
         self._cursor = index + 1
         return stored
 
-    async def step(self, service: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run step *i*: the journaled outcome if there is one, else call ``fn`` and record."""
-        current = self._current()
+    async def _journal(self, index: int, service: str, value: Any) -> Any:
+        kind = "compensation" if self._compensating else "outcome"
+        stored = await self._recorder.record(self.workflow_id, kind, index, service, value)
+        self._current().append(Outcome(index, service, stored))
+        return stored
+
+    def step(self, service: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Coroutine[Any, Any, Any]:
+        """Reserve the next step index now; awaited, run that step: the journaled
+        outcome if there is one, else call ``fn`` (plain or async) and record its value.
+
+        Await it at once, or pass several to `gather`. `ConcurrentStep` if another
+        step is in flight (not awaited yet through ``gather``)."""
+        self._check_idle("ctx.step")
         index = self._cursor
+        self._cursor += 1
+        coro = self._step(index, service, fn, args, kwargs)
+        self._unstarted[coro] = index
+        return coro
+
+    async def gather(self, *steps: Awaitable[Any]) -> list[Any]:
+        """Run steps made by ``ctx.step`` concurrently; their results in call order.
+
+        Each keeps the index and key it reserved when it was made. If one raises,
+        ``gather`` waits for the others to settle, then raises the error of the
+        earliest step that failed; the outcomes journaled before it stay journaled."""
+        coros = [s for s in steps if isinstance(s, Coroutine) and s in self._unstarted]
+        if len(coros) != len(steps):
+            raise TypeError("ctx.gather takes the not yet awaited results of ctx.step(...) calls of this context")
+        group = next(self._gathers)
+        for coro in coros:
+            self._groups[self._unstarted[coro]] = group
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(coro) for coro in coros]  # started in call order
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise next((e for e in errors if not isinstance(e, _Unjournaled)), errors[0])
+        return results
+
+    def _check_idle(self, what: str) -> None:
+        if self._running:
+            raise ConcurrentStep(
+                f"{what} of {self.workflow_id} was called while step {min(self._running)} is in flight: "
+                "run steps concurrently only with ctx.gather(ctx.step(...), ...)")
+
+    async def _step(self, index: int, service: str, fn: Callable[..., Any],
+                    args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self._start(index)
+        try:
+            return await self._run(index, service, fn, args, kwargs)
+        except BaseException:
+            self._lost = index if self._lost is None else min(self._lost, index)
+            raise
+        finally:
+            self._settle(index)
+
+    def _start(self, index: int) -> None:
+        for coro, i in list(self._unstarted.items()):
+            if i == index:
+                del self._unstarted[coro]
+        earlier = [i for i in self._unstarted.values() if i < index]
+        group = self._groups.get(index)
+        alongside = [i for i in self._running if group is None or self._groups.get(i) != group]
+        if earlier or alongside:
+            self._lost = index if self._lost is None else min(self._lost, index)
+            self._settle(index)
+            what = f"step {min(earlier)} was made before it and is not awaited" if earlier else \
+                f"step {min(alongside)} is in flight"
+            raise ConcurrentStep(f"step {index} of {self.workflow_id} started while {what}: await steps in "
+                                 "the order they are made, or run them together with ctx.gather")
+        self._running.add(index)
+
+    async def _run(self, index: int, service: str, fn: Callable[..., Any],
+                   args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        current = self._current()
         if index < len(current):
             done = current[index]
             if done.service != service:
@@ -112,9 +217,31 @@ class Context:
                     f"step {index} of {self.workflow_id} recorded service {done.service!r}, "
                     f"replay asked for {service!r}"
                 )
-            self._cursor = index + 1
             return done.value
-        value = fn(*args, **kwargs)
-        if inspect.isawaitable(value):
-            value = await value
-        return await self.record(service, value)
+        token = _STEP.set((self, index))
+        try:
+            value = fn(*args, **kwargs)
+            if inspect.isawaitable(value):
+                value = await value
+        finally:
+            _STEP.reset(token)
+        while len(current) < index:  # an earlier step of the same gather is still running
+            if self._lost is not None and self._lost < index:
+                raise _Unjournaled(f"step {index} of {self.workflow_id} follows step {self._lost}, which failed")
+            waiter = asyncio.get_running_loop().create_future()
+            self._settled.append(waiter)
+            await waiter
+        return await self._journal(index, service, value)
+
+    def _settle(self, index: int) -> None:
+        """``index`` is done (with or without an outcome): wake the steps waiting their turn.
+        Once nothing is in flight, the cursor goes back to the first step without an
+        outcome, as a step that raised never took its index."""
+        self._running.discard(index)
+        self._groups.pop(index, None)
+        waiters, self._settled = self._settled, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+        if not self._running and not self._unstarted and self._lost is not None:
+            self._cursor, self._lost = self._lost, None

@@ -111,6 +111,12 @@ class NonDeterminism(CoordinatorError):
     """A replayed step asked for another service than the journal recorded."""
 
 
+class ConcurrentStep(CoordinatorError):
+    """A step was made or started while another step of the same workflow was in
+    flight outside one `Context.gather`, or steps were awaited out of the order they
+    were made: their step indices (and idempotency keys) would depend on timing."""
+
+
 class PayloadTooLarge(CoordinatorError):
     """An outcome or result cannot be journaled: not encodable, or over the size limit."""
 
