@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgpack
 
 from workflows.errors import InvalidCommand
+from workflows.policy import COORDINATOR_SCHEDULE, RetryPolicy
 
 if TYPE_CHECKING:
     from workflows.context import Context
@@ -26,9 +27,15 @@ class Command:
     may keep being retried; past it a retry becomes a failure (`DeadlineExceeded`)
     and `compensate` runs as for any other failure. Retries of `compensate` itself
     are not bounded: what was done is undone, however late.
+
+    ``retry`` (a class attribute, a `RetryPolicy`) schedules the retries of attempts
+    that raise `Delayed` or `Blocked`, bounds them, and names errors never retried.
+    The default, `COORDINATOR_SCHEDULE`, is the coordinator's schedule (its
+    ``Options`` intervals) with no attempt limit.
     """
 
     deadline_s: ClassVar[float | None] = None
+    retry: ClassVar[RetryPolicy] = COORDINATOR_SCHEDULE
 
     async def exec(self, ctx: Context) -> Any:
         raise NotImplementedError(f"{type(self).__qualname__}.exec is not defined")

@@ -76,6 +76,10 @@ class DeadlineExceeded(CoordinatorError):
     """A command's `deadline_s` passed while it was still being retried."""
 
 
+class RetriesExhausted(CoordinatorError):
+    """A command's retry policy allowed no more attempts (``max_attempts``)."""
+
+
 # --- journal -------------------------------------------------------------------------
 
 
