@@ -13,11 +13,11 @@ A record kind has one writer, and the code keeps it so:
 | ``delayed`` / ``blocked`` | `Parked` | the supervisor, as it parks a reported attempt |
 | ``expired`` | `Expired` | the supervisor, as a parked command's deadline passes |
 | ``mode`` | `ModeChanged` | the supervisor, as its mode changes |
+| ``deployed`` | `Deployed` | the supervisor, as it creates (or retires) a deployment |
 | ``snapshot`` | (`actors.journal.recovery`) | the journal, for compaction |
 
-Messages between actors, never journaled: `Dispatch` (supervisor to CommandActor),
-`Report` (runner to supervisor), `Ended` and `Known` (the journal's answers to a
-writer). They cross a Ray call as these objects.
+Messages between actors, never journaled (`Dispatch`, `Report`, `Ended`, `Known`),
+live in `actors.messages` and are re-exported here.
 
 On storage a record is a msgpack map with a format version ``v``, a sequence number
 ``q`` (given by the journal), a kind ``k`` and the workflow id ``w`` where it has one.
@@ -29,10 +29,15 @@ held, so older journals read back into these classes.
 from __future__ import annotations
 
 import enum
-import operator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from actors.messages import Dispatch as Dispatch
+from actors.messages import Ended as Ended
+from actors.messages import Known as Known
+from actors.messages import Report as Report
+from actors.messages import Steps as Steps
+from actors.messages import pickled_as_call
 from workflows.context import Outcome
 
 VERSION = 1
@@ -60,6 +65,7 @@ class Kind(enum.StrEnum):
     COMPENSATED = "compensated"
     MODE = "mode"
     SNAPSHOT = "snapshot"
+    DEPLOYED = "deployed"
 
 
 KINDS = frozenset(k.value for k in Kind)
@@ -81,16 +87,22 @@ class Epoch:
 
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    """Written by the supervisor at submit: the command as type name and msgpack fields."""
+    """Written by the supervisor at submit: the command as type name and msgpack fields,
+    and the deployment it runs on (``""`` in journals written before deployments: the
+    coordinator's own)."""
 
     workflow_id: str
     type: str
     fields: dict[str, Any]
     t: float
+    deployment: str = ""
     kind: ClassVar[Kind] = Kind.SUBMITTED
 
     def to_wire(self) -> dict[str, Any]:
-        return {"k": "submitted", "w": self.workflow_id, "type": self.type, "fields": self.fields, "t": self.t}
+        wire = {"k": "submitted", "w": self.workflow_id, "type": self.type, "fields": self.fields, "t": self.t}
+        if self.deployment:
+            wire["deployment"] = self.deployment
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +243,25 @@ class ModeChanged:
         return {"k": "mode", "mode": self.mode, "held": self.held, "t": self.t}
 
 
+@dataclass(frozen=True, slots=True)
+class Deployed:
+    """Written by the supervisor: a deployment (a CommandActor pool with one runtime_env)
+    it created, or (``retired``) drained; a restart recreates the pools of those not retired."""
+
+    deployment: str
+    runtime_env: dict[str, Any] | None
+    t: float
+    retired: bool = False
+    kind: ClassVar[Kind] = Kind.DEPLOYED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "deployed", "deployment": self.deployment, "runtime_env": self.runtime_env, "t": self.t,
+                "retired": self.retired}
+
+
 Ending = Completed | Failed | Compensated
 WorkflowRecord = Submitted | Started | Step | Compensating | Parked | Expired | Ending
-Record = WorkflowRecord | Epoch | ModeChanged
+Record = WorkflowRecord | Epoch | ModeChanged | Deployed
 
 
 def to_wire(record: Record, seq: int) -> dict[str, Any]:
@@ -252,7 +280,7 @@ def from_wire(d: dict[str, Any]) -> Record:
 
 _READERS: dict[str, Any] = {
     "epoch": lambda d: Epoch(d["epoch"], d.get("owner", "")),
-    "submitted": lambda d: Submitted(d["w"], d["type"], d["fields"], d["t"]),
+    "submitted": lambda d: Submitted(d["w"], d["type"], d["fields"], d["t"], d.get("deployment", "")),
     "started": lambda d: Started(d["w"], d["attempt"], d.get("t", 0.0)),
     "outcome": lambda d: Step(d["w"], d["step"], d["service"], d["value"]),
     "compensation": lambda d: Step(d["w"], d["step"], d["service"], d["value"], compensation=True),
@@ -266,82 +294,10 @@ _READERS: dict[str, Any] = {
     "failed": lambda d: Failed(d["w"], d.get("error") or {}, d.get("t", 0.0)),
     "compensated": lambda d: Compensated(d["w"], d.get("error") or {}, d.get("t", 0.0)),
     "mode": lambda d: ModeChanged(d["mode"], bool(d.get("held", False)), d.get("t", 0.0)),
+    "deployed": lambda d: Deployed(d["deployment"], d.get("runtime_env"), d.get("t", 0.0), bool(d.get("retired"))),
 }
 
 
-# --- messages between actors ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Dispatch:
-    """Sent by the supervisor to a CommandActor: run one attempt. ``error`` is set for
-    a compensation. ``fresh``: the first attempt of a workflow submitted to this
-    supervisor, with no steps journaled; any other attempt gets its steps from the
-    journal (one call per dispatch batch)."""
-
-    workflow_id: str
-    type: str
-    fields: dict[str, Any]
-    attempt: int
-    incarnation: str
-    error: Error | None = None
-    fresh: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """Sent by the runner to the supervisor: how an attempt ended. ``end`` is a terminal
-    kind (journaled by the runner before it reports) or ``delayed``/``blocked`` (the
-    supervisor journals the `Parked` record); ``error`` is set for a failed workflow and
-    for a compensation that parked; ``reason`` for a parked attempt."""
-
-    workflow_id: str
-    attempt: int
-    incarnation: str
-    end: Kind
-    result: Any = None
-    error: Error | None = None
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Ended:
-    """Written by the journal, to a writer of a record of a workflow it holds as ended:
-    the terminal record it holds (``kind`` None when it does not know the workflow).
-    A type of its own, so a writer tells it from a step's value."""
-
-    kind: Kind | None
-    result: Any = None
-    error: Error | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Known:
-    """Written by the journal, to a ``submitted`` of an id it holds: the command it
-    holds, and its fold (``Workflow.to_dict``) once that ``submitted`` is durable."""
-
-    type: str
-    fields: dict[str, Any]
-    workflow: dict[str, Any] | None
-
-
-Steps = tuple[list[Outcome], list[Outcome]]
-"""A live workflow's journaled outcomes and compensations."""
-
-
-def _pickled_as_call(cls: type) -> None:
-    """Pickle ``cls`` as a call of it on its field values. Records and messages cross
-    every Ray call; this is about three times faster than a slotted dataclass's default."""
-    names: tuple[str, ...] = getattr(cls, "__slots__")  # noqa: B009  # mypy knows no __slots__ on a type
-    get = operator.attrgetter(*names)
-
-    def reduce(self: Any) -> tuple[type, tuple[Any, ...]]:
-        values = get(self)
-        return cls, values if len(names) > 1 else (values,)
-
-    cls.__reduce__ = reduce  # type: ignore[method-assign,assignment]
-
-
 for _cls in (Epoch, Submitted, Started, Step, Compensating, Parked, Expired, Completed, Failed, Compensated,
-             ModeChanged, Dispatch, Report, Ended, Known):
-    _pickled_as_call(_cls)
+             ModeChanged, Deployed):
+    pickled_as_call(_cls)

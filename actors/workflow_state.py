@@ -14,6 +14,7 @@ from actors.records import (
     Compensated,
     Compensating,
     Completed,
+    Deployed,
     Epoch,
     Expired,
     Failed,
@@ -115,6 +116,8 @@ class Workflow:
     """The journal sequence number of each outcome (for replay after compaction)."""
     compensation_seqs: list[int] = field(default_factory=list)
     """The same for each compensation; empty in snapshots written before they were kept."""
+    deployment: str = ""
+    """The deployment it runs on, every attempt (``""``: the coordinator's own)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, msgpack-encodable: the snapshot form."""
@@ -123,7 +126,7 @@ class Workflow:
                 "compensations": [list(o) for o in self.compensations], "compensating": self.compensating,
                 "error": self.error, "result": self.result, "next_retry_at": self.next_retry_at,
                 "finished_at": self.finished_at, "outcome_seqs": self.outcome_seqs,
-                "compensation_seqs": self.compensation_seqs}
+                "compensation_seqs": self.compensation_seqs, "deployment": self.deployment}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Workflow:
@@ -133,7 +136,7 @@ class Workflow:
         wf = cls(d["id"], d["type"], d["fields"], d["submitted_at"], State(d["state"]), d["attempts"],
                  [Outcome(*o) for o in d["outcomes"]], [Outcome(*o) for o in d["compensations"]],
                  d["compensating"], d["error"], d["result"], d["next_retry_at"], d["finished_at"],
-                 list(d.get("outcome_seqs", [])), list(d.get("compensation_seqs", [])))
+                 list(d.get("outcome_seqs", [])), list(d.get("compensation_seqs", [])), d.get("deployment", ""))
         missing = len(wf.compensations) - len(wf.compensation_seqs)
         if missing > 0:
             wf.compensation_seqs += [wf.outcome_seqs[-1] if wf.outcome_seqs else -1] * missing
@@ -167,6 +170,8 @@ class WorkflowTable:
         self.mode: str = "normal"
         self.held = False
         self.last_seq = -1
+        self.deployments: dict[str, dict[str, Any]] = {}
+        """Deployments not retired, by id: ``{"runtime_env", "t"}`` (`Deployed` records)."""
 
     def apply(self, r: Record, seq: int = -1) -> Workflow | None:
         """Fold ``r``, journaled at ``seq``; the workflow it changed, if any."""
@@ -176,8 +181,14 @@ class WorkflowTable:
             return None
         if isinstance(r, Epoch):
             return None
+        if isinstance(r, Deployed):
+            if r.retired:
+                self.deployments.pop(r.deployment, None)
+            else:
+                self.deployments[r.deployment] = {"runtime_env": r.runtime_env, "t": r.t}
+            return None
         if isinstance(r, Submitted):
-            wf = Workflow(r.workflow_id, r.type, r.fields, r.t)
+            wf = Workflow(r.workflow_id, r.type, r.fields, r.t, deployment=r.deployment)
             self.workflows.setdefault(wf.id, wf)
             return wf
         found = self.workflows.get(r.workflow_id)

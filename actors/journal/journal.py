@@ -293,6 +293,7 @@ class Journal(Startup):
         retention) as a dict, with the mode; what a supervisor starts from."""
         workflows = list(self.table.workflows.values())[offset:offset + limit]
         return {"mode": self.table.mode, "held": self.table.held, "total": len(self.table.workflows),
+                "deployments": self.table.deployments,
                 "workflows": [wf.to_dict() for wf in workflows], "seq": self.table.last_seq}
 
     # --- reads --------------------------------------------------------------------

@@ -159,7 +159,7 @@ class Maintenance:
             j.log.rotate()
         seq = j.log.last_seq
         data = recovery.encode_snapshot(seq, j.epoch, j.table.mode, j.table.held,
-                                        [wf.to_dict() for wf in j.table.workflows.values()])
+                                        [wf.to_dict() for wf in j.table.workflows.values()], j.table.deployments)
         name = f"{seq:020d}.snap"
         j.backend.put_snapshot(name, data)
         j.snapshot_seq = seq

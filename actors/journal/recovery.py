@@ -66,16 +66,18 @@ class Snapshot:
     mode: str
     held: bool
     workflows: list[dict[str, Any]]
+    deployments: dict[str, Any] | None = None
 
 
-def encode_snapshot(seq: int, epoch: int, mode: str, held: bool, workflows: list[dict[str, Any]]) -> bytes:
+def encode_snapshot(seq: int, epoch: int, mode: str, held: bool, workflows: list[dict[str, Any]],
+                    deployments: dict[str, Any] | None = None) -> bytes:
     """A snapshot as a header record followed by one record per workflow.
 
     One record per workflow keeps every frame under `codec.MAX_RECORD_BYTES` however
     many workflows are kept (`codec.RecordTooLarge` only for a single oversized one).
     """
     head = {"v": codec.VERSION, "k": "snapshot", "q": seq, "epoch": epoch, "mode": mode, "held": held,
-            "count": len(workflows)}
+            "count": len(workflows), "deployments": deployments or {}}
     frames = [codec.encode(head)]
     frames += [codec.encode({"v": codec.VERSION, "k": "snapshot", "q": seq, "wf": wf}) for wf in workflows]
     return b"".join(frames)
@@ -97,7 +99,8 @@ def decode_snapshot(name: str, data: bytes) -> Snapshot:
             if len(rest) != head["count"] or any(r["k"] != "snapshot" or r["q"] != head["q"] for r in rest):
                 raise JournalCorrupt(where, end, f"snapshot is damaged: {len(rest)} of {head['count']} workflows")
             workflows = [r["wf"] for r in rest]
-        return Snapshot(name, head["q"], head["epoch"], head["mode"], bool(head["held"]), workflows)
+        return Snapshot(name, head["q"], head["epoch"], head["mode"], bool(head["held"]), workflows,
+                        dict(head.get("deployments") or {}))
     except (KeyError, TypeError) as exc:
         raise JournalCorrupt(where, 0, f"snapshot is damaged: {exc!r}") from None
 

@@ -94,6 +94,7 @@ class Startup:
             else:
                 self.index.live[wf.id] = (list(wf.outcomes), list(wf.compensations))
         self.table.mode, self.table.held = snap.mode, snap.held
+        self.table.deployments = dict(snap.deployments or {})
         self.snapshot_seq = self.table.last_seq = snap.seq
         self.epoch = snap.epoch
         self._epochs.add(snap.epoch, UNKNOWN)  # the epoch of the records after it, begun at or before it
