@@ -34,9 +34,11 @@ class Dispatch:
 @dataclass(frozen=True, slots=True)
 class Report:
     """Sent by the runner to the supervisor: how an attempt ended. ``end`` is a terminal
-    kind (journaled by the runner before it reports) or ``delayed``/``blocked`` (the
-    supervisor journals the `Parked` record); ``error`` is set for a failed workflow and
-    for a compensation that parked; ``reason`` for a parked attempt."""
+    kind (journaled by the runner before it reports) or ``delayed``/``blocked``/``paused``
+    (the supervisor journals the `Parked` record); ``error`` is set for a failed workflow
+    and for a compensation that parked; ``reason`` for a parked attempt; ``retry``, for a
+    parked attempt of ``exec``, its command's retry policy (`RetryPolicy.to_wire`) and
+    ``deadline_s``, so the supervisor never imports the command's code."""
 
     workflow_id: str
     attempt: int
@@ -45,6 +47,7 @@ class Report:
     result: Any = None
     error: Error | None = None
     reason: str = ""
+    retry: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

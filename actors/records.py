@@ -10,7 +10,7 @@ A record kind has one writer, and the code keeps it so:
 | ``outcome`` / ``compensation`` | `Step` | the runner, per step of ``exec`` / ``compensate`` |
 | ``compensating`` | `Compensating` | the runner, as ``exec`` raises |
 | ``completed`` / ``failed`` / ``compensated`` | `Completed`, `Failed`, `Compensated` | the runner, at the end |
-| ``delayed`` / ``blocked`` | `Parked` | the supervisor, as it parks a reported attempt |
+| ``delayed`` / ``blocked`` / ``paused`` | `Parked` | the supervisor, as it parks a reported attempt (and, as a ``delayed`` record due at once, as it resumes a paused one) |
 | ``expired`` | `Expired` | the supervisor, as a parked command's deadline passes |
 | ``mode`` | `ModeChanged` | the supervisor, as its mode changes |
 | ``deployed`` | `Deployed` | the supervisor, as it creates (or retires) a deployment |
@@ -59,6 +59,7 @@ class Kind(enum.StrEnum):
     COMPENSATING = "compensating"
     DELAYED = "delayed"
     BLOCKED = "blocked"
+    PAUSED = "paused"
     EXPIRED = "expired"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -70,7 +71,7 @@ class Kind(enum.StrEnum):
 
 KINDS = frozenset(k.value for k in Kind)
 TERMINAL = frozenset({Kind.COMPLETED, Kind.FAILED, Kind.COMPENSATED})
-PARKED = frozenset({Kind.DELAYED, Kind.BLOCKED})
+PARKED = frozenset({Kind.DELAYED, Kind.BLOCKED, Kind.PAUSED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +159,9 @@ class Compensating:
 class Parked:
     """Written by the supervisor for an attempt that raised `Delayed` (or ``blocked``:
     `Blocked`): its retry time. ``reason`` is the error's message (empty in journals
-    written before it was kept)."""
+    written before it was kept). ``paused``: the workflow waits, with no retry time,
+    for an operator's ``resume_workflow`` (its retry policy ran out, or a replay met
+    `NonDeterminism`)."""
 
     workflow_id: str
     blocked: bool
@@ -166,10 +169,11 @@ class Parked:
     next_retry_at: float
     t: float
     reason: str = ""
+    paused: bool = False
 
     @property
     def kind(self) -> Kind:
-        return Kind.BLOCKED if self.blocked else Kind.DELAYED
+        return Kind.PAUSED if self.paused else Kind.BLOCKED if self.blocked else Kind.DELAYED
 
     def to_wire(self) -> dict[str, Any]:
         return {"k": self.kind.value, "w": self.workflow_id, "attempt": self.attempt,
@@ -289,6 +293,8 @@ _READERS: dict[str, Any] = {
                                 d.get("t", 0.0), d.get("reason", "")),
     "blocked": lambda d: Parked(d["w"], True, d.get("attempt", 0), d.get("next_retry_at") or 0.0,
                                 d.get("t", 0.0), d.get("reason", "")),
+    "paused": lambda d: Parked(d["w"], False, d.get("attempt", 0), 0.0, d.get("t", 0.0), d.get("reason", ""),
+                               paused=True),
     "expired": lambda d: Expired(d["w"], d["error"], d["t"]),
     "completed": lambda d: Completed(d["w"], d.get("result"), d.get("t", 0.0)),
     "failed": lambda d: Failed(d["w"], d.get("error") or {}, d.get("t", 0.0)),
