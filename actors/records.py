@@ -10,7 +10,7 @@ A record kind has one writer, and the code keeps it so:
 | ``outcome`` / ``compensation`` | `Step` | the runner, per step of ``exec`` / ``compensate`` |
 | ``compensating`` | `Compensating` | the runner, as ``exec`` raises |
 | ``completed`` / ``failed`` / ``compensated`` | `Completed`, `Failed`, `Compensated` | the runner, at the end |
-| ``delayed`` / ``blocked`` / ``paused`` | `Parked` | the supervisor, as it parks a reported attempt (and, as a ``delayed`` record due at once, as it resumes a paused one) |
+| ``delayed`` / ``blocked`` / ``paused`` | `Parked` | the supervisor, as it parks an attempt or resumes one |
 | ``expired`` | `Expired` | the supervisor, as a parked command's deadline passes |
 | ``mode`` | `ModeChanged` | the supervisor, as its mode changes |
 | ``deployed`` | `Deployed` | the supervisor, as it creates (or retires) a deployment |
@@ -161,7 +161,7 @@ class Parked:
     `Blocked`): its retry time. ``reason`` is the error's message (empty in journals
     written before it was kept). ``paused``: the workflow waits, with no retry time,
     for an operator's ``resume_workflow`` (its retry policy ran out, or a replay met
-    `NonDeterminism`)."""
+    `NonDeterminism`); the resume is journaled as a ``delayed`` record due at once."""
 
     workflow_id: str
     blocked: bool
