@@ -56,7 +56,9 @@ def test_every_line_has_component_and_node_id_even_unbound() -> None:
     logs.configure("info", "json", stream=out)
     structlog.get_logger().info("started")
     [line] = lines(out)
-    assert line["component"] == "unknown" and line["node_id"] is None  # no Ray connection in this process
+    # The Ray node of this process when it has a connection (the session's Ray, when
+    # the Ray tests ran first), else null.
+    assert line["component"] == "unknown" and line["node_id"] == logs.ray_node_id()
     assert "logger" not in line
 
 
