@@ -46,7 +46,16 @@ from actors.records import (
 )
 from workflows.command import Command, decode_command
 from workflows.context import Context, Outcome
-from workflows.errors import Blocked, CommandFailed, Delayed, InvalidCommand, JournalError, PayloadTooLarge
+from workflows.errors import (
+    Blocked,
+    CommandFailed,
+    Delayed,
+    InvalidCommand,
+    JournalError,
+    NonDeterminism,
+    PayloadTooLarge,
+)
+from workflows.policy import COORDINATOR_SCHEDULE
 
 log = structlog.get_logger("runner")
 
@@ -68,6 +77,31 @@ def retry_kind(exc: BaseException) -> Kind | None:
         seen.add(id(cur))
         cur = cur.__cause__
     return None
+
+
+def diverged(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised from, `NonDeterminism`: a replay met other code."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, NonDeterminism):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__
+    return False
+
+
+def retry_wire(cmd: Command) -> dict[str, Any]:
+    """What the supervisor needs of the command's retry policy, and its deadline."""
+    cls = type(cmd)
+    wire = {} if cls.retry is COORDINATOR_SCHEDULE else cls.retry.to_wire()
+    wire["deadline_s"] = cls.deadline_s
+    return wire
+
+
+def reason(exc: BaseException) -> str:
+    """A parked attempt's reason as journaled: the error's type and message, bounded."""
+    return _bounded(f"{type(exc).__qualname__}: {exc}")
 
 
 MAX_ERROR_TEXT = 64 << 10
@@ -246,10 +280,13 @@ class Runner:
         except (asyncio.CancelledError, JournalError):
             raise  # not the command's failure: the attempt is lost and dispatched again
         except Exception as exc:  # the attempt's one catch-all: classify, never crash the actor
+            if diverged(exc):  # the code no longer replays its journal: an operator decides
+                ctx.log.error("attempt_diverged", error=repr(exc))
+                return report(Kind.PAUSED, reason=reason(exc))
             kind = retry_kind(exc)
-            if kind is not None:
+            if kind is not None and not type(cmd).retry.refuses(exc):
                 ctx.log.info("attempt_parked", kind=kind.value, reason=str(exc))
-                return report(kind, reason=str(exc))
+                return report(kind, reason=reason(exc), retry=retry_wire(cmd))
             ctx.log.warning("command_failed", error=repr(exc))
             error = describe(exc)
             await self._journal(Compensating(ctx.workflow_id, error, self._clock()))
@@ -271,9 +308,12 @@ class Runner:
         except (asyncio.CancelledError, JournalError):
             raise
         except Exception as cexc:  # compensation failed: park if retryable, else the command fails
+            if diverged(cexc):
+                ctx.log.error("compensation_diverged", error=repr(cexc))
+                return report(Kind.PAUSED, error=error, reason=reason(cexc))
             kind = retry_kind(cexc)
             if kind is not None:
-                return report(kind, error=error, reason=str(cexc))
+                return report(kind, error=error, reason=reason(cexc))
             failed = dict(error, compensation_error=describe(cexc))
             return await self._terminal(report, Failed(wid, failed, self._clock()))
         return await self._terminal(report, Compensated(wid, error, self._clock()))

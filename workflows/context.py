@@ -195,8 +195,9 @@ class Context:
         for coro, i in list(self._unstarted.items()):
             if i == index:
                 del self._unstarted[coro]
-        earlier = [i for i in self._unstarted.values() if i < index]
         group = self._groups.get(index)
+        # A gather's steps may start in any order: each waits its turn to be journaled.
+        earlier = [i for i in self._unstarted.values() if i < index and (group is None or self._groups.get(i) != group)]
         alongside = [i for i in self._running if group is None or self._groups.get(i) != group]
         if earlier or alongside:
             self._lost = index if self._lost is None else min(self._lost, index)

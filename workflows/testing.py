@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from workflows.command import Command
 from workflows.context import Context
 from workflows.errors import Blocked, Delayed
+from workflows.policy import RetryPolicy
 
 
 def log_call(directory: str, key: str) -> None:
@@ -136,3 +137,23 @@ class Returns(Command):
 
     async def exec(self, ctx: Context) -> Any:
         return {1, 2} if self.kind == "set" else "x" * (2 << 20)
+
+
+@dataclass
+class Stalls(Command):
+    """Runs ``steps`` steps together (`Context.gather`), then is Delayed on its first
+    attempt; its policy allows one attempt, then pauses it until `resume_workflow`.
+    Returns each step's idempotency key, read inside the step."""
+
+    steps: int = 3
+    retry: ClassVar[RetryPolicy] = RetryPolicy(0.0, 1.0, 0.0, max_attempts=1, on_exhausted="pause")
+
+    async def exec(self, ctx: Context) -> Any:
+        keys = await ctx.gather(*(ctx.step(f"svc{i}", self._key, ctx, i) for i in range(self.steps)))
+        if ctx.attempt == 1:
+            raise Delayed("no answer on the first attempt")
+        return keys
+
+    async def _key(self, ctx: Context, i: int) -> str:
+        await asyncio.sleep(0.01 * (self.steps - i))  # the last step finishes first
+        return ctx.key()

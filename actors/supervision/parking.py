@@ -5,6 +5,12 @@ attempt that raised `Delayed` or `Blocked` at a jittered retry time (or expires 
 past its command's deadline), hands it back to dispatch when its timer is due, and
 moves the mode on as reports come in.
 
+A parked attempt's report carries its command's retry policy (the runner has the
+command's class; this process never imports it): the wait before the retry, the
+attempts allowed, and what happens when they or the deadline run out: ``fail``
+compensates (the `Expired` record), ``pause`` leaves the workflow ``paused``, with
+no timer and out of the backlog, keeping its MaxCmds slot, until `resume_workflow`.
+
 Guarantees:
 
 - a parked workflow is in ``retrying`` (the backlog whose draining reopens intake)
@@ -21,18 +27,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from actors.metrics import RETRIES, Metrics
 from actors.options import Options
-from actors.records import Expired, Kind, ModeChanged, Parked, Report
+from actors.records import Error, Expired, Kind, ModeChanged, Parked, Report
 from actors.supervision.modes import Mode, Signal, next_mode
 from actors.supervision.ports import JournalPort
-from actors.supervision.retry import TimerHeap, retry_delay
-from actors.workflow_state import Event, Workflow, WorkflowTable, transition
+from actors.supervision.retry import TimerHeap, backoff_interval, retry_delay
+from actors.workflow_state import Event, State, Workflow, WorkflowTable, transition
 from workflows.command import resolve_type
-from workflows.errors import DeadlineExceeded, InvalidCommand
+from workflows.errors import DeadlineExceeded, InvalidCommand, RetriesExhausted, UnknownWorkflow
 
 log = structlog.get_logger("supervisor")
 
@@ -56,26 +63,77 @@ class Parking:
         self.wake = asyncio.Event()
 
     def park(self, wf: Workflow, report: Report) -> Parked | Expired:
-        """The record that ends a parked attempt: `Parked` with its retry time, or past
-        the command's deadline `Expired` (the workflow then runs to compensate, and the
-        runner journals its end). A compensation is retried past the deadline: what
-        was done is undone, however late."""
+        """The record that ends a parked attempt: `Parked` with its retry time; once its
+        retry policy's attempts or its deadline run out, `Expired` (the workflow then
+        runs to compensate, and the runner journals its end) or, with
+        ``on_exhausted="pause"``, a paused `Parked`. A compensation is retried however
+        long it takes: what was done is undone, however late."""
         now = self.clock()
-        interval = (self.options.fast_retry_interval_s if self.mode is Mode.SUSPENDED_FAST
-                    else self.options.slow_retry_interval_s)
-        due = now + retry_delay(interval, self.options.jitter_s, wf.id, wf.attempts)
-        deadline = resolve_deadline(wf.type)
-        if deadline is not None and due > wf.submitted_at + deadline and not wf.compensating:
-            error = {"type": f"{DeadlineExceeded.__module__}.DeadlineExceeded",
-                     "message": f"deadline_s={deadline} passed after {wf.attempts} attempts", "traceback": ""}
+        if report.end is Kind.PAUSED:
+            return self.pause(wf, report.reason, now)
+        policy = report.retry or {}
+        due = now + self._delay(wf, policy)
+        exhausted = None if wf.compensating else self._exhausted(wf, policy, due)
+        if exhausted is not None:
+            if policy.get("on_exhausted") == "pause":
+                return self.pause(wf, f"{exhausted['message']}; last: {report.reason}", now)
             self.retrying.discard(wf.id)
-            wf.compensating, wf.error = True, error
-            return Expired(wf.id, error, now)
+            wf.compensating, wf.error = True, exhausted
+            return Expired(wf.id, exhausted, now)
         blocked = report.end is Kind.BLOCKED
         wf.state = transition(wf.state, Event.BLOCK if blocked else Event.DELAY)
-        wf.next_retry_at = due
+        wf.next_retry_at, wf.reason = due, report.reason
         self.wait(wf.id, due)
         return Parked(wf.id, blocked, wf.attempts, due, now, report.reason)
+
+    def _delay(self, wf: Workflow, policy: dict[str, Any]) -> float:
+        """Seconds to the retry: the policy's backoff, else the mode's interval (in fast
+        mode, at most the fast interval), plus the jitter of (workflow id, attempt)."""
+        fast = self.mode is Mode.SUSPENDED_FAST
+        interval = self.options.fast_retry_interval_s if fast else self.options.slow_retry_interval_s
+        if policy.get("initial_interval_s") is not None:
+            backoff = backoff_interval(policy["initial_interval_s"], policy["backoff"], policy["max_interval_s"],
+                                       wf.attempts)
+            interval = min(backoff, interval) if fast else backoff
+        return retry_delay(interval, self.options.jitter_s, wf.id, wf.attempts)
+
+    def _exhausted(self, wf: Workflow, policy: dict[str, Any], due: float) -> Error | None:
+        """The error of a retry the policy no longer allows, or None."""
+        limit = policy.get("max_attempts")
+        if limit is not None and wf.attempts >= limit:
+            return _error(RetriesExhausted, f"max_attempts={limit} reached")
+        deadline = policy["deadline_s"] if "deadline_s" in policy else resolve_deadline(wf.type)
+        if deadline is not None and due > wf.submitted_at + deadline:
+            return _error(DeadlineExceeded, f"deadline_s={deadline} passed after {wf.attempts} attempts")
+        return None
+
+    def pause(self, wf: Workflow, reason: str, now: float) -> Parked:
+        """Leave ``wf`` paused: no timer, out of the backlog; it keeps its MaxCmds slot."""
+        wf.state = transition(wf.state, Event.PAUSE)
+        wf.next_retry_at, wf.reason = None, reason
+        self.done(wf.id)
+        log.warning("workflow_paused", workflow_id=wf.id, attempt=wf.attempts, reason=reason)
+        return Parked(wf.id, False, wf.attempts, 0.0, now, reason, paused=True)
+
+    async def resume_workflow(self, workflow_id: str) -> bool:
+        """Run a paused workflow again from its last outcome; False (nothing done) unless
+        it is paused. Journaled first, as a ``delayed`` record due at once, so a restart
+        runs it too. Idempotent: a second call finds it resumed."""
+        wf = self.table.workflows.get(workflow_id)
+        if wf is None:
+            raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
+        if wf.state is not State.PAUSED:
+            return False
+        now = self.clock()
+        wf.state = transition(wf.state, Event.RESUME)  # before the await: a concurrent call is a no-op
+        try:
+            await self.journal.append([Parked(wf.id, False, wf.attempts, now, now, wf.reason)])
+        except BaseException:
+            wf.state = State.PAUSED
+            raise
+        log.info("workflow_resumed", workflow_id=wf.id, attempt=wf.attempts)
+        self.ready(wf.id)
+        return True
 
     def wait(self, workflow_id: str, due: float) -> None:
         """Retry ``workflow_id`` at ``due``."""
@@ -138,6 +196,10 @@ class Parking:
                     wf.state = transition(wf.state, Event.RETRY_DUE)
                     self.metrics.count(RETRIES, 1, wf.type)
                     self.ready(wid)
+
+
+def _error(cls: type[Exception], message: str) -> Error:
+    return {"type": f"{cls.__module__}.{cls.__qualname__}", "message": message, "traceback": ""}
 
 
 def resolve_deadline(type_name: str) -> float | None:

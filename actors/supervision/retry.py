@@ -1,4 +1,4 @@
-"""The retry schedule: deterministic jitter and a timer heap.
+"""The retry schedule: deterministic jitter, backoff, and a timer heap.
 
 The jitter of a retry is derived from (workflow id, attempt), so a replay of the
 journal computes the same schedule and tests can predict it.
@@ -22,6 +22,14 @@ def jitter(workflow_id: str, attempt: int, jitter_s: float) -> float:
 def retry_delay(interval_s: float, jitter_s: float, workflow_id: str, attempt: int) -> float:
     """Seconds to wait before the next attempt: interval plus jitter, clamped at 0."""
     return max(0.0, interval_s + jitter(workflow_id, attempt, jitter_s))
+
+
+def backoff_interval(initial_s: float, backoff: float, max_s: float, attempt: int) -> float:
+    """The wait after ``attempt`` parked: ``initial_s * backoff ** (attempt - 1)``, at most ``max_s``."""
+    try:
+        return min(initial_s * backoff ** max(attempt - 1, 0), max_s)
+    except OverflowError:  # the backoff grew past any float: long past max_s
+        return max_s
 
 
 class TimerHeap:

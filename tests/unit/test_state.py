@@ -33,6 +33,9 @@ EDGES: dict[tuple[State, Event], State] = {
     (S.BLOCKED, E.RETRY_DUE): S.PENDING,
     (S.BLOCKED, E.LOST): S.PENDING,
     (S.BLOCKED, E.FAIL): S.FAILED,
+    (S.RUNNING, E.PAUSE): S.PAUSED,
+    (S.PAUSED, E.RESUME): S.PENDING,
+    (S.PAUSED, E.LOST): S.PAUSED,
 }
 
 
@@ -51,7 +54,7 @@ def test_every_other_pair_is_illegal(state: State, event: Event) -> None:
 
 
 def test_finished_states_have_no_way_out_and_parked_ones_are_delayed_or_blocked() -> None:
-    assert len(ILLEGAL) == len(State) * len(Event) - 15
+    assert len(ILLEGAL) == len(State) * len(Event) - 18
     assert {S.COMPLETED, S.FAILED, S.COMPENSATED} == FINISHED
     assert [s for s in State if s.finished] == [S.COMPLETED, S.FAILED, S.COMPENSATED]
     assert [s for s in State if s.parked] == [S.DELAYED, S.BLOCKED]
@@ -207,7 +210,7 @@ def test_status_has_the_documented_fields() -> None:
     table = fold(sub(t=1.5), rec("started", attempt=1, t=2), out(0, "a"), rec("completed", result=1, t=3.0))
     assert table.workflows["w"].status() == {
         "id": "w", "type": "tests:T", "state": "completed", "attempts": 1, "outcomes": [[0, "svc0", "a"]],
-        "error": None, "next_retry_at": None, "submitted_at": 1.5, "finished_at": 3.0,
+        "error": None, "next_retry_at": None, "reason": "", "submitted_at": 1.5, "finished_at": 3.0,
     }
 
 
