@@ -23,10 +23,12 @@ from actors.options import Options
 from actors.records import Dispatch, Ended, Record, Report, Steps
 from actors.runner import Runner, build_gateway
 from actors.tuning import hot, tune_gc
+from workflows.command import resolve_type
+from workflows.errors import InvalidCommand
 
 
 class CommandActor:
-    def __init__(self, options: Options, log: Any, supervisor: Any, index: int) -> None:
+    def __init__(self, options: Options, log: Any, supervisor: Any, index: int | str) -> None:
         node = ray.get_runtime_context().get_node_id()
         logs.configure(options.log_level, options.log_format, component="command", actor=str(index), node_id=node[:12])
         tune_gc()
@@ -50,6 +52,22 @@ class CommandActor:
     def ready(self) -> str | None:
         """None once this actor can run workflows; else why not (a gateway that cannot be built)."""
         return self._fault
+
+    def node(self) -> str:
+        """The id of the node this actor runs on (told again after a restart elsewhere)."""
+        return str(ray.get_runtime_context().get_node_id())
+
+    def importable(self, types: list[str]) -> dict[str, str | None]:
+        """Per command type, None if this actor's code has it, else why not: asked before
+        a command of it is journaled for this actor's deployment."""
+        answers: dict[str, str | None] = {}
+        for name in types:
+            try:
+                resolve_type(name)
+                answers[name] = None
+            except InvalidCommand as exc:
+                answers[name] = str(exc)
+        return answers
 
     async def _append(self, records: list[Record]) -> list[Any]:
         return await append_within(self._log, records, self._append_timeout_s)

@@ -83,6 +83,9 @@ class Options:
     """Serve the web console on 127.0.0.1 of the head node at this port (None: no console)."""
     console_token: str | None = field(default=None, repr=False)
     """Operator token the console's suspend and resume need; None: a read-only console."""
+    deployment_grace_s: float = 300.0
+    """How long a deployment with no unfinished workflow (and newest for none of its
+    types) is kept before its CommandActors are ended."""
     metrics: bool = True
     """Export the coordinator's metrics (`actors.metrics`) through Ray's per-node metrics endpoint."""
 

@@ -11,25 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 from typing import Any, cast
 
 import ray
-from ray.exceptions import RayActorError
+import structlog
 
 from actors import logs
 from actors import metrics as m
 from actors.batching import Batcher
-from actors.command import RemoteCommandActor
 from actors.log import append_within
 from actors.options import Options
-from actors.placement import actor_options, command_actor_name, journal_replicas, log_actor_name
-from actors.records import Dispatch, Ended, Record, Report, Steps
+from actors.placement import journal_replicas, log_actor_name
+from actors.pools import RayPools
+from actors.records import Ended, Record, Report, Steps
+from actors.supervision.deployments import Deployments
 from actors.supervision.supervisor import SupervisorCore
 from actors.tuning import hot, tune_gc
+from workflows.command import current_runtime_env
 from workflows.context import Outcome
-from workflows.errors import CoordinatorError, WorkerLost
+from workflows.errors import CoordinatorError
 
+POOL_TEND_S = 1.0
+"""How often the pools are re-spread over the nodes and unused deployments drained."""
 POOL_READY_TIMEOUT_S = 120.0
 """How long start-up waits for CommandActors to say whether they can run workflows;
 one not placed by then (its node is gone) is left to dispatch, which handles lost actors."""
@@ -79,25 +82,6 @@ class RayJournal:
         return out
 
 
-class RayPool:
-    """The supervisor's port to the CommandActor pool."""
-
-    def __init__(self, handles: list[Any]) -> None:
-        self.handles = handles
-        self.size = len(handles)
-
-    async def run(self, worker: int, items: list[Dispatch]) -> None:
-        try:
-            await self.handles[worker].run.remote(items)
-        except RayActorError as exc:
-            raise WorkerLost(str(exc)) from exc
-
-    async def reset(self, incarnation: str) -> None:
-        for handle in self.handles:
-            with contextlib.suppress(RayActorError):  # a dead actor runs nothing; Ray restarts it empty
-                await handle.reset.remote(incarnation)
-
-
 class SupervisorActor:
     async def __init__(self, options: Options) -> None:  # type: ignore[misc]  # Ray awaits it
         logs.configure(options.log_level, options.log_format, component="supervisor")
@@ -111,20 +95,30 @@ class SupervisorActor:
             self._fault = exc
             return
         me = ray.get_runtime_context().current_actor
-        pool = [
-            RemoteCommandActor.options(**actor_options(options, command_actor_name(i)),
-                                       scheduling_strategy="SPREAD").remote(options, self.log, me, i)
-            for i in range(options.command_actors)
-        ]
-        self.pool = pool
-        fault = await pool_fault(pool)
+        journal = RayJournal(self.log, options.append_timeout_s)
+        self.pool = RayPools(options, self.log, me)
+        self.registry = Deployments(self.pool, journal.append, options.deployment_grace_s)
+        self.registry.adopt((await journal.state(0, 0)).get("deployments", {}))
+        for dep in self.registry.newest_first():
+            await self.pool.create(dep.id, dep.runtime_env)
+        own = dict(options.runtime_env) if options.runtime_env is not None else current_runtime_env()
+        default = await self.registry.ensure_default(own)
+        fault = await pool_fault(self.pool.handles())
         if fault is not None:  # a bad gateway option: `cluster.start` raises it and stops everything
             self._fault = ValueError(fault)
             return
         self.metrics = m.for_options(options.namespace, options.metrics)
-        self.core = SupervisorCore(options, RayJournal(self.log, options.append_timeout_s), RayPool(pool),
-                                   metrics=self.metrics)
+        self.core = SupervisorCore(options, journal, self.pool, metrics=self.metrics)
+        self.pool.busy = lambda w: w < len(self.core.dispatcher.free) and \
+            self.core.dispatcher.free[w] < options.slots_per_actor
+        for wf in self.core.table.workflows.values():
+            wf.deployment = wf.deployment or default.id
+        self.core.intake.route = self.registry.route
         await self.core.start()
+        for wf in self.core.table.workflows.values():  # journals older than deployments: the default one
+            wf.deployment = wf.deployment or default.id
+        self.core.dispatcher.wake.set()
+        self._pool_task = asyncio.get_running_loop().create_task(self._tend())
         self._metrics_task = self.metrics.start()
 
     def _ready(self) -> SupervisorCore:
@@ -179,11 +173,38 @@ class SupervisorActor:
         """From CommandActors: the ends of attempts."""
         await self._ready().report(reports)
 
+    async def _tend(self) -> None:
+        """Re-spread the pools over the nodes and drain unused deployments; the loop's one catch-all."""
+        while True:
+            await asyncio.sleep(POOL_TEND_S)
+            try:
+                await self.pool.respread()
+                await self.registry.drain(self._live())
+            except Exception as exc:
+                structlog.get_logger("supervisor").warning("pool_tending_failed", error=repr(exc))
+
+    def _live(self) -> dict[str, int]:
+        live: dict[str, int] = {}
+        for wf in self.core.table.unfinished():
+            live[wf.deployment] = live.get(wf.deployment, 0) + 1
+        return live
+
+    async def deploy(self, runtime_env: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A new deployment with ``runtime_env``: new submits of the types it imports go to it."""
+        self._ready()
+        dep = await self.registry.deploy(dict(runtime_env) if runtime_env is not None else None)
+        return dep.describe(0, self.pool.counts(dep.id))
+
+    async def deployments(self) -> builtins.list[dict[str, Any]]:
+        """Each deployment: id, runtime_env summary, types, unfinished workflows, actors, created_at."""
+        self._ready()
+        return self.registry.listing(self._live())
+
     async def actors(self) -> dict[str, Any]:
         """Handles of the LogActor and the CommandActor pool (for tools and tests)."""
         namespace = self.options.namespace
         logs = [ray.get_actor(log_actor_name(i), namespace=namespace) for i in range(self.options.replicas)]
-        return {"log": logs, "command": self.pool[:]}
+        return {"log": logs, "command": self.pool.handles()}
 
     async def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         return await self._ready().list(state, limit)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
+import sys
 import unicodedata
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import msgpack
 
@@ -42,6 +44,35 @@ class Command:
 
     async def compensate(self, ctx: Context, error: BaseException) -> None:
         """Undo what ``ctx.outcomes`` says was done. The default does nothing."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A command crosses processes as a `CommandEnvelope`: type name, fields and the
+        runtime_env of the sender, so the receiver never needs the command's code."""
+        if not dataclasses.is_dataclass(self):
+            return cast(tuple[Any, ...], object.__reduce__(self))
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return CommandEnvelope, (type_name(type(self)), fields, current_runtime_env())
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandEnvelope:
+    """A command as plain data: ``module:QualName``, its fields, and the runtime_env
+    (None outside Ray) of the job that sent it, whose code has the type."""
+
+    type: str
+    fields: dict[str, Any]
+    runtime_env: dict[str, Any] | None = None
+
+
+def current_runtime_env() -> dict[str, Any] | None:
+    """This Ray driver's or worker's runtime_env (its ``working_dir`` an uploaded
+    ``gcs://`` package other actors can use), or None where Ray is not connected."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    env = ray.get_runtime_context().runtime_env
+    plain: dict[str, Any] = json.loads(json.dumps(dict(env), default=str))
+    return plain
 
 
 MAX_WORKFLOW_ID_BYTES = 1024
@@ -104,22 +135,33 @@ def resolve_type(name: str) -> type[Command]:
     return obj
 
 
+def runtime_env_of(cmd: object) -> dict[str, Any] | None:
+    """The runtime_env a command was sent from (an envelope's), else None."""
+    return cmd.runtime_env if isinstance(cmd, CommandEnvelope) else None
+
+
 def encode_command(cmd: object, max_bytes: int) -> tuple[str, dict[str, Any]]:
     """Return ``(type, fields)`` for the journal, or raise `InvalidCommand`.
 
-    Checks, before anything is journaled: a dataclass `Command` instance, a type that
-    imports back to the same class, fields msgpack can encode, and the size limit.
+    Checks, before anything is journaled: a dataclass `Command` instance whose type
+    imports back to the same class, or a `CommandEnvelope` (whose type is checked where
+    it runs), fields msgpack can encode, and the size limit.
     The fields returned are those the journal will hold: packed and unpacked with the
     journal codec's options (a tuple comes back a list), so what runs first, what a
     recovered attempt runs and what a re-submit is compared with are all the same.
     """
-    if not isinstance(cmd, Command) or not dataclasses.is_dataclass(cmd):
+    if isinstance(cmd, CommandEnvelope):  # its type is imported where it runs, not here
+        name, fields = cmd.type, cmd.fields
+        if not isinstance(name, str) or ":" not in name or "<locals>" in name or not isinstance(fields, dict):
+            raise InvalidCommand(f"command type {name!r} cannot be imported back by name; define it at module level")
+    elif not isinstance(cmd, Command) or not dataclasses.is_dataclass(cmd):
         raise InvalidCommand(f"{cmd!r} is not an instance of a @dataclass subclass of workflows.Command")
-    name = type_name(type(cmd))
-    if "<locals>" in name or resolve_type(name) is not type(cmd):
-        raise InvalidCommand(f"command type {name!r} cannot be imported back by name; define it at module level")
-    # Only __init__ fields: decode rebuilds with cls(**fields), and init=False ones are derived.
-    fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd) if f.init}
+    else:
+        name = type_name(type(cmd))
+        if "<locals>" in name or resolve_type(name) is not type(cmd):
+            raise InvalidCommand(f"command type {name!r} cannot be imported back by name; define it at module level")
+        # Only __init__ fields: decode rebuilds with cls(**fields), and init=False ones are derived.
+        fields = {f.name: getattr(cmd, f.name) for f in dataclasses.fields(cmd) if f.init}
     try:
         packed = msgpack.packb(fields, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as exc:

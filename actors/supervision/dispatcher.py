@@ -63,6 +63,8 @@ class Dispatcher:
         self.ready: deque[str] = deque()
         self.running: dict[str, Slot] = {}
         self.free = [options.slots_per_actor] * pool.size
+        self.last_node: dict[str, str] = {}
+        """The node of each unfinished workflow's last attempt: its retry prefers another."""
         self.fresh: set[str] = set()
         """Ids submitted here and not yet dispatched: their first attempt needs no steps."""
         self.wake = asyncio.Event()
@@ -80,21 +82,46 @@ class Dispatcher:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            batches: dict[int, list[Dispatch]] = {}
-            while self.ready:
-                worker = max(range(len(self.free)), key=self.free.__getitem__)
-                if self.free[worker] <= 0:
-                    break
-                wf = self.table.workflows.get(self.ready.popleft())
-                if wf is None or wf.state is not State.PENDING:
-                    continue
-                self.free[worker] -= 1
-                wf.state = transition(wf.state, Event.DISPATCH)
-                wf.attempts += 1
-                self.running[wf.id] = (worker, wf.attempts)
-                batches.setdefault(worker, []).append(self._item(wf))
-            for worker, items in batches.items():
+            for worker, items in self._batches().items():
                 self._spawn(self._run_on(worker, items))
+
+    def _batches(self) -> dict[int, list[Dispatch]]:
+        """Ready workflows onto free slots of their deployment's workers; the ones whose
+        deployment has no free slot keep their place in the queue."""
+        self.free += [self.options.slots_per_actor] * (self.pool.size - len(self.free))
+        capacity = sum(max(0, self.free[w]) for w in live_workers(self.pool))
+        batches: dict[int, list[Dispatch]] = {}
+        waiting: list[str] = []
+        full: set[str] = set()
+        while self.ready and capacity > 0:
+            wf = self.table.workflows.get(self.ready.popleft())
+            if wf is None or wf.state is not State.PENDING:
+                continue
+            worker = None if wf.deployment in full else self._pick(wf)
+            if worker is None:
+                full.add(wf.deployment)
+                waiting.append(wf.id)
+                continue
+            self.free[worker] -= 1
+            capacity -= 1
+            wf.state = transition(wf.state, Event.DISPATCH)
+            wf.attempts += 1
+            self.running[wf.id] = (worker, wf.attempts)
+            batches.setdefault(worker, []).append(self._item(wf))
+        self.ready.extendleft(reversed(waiting))
+        return batches
+
+    def _pick(self, wf: Workflow) -> int | None:
+        """The worker of ``wf``'s deployment with the most free slots, preferring one on
+        another node than its last attempt's (SPEC 4.15); None if all are busy."""
+        free = [w for w in workers_of(self.pool, wf.deployment) if self.free[w] > 0]
+        last = self.last_node.get(wf.id)
+        elsewhere = [w for w in free if last is None or node_of(self.pool, w) != last]
+        worker = max(elsewhere or free, key=self.free.__getitem__, default=None)
+        node = None if worker is None else node_of(self.pool, worker)
+        if node is not None:
+            self.last_node[wf.id] = node
+        return worker
 
     def _item(self, wf: Workflow) -> Dispatch:
         fresh = wf.id in self.fresh
@@ -244,5 +271,22 @@ class Dispatcher:
         self.metrics.count(FINISHED[kind], 1, wf.type)
         self.metrics.observe(WORKFLOW_LATENCY, wf.finished_at - wf.submitted_at, wf.type)
         self.parking.done(wf.id)
+        self.last_node.pop(wf.id, None)
         self.admission.release(1)
         self.finished(wf.id)
+
+
+def workers_of(pool: PoolPort, deployment: str) -> list[int]:
+    """The workers of a deployment; a pool without deployments gives every worker to all."""
+    pick = getattr(pool, "workers_of", None)
+    return list(range(pool.size)) if pick is None else list(pick(deployment))
+
+
+def live_workers(pool: PoolPort) -> list[int]:
+    live = getattr(pool, "live", None)
+    return list(range(pool.size)) if live is None else list(live())
+
+
+def node_of(pool: PoolPort, worker: int) -> str | None:
+    node = getattr(pool, "node_of", None)
+    return None if node is None else node(worker)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -29,7 +29,7 @@ from actors.supervision.modes import Mode
 from actors.supervision.parking import Parking
 from actors.supervision.ports import JournalPort
 from actors.workflow_state import Event, Workflow, WorkflowTable, transition
-from workflows.command import check_workflow_id, encode_command
+from workflows.command import check_workflow_id, encode_command, runtime_env_of
 from workflows.errors import InvalidCommand, Suspended
 
 Encoded = tuple[str, dict[str, Any]]
@@ -54,6 +54,9 @@ class Intake:
         self.metrics = metrics or Metrics.off()
         self.submitting: dict[str, tuple[Encoded, asyncio.Future[None]]] = {}
         """Ids being admitted: their command, and a future that ends as their submit does."""
+        self.route: Callable[[list[tuple[str, Any]]], Awaitable[list[str]]] | None = None
+        """Where new commands run (`actors.supervision.deployments`): a deployment id per
+        (type, submitter's runtime_env); `InvalidCommand` for a type none can import."""
 
     def recover(self, wf: Workflow, now: float) -> None:
         """Schedule an unfinished workflow the journal holds and this process did not run:
@@ -92,7 +95,11 @@ class Intake:
             elif future is not None and future not in others:
                 others.append(future)
         if new:
-            await self._admit(new)
+            placed: dict[str, str] = {}
+            if self.route is not None:
+                envs = {wid: runtime_env_of(cmd) for (wid, _), cmd in zip(checked, cmds, strict=True)}
+                placed = dict(zip(new, await self.route([(e[0], envs[w]) for w, e in new.items()]), strict=True))
+            await self._admit(new, placed)
         for future in others:
             await asyncio.wait([future])
             if future.cancelled():  # its submitter went away before an answer: submit it here
@@ -130,7 +137,7 @@ class Intake:
             reason = "suspended by an operator" if self.parking.held else "a service is out (circuit breaker open)"
             raise Suspended(f"intake is closed: {reason}; mode {mode.value}")
 
-    async def _admit(self, new: dict[str, Encoded]) -> None:
+    async def _admit(self, new: dict[str, Encoded], placed: dict[str, str] | None = None) -> None:
         self._check_intake()
         loop = asyncio.get_running_loop()
         futures = {w: loop.create_future() for w in new}
@@ -141,7 +148,7 @@ class Intake:
             try:
                 self._check_intake()
                 now = self.clock()
-                batch = [Submitted(w, e[0], e[1], now) for w, e in new.items()]
+                batch = [Submitted(w, e[0], e[1], now, (placed or {}).get(w, "")) for w, e in new.items()]
                 answers = await self.journal.append(list[Record](batch))
             except BaseException:
                 self.admission.release(len(new))

@@ -139,9 +139,6 @@ def test_a_job_with_only_packaged_types_uses_the_running_coordinator(
     assert sorted(answer["calls"]) == [f"{tracked}/0", f"{tracked}/1"]
 
 
-@pytest.mark.xfail(strict=True, reason="a command type only the submitting job's working_dir has cannot reach the "
-                                       "supervisor: it unpickles the argument in its own runtime_env "
-                                       "(RaySystemError: No module named 'orders_b')")
 def test_a_second_job_submits_a_command_type_of_its_own(head: RayHead, started: tuple[str, JobResult],
                                                         tmp_path: Path) -> None:
     namespace, first = started
