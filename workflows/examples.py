@@ -1,7 +1,8 @@
 """Example workflows, used by the demo and the tests.
 
-- `BookTrip`: the saga of the contract: reserve a flight and a hotel, charge the
-  payment; on failure, cancel what was reserved, in reverse order.
+- `BookTrip`: the saga of the contract: reserve a flight and a hotel together
+  (`Context.gather`), charge the payment; on failure, cancel what was reserved, in
+  reverse order. Its retries back off (`RetryPolicy`).
 - `Echo`, `Sleep`, `Fail`: no services; they return a value, wait, or fail.
 """
 
@@ -9,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from workflows.command import Command
 from workflows.context import Context
+from workflows.policy import RetryPolicy
 
 UNDO = {"flights": "cancel", "hotels": "cancel", "payments": "refund"}
 """The operation that undoes each service's step of `BookTrip`."""
@@ -20,14 +22,20 @@ UNDO = {"flights": "cancel", "hotels": "cancel", "payments": "refund"}
 
 @dataclass
 class BookTrip(Command):
-    """Book a flight and a hotel for ``trip_id`` and charge ``amount`` for them."""
+    """Book a flight and a hotel for ``trip_id`` and charge ``amount`` for them.
+
+    The flight and the hotel are reserved at once, as steps 0 and 1 (their keys are
+    reserved in that order, whichever answers first). A retry waits 0.1 s, then twice
+    as long each time, at most 2 s; it is never given up: a trip is booked or undone.
+    """
 
     trip_id: str
     amount: int
+    retry: ClassVar[RetryPolicy] = RetryPolicy(initial_interval_s=0.1, backoff=2.0, max_interval_s=2.0)
 
     async def exec(self, ctx: Context) -> dict[str, Any]:
-        flight = await ctx.step("flights", ctx.gateway.flights.reserve, self.trip_id)
-        hotel = await ctx.step("hotels", ctx.gateway.hotels.reserve, self.trip_id)
+        flight, hotel = await ctx.gather(ctx.step("flights", ctx.gateway.flights.reserve, self.trip_id),
+                                         ctx.step("hotels", ctx.gateway.hotels.reserve, self.trip_id))
         await ctx.step("payments", ctx.gateway.payments.charge, self.trip_id, self.amount)
         return {"flight": flight, "hotel": hotel}
 

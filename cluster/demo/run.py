@@ -1,10 +1,13 @@
 """``coordinator demo``: BookTrip sagas against real HTTP services, with faults.
 
 The demo starts the demo services (`ServiceHost`) and a coordinator, then submits
-``n`` `BookTrip` sagas while faults are injected:
+``n`` `BookTrip` sagas while faults are injected. Each reserves its flight and its
+hotel together (``ctx.gather``: steps 0 and 1, whichever answers first) and backs
+off between retries (its `RetryPolicy`, never exhausted):
 
 - flights drops the first call of one key in eight (503): those commands are
-  Delayed, parked and retried, and the retry's call executes once;
+  Delayed, parked and retried, and the retry's call executes once (the hotel,
+  reserved alongside, is answered again from the service's idempotency record);
 - hotels is out for about a second after a third of the trips are submitted: the
   gateways' circuit breakers open, commands are Blocked, the supervisor suspends
   intake and the driver sees `Suspended`, backs off and tries again until intake

@@ -1,8 +1,9 @@
 """Commands of the simulation: importable by name, their results predictable.
 
-A `Saga` calls its services in order and returns ``{"tag", "values"}``: given the
-journaled outcomes, the model knows exactly what `exec` returned (`expected_result`).
-Its compensation undoes each outcome, newest first.
+A `Saga` calls its services two at a time (`Context.gather`: each pair's steps run
+together and keep the indices of their call order) and returns ``{"tag", "values"}``:
+given the journaled outcomes, the model knows exactly what `exec` returned
+(`expected_result`). Its compensation undoes each outcome, newest first.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any, ClassVar
 
 from workflows.command import Command
 from workflows.context import Context
+from workflows.policy import RetryPolicy
 
 
 @dataclass
@@ -20,9 +22,10 @@ class Saga(Command):
     services: list[str]
 
     async def exec(self, ctx: Context) -> Any:
-        values = []
-        for i, service in enumerate(self.services):
-            values.append(await ctx.step(service, ctx.gateway.call, service, "do", self.tag, i))
+        values: list[Any] = []
+        for first in range(0, len(self.services), 2):
+            pair = enumerate(self.services[first:first + 2], first)
+            values += await ctx.gather(*(ctx.step(s, ctx.gateway.call, s, "do", self.tag, i) for i, s in pair))
         return {"tag": self.tag, "values": values}
 
     async def compensate(self, ctx: Context, error: BaseException) -> None:
@@ -33,9 +36,11 @@ class Saga(Command):
 
 @dataclass
 class HastySaga(Saga):
-    """A saga with a deadline: retried past it, it fails with `DeadlineExceeded`."""
+    """A saga with a deadline and a retry policy: retried with backoff, at most six
+    attempts, it fails with `RetriesExhausted` or, past its deadline, `DeadlineExceeded`."""
 
     deadline_s: ClassVar[float | None] = 1.5
+    retry: ClassVar[RetryPolicy] = RetryPolicy(0.05, 2.0, 0.4, max_attempts=6)
 
 
 class SagaFailure(Exception):
