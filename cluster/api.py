@@ -11,6 +11,7 @@ import ray
 from actors.options import Options
 from actors.placement import SUPERVISOR_NAME, actor_options, is_coordinator_actor, journal_group_name
 from actors.supervisor import RemoteSupervisorActor
+from workflows.command import current_runtime_env
 from workflows.errors import CoordinatorError, NotRunning
 
 
@@ -56,6 +57,22 @@ def connect(namespace: str = "coordinator") -> Any:
         return ray.get_actor(SUPERVISOR_NAME, namespace=namespace)
     except ValueError:
         raise NotRunning(f"no coordinator is running in namespace {namespace!r}") from None
+
+
+def deploy(runtime_env: dict[str, Any] | None = None, namespace: str = "coordinator") -> dict[str, Any]:
+    """A new deployment of the running coordinator: a CommandActor pool with ``runtime_env``
+    (default: this job's, its ``working_dir`` already uploaded). A new version: new submits
+    of the types it imports go to it; workflows started elsewhere finish where they started."""
+    sup = connect(namespace)
+    env = dict(runtime_env) if runtime_env is not None else current_runtime_env()
+    answer: dict[str, Any] = ray.get(sup.deploy.remote(env))
+    return answer
+
+
+def deployments(namespace: str = "coordinator") -> list[dict[str, Any]]:
+    """The running coordinator's deployments, newest first."""
+    listed: list[dict[str, Any]] = ray.get(connect(namespace).deployments.remote())
+    return listed
 
 
 def stop(namespace: str = "coordinator") -> bool:

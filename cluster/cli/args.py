@@ -50,6 +50,10 @@ def parser() -> Parser:
     s.add_argument("id", help="workflow id")
     _ls(sub)
     _add(sub, "stats", "mode, intake, load and counts by state")
+    s = _add(sub, "deploy", "deploy code: a new CommandActor pool whose runtime_env has DIR as working_dir; new "
+             "submits of the types it imports go to it")
+    s.add_argument("--working-dir", required=True, metavar="DIR", help="directory with the command types' code")
+    _add(sub, "deployments", "the deployments: id, runtime_env, types, unfinished workflows, actors, created")
     _add(sub, "suspend", "close intake (operator override); print the stats")
     _add(sub, "resume", "reopen intake; print the stats")
     _add(sub, "stop", "end the coordinator's actors (the journal stays)")

@@ -125,6 +125,10 @@ def operate(args: argparse.Namespace) -> Answer:
 
     import cluster
 
+    if args.cmd == "deploy":  # the job's working_dir is uploaded; the deployment gets its gcs:// package
+        connect_ray(args.address, runtime_env={"working_dir": os.path.abspath(args.working_dir)})
+        dep = cluster.deploy(namespace=args.namespace)
+        return Answer(dep, lambda: render.deployments([dep]))
     connect_ray(args.address)
     if args.cmd == "stop":
         stopped = {"stopped": cluster.stop(args.namespace)}
@@ -138,6 +142,7 @@ def operate(args: argparse.Namespace) -> Answer:
         "result": (lambda: sup.result.remote(args.id, args.timeout), render.value),
         "status": (lambda: sup.status.remote(args.id), render.status),
         "stats": (lambda: sup.stats.remote(), render.stats),
+        "deployments": (lambda: sup.deployments.remote(), render.deployments),
         "suspend": (lambda: sup.suspend.remote(), render.stats),
         "resume": (lambda: sup.resume.remote(), render.stats),
         "outcomes": (lambda: sup.outcomes.remote(args.service, args.since_seq, args.limit), render.outcomes),

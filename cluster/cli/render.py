@@ -83,6 +83,12 @@ def status(s: Mapping[str, Any]) -> str:
     return head + "\n\n" + table(["step", "service", "outcome"], rows)
 
 
+def deployments(listed: Sequence[Mapping[str, Any]]) -> str:
+    rows = [[d["id"], cell(d["runtime_env"]), cell(", ".join(d["types"]) or "-"), str(d["unfinished"]),
+             str(d["actors"]), str(d["nodes"]), when(d["created_at"])] for d in listed]
+    return table(["ID", "RUNTIME_ENV", "TYPES", "UNFINISHED", "ACTORS", "NODES", "CREATED"], rows)
+
+
 def workflows(page: Sequence[Mapping[str, Any]], total: int, offset: int) -> str:
     if not page:
         return f"no workflows match ({total} before --offset)" if total else "no workflows match"

@@ -1,0 +1,135 @@
+"""The deployment registry without Ray: routing, its cache, pinning rules, draining, spreading."""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any
+
+import pytest
+
+from actors.records import Deployed, Record
+from actors.supervision.deployments import Deployments, env_key, spread
+from workflows.command import CommandEnvelope, encode_command
+from workflows.errors import InvalidCommand
+from workflows.testing import Echo
+
+A = {"working_dir": "gcs://_ray_pkg_a.zip"}
+B = {"working_dir": "gcs://_ray_pkg_b.zip"}
+
+
+class FakePools:
+    """Deployments whose code imports the types in ``code[env_key]``; counts the questions."""
+
+    def __init__(self, code: dict[str, set[str]]) -> None:
+        self.code = code
+        self.envs: dict[str, Any] = {}
+        self.asked: list[tuple[str, str]] = []
+        self.removed: list[str] = []
+
+    async def create(self, deployment: str, runtime_env: Any) -> None:
+        self.envs[deployment] = runtime_env
+
+    async def importable(self, deployment: str, types: list[str]) -> dict[str, str | None]:
+        self.asked += [(deployment, t) for t in types]
+        has = self.code.get(env_key(self.envs[deployment]), set())
+        return {t: None if t in has else f"No module named {t.split(':')[0]!r}" for t in types}
+
+    async def remove(self, deployment: str) -> None:
+        self.removed.append(deployment)
+
+    def counts(self, deployment: str) -> dict[str, int]:
+        return {"actors": 1, "nodes": 1}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        self.now += 0.001  # creation order is the clock's order
+        return self.now
+
+
+async def registry(code: dict[str, set[str]]) -> tuple[Deployments, FakePools, list[Record], Clock]:
+    pools, journal, clock = FakePools(code), [], Clock()
+
+    async def append(records: list[Record]) -> list[Any]:
+        journal.extend(records)
+        return [None] * len(records)
+
+    deployments = Deployments(pools, append, grace_s=10.0, clock=clock)
+    await deployments.ensure_default(None)
+    return deployments, pools, journal, clock
+
+
+async def test_a_type_goes_to_the_deployment_that_imports_it_and_answers_are_cached() -> None:
+    d, pools, journal, _ = await registry({env_key(None): {"pkg:T"}})
+    assert await d.route([("pkg:T", None), ("pkg:T", A)]) == [d.default, d.default]
+    assert await d.route([("pkg:T", None)]) == [d.default]
+    assert pools.asked == [(d.default, "pkg:T")]  # one question per (deployment, type)
+    assert [type(r) for r in journal] == [Deployed]
+
+
+async def test_a_type_only_the_job_has_gets_a_deployment_of_the_jobs_runtime_env() -> None:
+    d, pools, journal, _ = await registry({env_key(A): {"a:T"}})
+    [dep] = await d.route([("a:T", A)])
+    assert dep != d.default and pools.envs[dep] == A
+    assert await d.route([("a:T", A)]) == [dep]  # reused, not created again
+    assert [r.deployment for r in journal if isinstance(r, Deployed)] == [d.default, dep]
+
+
+async def test_a_type_nobody_imports_is_invalid_and_names_the_remedy() -> None:
+    d, _, _, _ = await registry({})
+    with pytest.raises(InvalidCommand, match=r"cluster.deploy\(runtime_env=...\).*coordinator deploy --working-dir"):
+        await d.route([("nope:T", None)])
+
+
+async def test_an_explicit_deploy_is_a_new_version_new_submits_go_to() -> None:
+    d, _, _, _ = await registry({env_key(A): {"a:T"}, env_key(B): {"a:T"}})
+    [old] = await d.route([("a:T", A)])
+    new = await d.deploy(B)
+    assert await d.route([("a:T", B)]) == [new.id]
+    assert d.newest_for("a:T") == new.id
+    assert await d.route([("a:T", A)]) == [old]  # a job with the old code keeps its own
+
+
+async def test_a_deployment_with_nothing_unfinished_is_drained_after_the_grace() -> None:
+    d, pools, journal, clock = await registry({env_key(A): {"a:T"}, env_key(B): {"a:T"}})
+    [old] = await d.route([("a:T", A)])
+    await d.deploy(B)
+    await d.route([("a:T", B)])
+    assert await d.drain({old: 1}) == []  # a workflow still runs there
+    assert await d.drain({}) == []  # idle from now on
+    clock.now += 11
+    assert await d.drain({}) == [old] and pools.removed == [old]
+    assert isinstance(journal[-1], Deployed) and journal[-1].retired
+    assert d.default in d.by_id  # the coordinator's own is never drained
+
+
+def test_spread_puts_one_actor_per_node_and_moves_them_back() -> None:
+    assert spread(None, ["n1", "n2", "n3"], {}) == (["n1", "n2", "n3"], [])
+    create, retire = spread(3, ["h", "x", "y"], {0: "h", 1: "h", 2: "h"})
+    assert sorted(create) == ["x", "y"] and len(retire) == 2
+    assert spread(None, ["h"], {0: "h", 1: "h", 2: "dead"}) == ([], [2, 1])
+    assert spread(2, ["a", "b"], {0: "a", 1: "b"}) == ([], [])
+
+
+def test_a_command_pickles_as_an_envelope_the_supervisor_reads_without_its_code() -> None:
+    envelope = pickle.loads(pickle.dumps(Echo({"n": 1})))
+    assert isinstance(envelope, CommandEnvelope) and envelope.type == "workflows.testing:Echo"
+    assert encode_command(envelope, 1 << 20) == encode_command(Echo({"n": 1}), 1 << 20)
+    unknown = CommandEnvelope("orders_b:PlaceOrderB", {"order_id": "b-1"}, B)
+    assert encode_command(unknown, 1 << 20) == ("orders_b:PlaceOrderB", {"order_id": "b-1"})
+
+
+def test_the_command_line_deploys_a_directory_and_lists_deployments() -> None:
+    from cluster.cli import parser, render
+
+    args = parser().parse_args(["deploy", "--working-dir", "code", "--namespace", "shop"])
+    assert (args.cmd, args.working_dir) == ("deploy", "code")
+    assert parser().parse_args(["deployments", "-o", "json"]).cmd == "deployments"
+    listed = [{"id": "d-1234abcd", "runtime_env": "working_dir=gcs://_ray_pkg_a.zip", "types": ["a:T", "a:U"],
+               "unfinished": 3, "actors": 2, "nodes": 2, "created_at": 0.0}]
+    lines = render.deployments(listed).splitlines()
+    assert lines[0].split() == ["ID", "RUNTIME_ENV", "TYPES", "UNFINISHED", "ACTORS", "NODES", "CREATED"]
+    assert lines[1].split()[0] == "d-1234abcd" and "a:T, a:U" in lines[1] and "1970-01-01T00:00:00" in lines[1]
