@@ -62,9 +62,6 @@ def test_the_supervisor_killed_mid_load_answers_every_result_in_flight(report: d
     assert counts["lost_after"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="the CommandActor pool never spreads back over nodes that join: after the "
-                                       "worker nodes are lost, Ray restarts every CommandActor on the head node and "
-                                       "all work stays there")
 def test_command_actors_spread_over_new_nodes_after_losing_the_workers(report: dict[str, Any]) -> None:
     name = "rebalance"
     assert name in report, report["_exit"]["stderr"]

@@ -133,3 +133,29 @@ def test_the_command_line_deploys_a_directory_and_lists_deployments() -> None:
     lines = render.deployments(listed).splitlines()
     assert lines[0].split() == ["ID", "RUNTIME_ENV", "TYPES", "UNFINISHED", "ACTORS", "NODES", "CREATED"]
     assert lines[1].split()[0] == "d-1234abcd" and "a:T, a:U" in lines[1] and "1970-01-01T00:00:00" in lines[1]
+
+
+async def test_a_parked_commands_retry_prefers_another_node() -> None:
+    from actors.inprocess import LocalCoordinator
+    from tests.unit.local import opts
+    from workflows.testing import Flaky
+
+    c = LocalCoordinator(opts(command_actors=3, slots_per_actor=8))
+    ran: dict[str, list[int]] = {}
+    run = c.pool.run
+
+    async def spy(worker: int, items: list[Any]) -> None:
+        for item in items:
+            ran.setdefault(item.workflow_id, []).append(worker)
+        await run(worker, items)
+
+    c.pool.run = spy  # type: ignore[method-assign]
+    c.pool.node_of = lambda worker: f"node-{worker}"  # type: ignore[attr-defined]
+    await c.start()
+    try:
+        ids = await c.core.submit_many([Flaky(failures=2) for _ in range(12)])
+        assert [await c.core.result(w, 10) for w in ids] == [{"first_attempt": 1, "attempts": 3}] * 12
+        assert all(len(ran[w]) == 3 for w in ids)
+        assert all(a != b for w in ids for a, b in zip(ran[w], ran[w][1:], strict=False))  # never the same node twice
+    finally:
+        await c.close()
