@@ -43,6 +43,12 @@ class LocalJournal:
     async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
         return self.journal.outcomes(service, since_seq, limit)
 
+    async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self.journal.table.lookup(workflow_ids)
+
+    async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
+        return self.journal.table.finished_page(state, limit, exclude)
+
 
 class LocalPool:
     """`PoolPort` over in-process runners. Faults for tests: a worker in ``lost`` fails

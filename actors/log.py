@@ -168,6 +168,12 @@ class LogActor:
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         return self._leader().outcomes(service, since_seq, limit)
 
+    async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self._leader().table.lookup(workflow_ids)
+
+    async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
+        return self._leader().table.finished_page(state, limit, exclude)
+
     # --- follower ------------------------------------------------------------------------
 
     async def accept(self, epoch: int, epoch_seq: int, first_seq: int, data: bytes, count: int,

@@ -88,6 +88,9 @@ class Options:
     types) is kept before its CommandActors are ended."""
     metrics: bool = True
     """Export the coordinator's metrics (`actors.metrics`) through Ray's per-node metrics endpoint."""
+    result_cache_size: int = 10_000
+    """Finished workflows the supervisor and the journal hold in memory (the last to
+    finish); older ones within ``retention_s`` are read back from the journal's storage."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_cmds, int) or self.max_cmds < 1:
@@ -99,6 +102,8 @@ class Options:
             if not isinstance(value, (int, float)) or not value >= 0:  # `not >=` also refuses NaN
                 raise ValueError(f"Options.{name} must be a number >= 0, got {value!r}")
         _check_counts(self)
+        if not isinstance(self.result_cache_size, int) or self.result_cache_size < 0:
+            raise ValueError(f"Options.result_cache_size must be an integer >= 0, got {self.result_cache_size!r}")
         if self.max_payload_bytes > MAX_PAYLOAD_BYTES:
             raise ValueError(f"Options.max_payload_bytes must be at most {MAX_PAYLOAD_BYTES} (a quarter of the "
                              f"journal's record limit), got {self.max_payload_bytes!r}")

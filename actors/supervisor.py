@@ -81,6 +81,14 @@ class RayJournal:
         out: list[dict[str, Any]] = await self.handle.outcomes.remote(service, since_seq, limit)
         return out
 
+    async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = await self.handle.lookup.remote(workflow_ids)
+        return found
+
+    async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
+        page: list[dict[str, Any]] = await self.handle.finished_page.remote(state, limit, exclude)
+        return page
+
 
 class SupervisorActor:
     async def __init__(self, options: Options) -> None:  # type: ignore[misc]  # Ray awaits it
@@ -164,6 +172,10 @@ class SupervisorActor:
 
     async def resume(self) -> dict[str, Any]:
         return await self._ready().resume()
+
+    async def resume_workflow(self, workflow_id: str) -> bool:
+        """Run a ``paused`` workflow again from its last outcome (idempotent)."""
+        return await self._ready().resume_workflow(workflow_id)
 
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         return await self._ready().outcomes(service, since_seq, limit)

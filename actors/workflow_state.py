@@ -7,6 +7,7 @@ The journal is the truth: a workflow's state is a fold over its records, so the 
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ class State(enum.StrEnum):
     RUNNING = "running"
     DELAYED = "delayed"
     BLOCKED = "blocked"
+    PAUSED = "paused"
     COMPLETED = "completed"
     FAILED = "failed"
     COMPENSATED = "compensated"
@@ -60,6 +62,8 @@ class Event(enum.StrEnum):
     COMPLETE = "complete"
     FAIL = "fail"
     COMPENSATE = "compensate"  # compensation finished with outcomes
+    PAUSE = "pause"  # its retry policy ran out (on_exhausted="pause") or its replay diverged
+    RESUME = "resume"  # an operator's resume_workflow
     EXPIRE = "expire"  # its deadline passed: it goes back to run its compensation
 
 
@@ -81,6 +85,10 @@ _EDGES: dict[tuple[State, Event], State] = {
     (State.DELAYED, Event.LOST): State.PENDING,
     (State.BLOCKED, Event.LOST): State.PENDING,
     (State.PENDING, Event.LOST): State.PENDING,
+    # Paused waits for an operator, across restarts too: recovery leaves it paused.
+    (State.RUNNING, Event.PAUSE): State.PAUSED,
+    (State.PAUSED, Event.RESUME): State.PENDING,
+    (State.PAUSED, Event.LOST): State.PAUSED,
     # A parked command can fail without running again: its deadline passed.
     (State.DELAYED, Event.FAIL): State.FAILED,
     (State.BLOCKED, Event.FAIL): State.FAILED,
@@ -118,6 +126,8 @@ class Workflow:
     """The same for each compensation; empty in snapshots written before they were kept."""
     deployment: str = ""
     """The deployment it runs on, every attempt (``""``: the coordinator's own)."""
+    reason: str = ""
+    """Why the last attempt parked or paused (the error's type and message)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, msgpack-encodable: the snapshot form."""
@@ -126,7 +136,7 @@ class Workflow:
                 "compensations": [list(o) for o in self.compensations], "compensating": self.compensating,
                 "error": self.error, "result": self.result, "next_retry_at": self.next_retry_at,
                 "finished_at": self.finished_at, "outcome_seqs": self.outcome_seqs,
-                "compensation_seqs": self.compensation_seqs, "deployment": self.deployment}
+                "compensation_seqs": self.compensation_seqs, "deployment": self.deployment, "reason": self.reason}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Workflow:
@@ -137,6 +147,7 @@ class Workflow:
                  [Outcome(*o) for o in d["outcomes"]], [Outcome(*o) for o in d["compensations"]],
                  d["compensating"], d["error"], d["result"], d["next_retry_at"], d["finished_at"],
                  list(d.get("outcome_seqs", [])), list(d.get("compensation_seqs", [])), d.get("deployment", ""))
+        wf.reason = d.get("reason", "")
         missing = len(wf.compensations) - len(wf.compensation_seqs)
         if missing > 0:
             wf.compensation_seqs += [wf.outcome_seqs[-1] if wf.outcome_seqs else -1] * missing
@@ -151,6 +162,7 @@ class Workflow:
             "outcomes": [list(o) for o in self.outcomes],
             "error": self.error,
             "next_retry_at": self.next_retry_at,
+            "reason": self.reason,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
         }
@@ -163,15 +175,39 @@ class WorkflowTable:
     end per workflow and drops the records of an ended one, so ``apply`` takes each
     record as the fact it states: no record has to be reconciled with another
     writer's. Duplicate step indices are the only repeats it ignores.
+
+    With a ``cache_size``, memory follows what is live: every unfinished workflow is
+    held, and of the finished ones only the ``cache_size`` that finished last (their
+    owner reads older ones back from the journal's storage).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, cache_size: int | None = None) -> None:
         self.workflows: dict[str, Workflow] = {}
         self.mode: str = "normal"
         self.held = False
         self.last_seq = -1
         self.deployments: dict[str, dict[str, Any]] = {}
         """Deployments not retired, by id: ``{"runtime_env", "t"}`` (`Deployed` records)."""
+        self.cache_size = cache_size
+        self._cached: OrderedDict[str, None] = OrderedDict()  # finished ids held, oldest first
+
+    def put(self, wf: Workflow) -> None:
+        """Hold ``wf`` (read back from the journal); a finished one joins the cache."""
+        self.workflows[wf.id] = wf
+        if wf.state.finished:
+            self.ended(wf.id)
+
+    def ended(self, wid: str) -> None:
+        """``wid`` finished: it stays held while it is among the last ``cache_size`` to finish."""
+        if self.cache_size is None:
+            return
+        self._cached[wid] = None
+        self._cached.move_to_end(wid)
+        while len(self._cached) > self.cache_size:
+            old, _ = self._cached.popitem(last=False)
+            wf = self.workflows.get(old)
+            if wf is not None and wf.state.finished:
+                del self.workflows[old]
 
     def apply(self, r: Record, seq: int = -1) -> Workflow | None:
         """Fold ``r``, journaled at ``seq``; the workflow it changed, if any."""
@@ -194,6 +230,8 @@ class WorkflowTable:
         found = self.workflows.get(r.workflow_id)
         if found is not None:
             _fold(found, r, seq)
+            if r.kind in _ENDS:
+                self.ended(found.id)
         return found
 
     def unfinished(self) -> list[Workflow]:
@@ -205,7 +243,23 @@ class WorkflowTable:
                 if wf.state.finished and wf.finished_at is not None and wf.finished_at < finished_before]
         for w in gone:
             del self.workflows[w]
+            self._cached.pop(w, None)
         return gone
+
+    def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The fold of each finished workflow held among ``workflow_ids``."""
+        return {w: wf.to_dict() for w in workflow_ids
+                if (wf := self.workflows.get(w)) is not None and wf.state.finished}
+
+    def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
+        """Up to ``limit`` folds of finished workflows held (in ``state``), the last to finish first."""
+        skip, out = set(exclude), list[dict[str, Any]]()
+        for wf in reversed(self.workflows.values()):
+            if len(out) >= limit:
+                break
+            if wf.state.finished and (state is None or wf.state.value == state) and wf.id not in skip:
+                out.append(wf.to_dict())
+        return out
 
     def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
         """The journaled steps of ``service`` with sequence number >= ``since_seq``, in
@@ -238,7 +292,8 @@ def _fold(wf: Workflow, r: WorkflowRecord, seq: int) -> None:
     elif isinstance(r, Started):
         wf.attempts = max(wf.attempts, r.attempt)  # a lost attempt's record may land after its successor's
     elif isinstance(r, Parked):
-        wf.state, wf.next_retry_at = (State.BLOCKED if r.blocked else State.DELAYED), r.next_retry_at
+        wf.state = State.PAUSED if r.paused else State.BLOCKED if r.blocked else State.DELAYED
+        wf.next_retry_at, wf.reason = (None if r.paused else r.next_retry_at), r.reason
         wf.attempts = max(wf.attempts, r.attempt)
     elif isinstance(r, Compensating | Expired):
         wf.compensating, wf.error = True, r.error

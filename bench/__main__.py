@@ -3,7 +3,9 @@
 Workloads: ``saga3`` (N=2,000, 50 in flight), ``saga3-io`` (10 ms per step,
 N=1,000, 100 in flight), ``saga3-metrics`` (saga3 on the coordinator with its metrics
 on and off, alternated, and the on/off ratio), ``scale`` (saga3 at N=1k, 10k, 100k), ``recovery`` (1,000
-unfinished workflows: time from `cluster.start` to all completed). ``--quick`` runs
+unfinished workflows: time from `cluster.start` to all completed), and, only when named,
+``soak`` (1,000,000 saga3 through one coordinator: throughput per tenth, RSS per process
+over time, disk use, old results' latency; `bench.soak`). ``--quick`` runs
 smaller sizes. Prints a table, the ratios and the targets, and writes
 ``bench-results.json`` (after every run, so a long run leaves partial results).
 
@@ -41,7 +43,9 @@ from bench import report
 from bench.local import DBOS_PEERS
 from bench.profile import print_summary
 
-WORKLOADS = ("saga3", "saga3-io", "saga3-metrics", "scale", "recovery")
+WORKLOADS = ("saga3", "saga3-io", "saga3-metrics", "scale", "recovery", "soak")
+DEFAULT_WORKLOADS = WORKLOADS[:-1]
+"""Run when none is named: all but ``soak`` (an hour at full size)."""
 SYSTEMS = ("bare", *DBOS_PEERS, "coordinator", "ray-floor")
 ALIASES = {"dbos": tuple(DBOS_PEERS)}
 """``--system dbos``: both DBOS peers."""
@@ -49,10 +53,12 @@ ALIASES = {"dbos": tuple(DBOS_PEERS)}
 FULL: dict[str, list[tuple[int, int, int]]] = {
     "saga3": [(2000, 50, 0)], "saga3-io": [(1000, 100, 10)], "saga3-metrics": [(2000, 50, 0)],
     "scale": [(1000, 50, 0), (10_000, 50, 0), (100_000, 50, 0)], "recovery": [(1000, 1000, 0)],
+    "soak": [(1_000_000, 100, 0)],
 }
 QUICK: dict[str, list[tuple[int, int, int]]] = {
     "saga3": [(500, 50, 0)], "saga3-io": [(300, 100, 10)], "saga3-metrics": [(500, 50, 0)],
     "scale": [(1000, 50, 0), (10_000, 50, 0)], "recovery": [(200, 200, 0)],
+    "soak": [(100_000, 100, 0)],
 }
 SWEPT = ("saga3", "saga3-io")
 METRICS_ORDER = (True, False, False, True)
@@ -189,6 +195,9 @@ class Bench:
             if workload == "recovery":
                 self.run_recovery(n, base)
                 continue
+            if workload == "soak":
+                self.run_soak(n, in_flight, base)
+                continue
             from bench.local import run_local
 
             for system in ("bare", *DBOS_PEERS):
@@ -227,6 +236,17 @@ class Bench:
             best = report._find(self.rows, "coordinator", "saga3", n)
             if best is not None and best["wf_per_s"] > 0:
                 self.best = int(best["command_actors"]), int(best["slots_per_actor"]), str(best["driver"])
+
+    def run_soak(self, n: int, in_flight: int, base: dict[str, Any]) -> None:
+        from bench.coordinator import CoordConfig
+        from bench.soak import run_soak, table
+
+        cfg = CoordConfig(1, 64, not self.args.no_fsync, "client")
+        self.record(f"coordinator soak n={n} [{cfg.name}]",
+                    functools.partial(run_soak, self.coordinator(), n, in_flight, cfg),
+                    {"system": "coordinator", "config": cfg.name, **base})
+        if "samples" in self.rows[-1]:
+            print(table(self.rows[-1]), flush=True)
 
     def run_recovery(self, n: int, base: dict[str, Any]) -> None:
         from bench.local import run_dbos_recovery
@@ -272,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         # SIGTERM ends the run as Ctrl-C does: `close` stops the PostgreSQL server and Ray
         signal.signal(signal.SIGTERM, _terminate)
         try:
-            for workload in args.workload or list(WORKLOADS):
+            for workload in args.workload or list(DEFAULT_WORKLOADS):
                 bench.run_workload(workload)
         finally:
             bench.close()

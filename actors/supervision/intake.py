@@ -212,7 +212,7 @@ class Intake:
             return True
         wf = Workflow.from_dict(known)
         wf.outcomes, wf.compensations = [], []  # the journal holds them; attempts read them there
-        self.table.workflows[wid] = wf
+        self.table.put(wf)
         if wf.state.finished:
             return False
         self.recover(wf, self.clock())

@@ -32,6 +32,16 @@ class JournalPort(Protocol):
 
     async def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]: ...
 
+    async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
+        """The fold (``Workflow.to_dict``, outcomes included) of each finished workflow
+        the journal keeps among ``workflow_ids``, read from its storage if need be."""
+        ...
+
+    async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
+        """Up to ``limit`` folds of finished workflows the journal keeps (in ``state``),
+        the last to finish first, leaving out ``exclude``."""
+        ...
+
 
 class PoolPort(Protocol):
     size: int

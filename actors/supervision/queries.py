@@ -14,7 +14,7 @@ import builtins
 import contextlib
 from typing import Any
 
-from actors.metrics import RESULT_CACHE_HITS, Metrics
+from actors.metrics import RESULT_CACHE_HITS, RESULT_CACHE_MISSES, Metrics
 from actors.supervision.ports import JournalPort
 from actors.workflow_state import State, Workflow, WorkflowTable
 from workflows.errors import CommandFailed, UnknownWorkflow
@@ -31,14 +31,27 @@ class Queries:
         self.started = started
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
 
-    def _get(self, workflow_id: str) -> Workflow:
-        wf = self.table.workflows.get(workflow_id)
+    async def _find(self, workflow_ids: builtins.list[str]) -> dict[str, Workflow]:
+        """The workflows of ``workflow_ids`` held here or, finished and out of this
+        cache, kept by the journal (read back from its storage); unknown ones left out."""
+        found = {w: wf for w in workflow_ids if (wf := self.table.workflows.get(w)) is not None}
+        missing = [w for w in dict.fromkeys(workflow_ids) if w not in found]
+        if missing:
+            for w, d in (await self.journal.lookup(missing)).items():
+                found[w] = Workflow.from_dict(d)
+            self.metrics.count(RESULT_CACHE_MISSES, len(missing))
+        return found
+
+    async def _get(self, workflow_id: str) -> Workflow:
+        wf = (await self._find([workflow_id])).get(workflow_id)
         if wf is None:
             raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
         return wf
 
     def notify(self, workflow_id: str) -> None:
-        """Wake every call waiting for ``workflow_id`` to finish."""
+        """``workflow_id`` finished: it joins the table's cache of finished ones, and
+        every call waiting for it wakes."""
+        self.table.ended(workflow_id)
         for future in self.waiters.pop(workflow_id, []):
             if not future.done():
                 future.set_result(None)
@@ -60,13 +73,12 @@ class Queries:
 
     async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:
         await self.started.wait()
-        wf = self._get(workflow_id)
+        wf = await self._get(workflow_id)
         if not wf.state.finished:
             try:
                 await self._until_finished([workflow_id], timeout_s)
             except TimeoutError:
                 raise TimeoutError(f"workflow {workflow_id} did not finish within {timeout_s} s") from None
-        # Every finished workflow is held in memory until retention_s has passed: each answer is a hit.
         self.metrics.count(RESULT_CACHE_HITS)
         if wf.state is State.COMPLETED:
             return wf.result
@@ -78,7 +90,11 @@ class Queries:
         return each finished one's ``{"state", "result", "error"}`` by id. One call for
         many workflows: a driver with many in flight pays a call per round, not per result."""
         await self.started.wait()
-        wfs = [self._get(w) for w in workflow_ids]
+        found = await self._find(workflow_ids)
+        unknown = next((w for w in workflow_ids if w not in found), None)
+        if unknown is not None:
+            raise UnknownWorkflow(f"no workflow with id {unknown!r}")
+        wfs = [found[w] for w in dict.fromkeys(workflow_ids)]
         if wfs and not any(wf.state.finished for wf in wfs):
             with contextlib.suppress(TimeoutError):
                 await self._until_finished(workflow_ids, timeout_s)
@@ -89,7 +105,7 @@ class Queries:
 
     async def status(self, workflow_id: str) -> dict[str, Any]:
         await self.started.wait()
-        return (await self._with_outcomes([self._get(workflow_id)]))[0]
+        return (await self._with_outcomes([await self._get(workflow_id)]))[0]
 
     async def list(self, state: str | None = None, limit: int = 100) -> builtins.list[dict[str, Any]]:
         if state is not None and state not in {s.value for s in State}:
@@ -100,6 +116,11 @@ class Queries:
                 found.append(wf)
                 if len(found) >= limit:
                     break
+        if len(found) < limit and (state is None or State(state).finished):
+            # Finished ones out of this cache: the journal's, newest first, past those held here.
+            held = {wf.id for wf in found}
+            for d in await self.journal.finished_page(state, limit - len(found), builtins.list(held)):
+                found.append(Workflow.from_dict(d))
         return await self._with_outcomes(found)
 
     async def _with_outcomes(self, wfs: builtins.list[Workflow]) -> builtins.list[dict[str, Any]]:

@@ -54,7 +54,7 @@ class SupervisorCore:
         self.clock = clock
         self.metrics = metrics or m.Metrics.off()
         self.incarnation = uuid.uuid4().hex
-        self.table = WorkflowTable()
+        self.table = WorkflowTable(options.result_cache_size)
         self.admission = Admission(options.max_cmds)
         self.started = asyncio.Event()
         self.queries = Queries(journal, self.table, self.started, self.metrics)
@@ -84,7 +84,7 @@ class SupervisorCore:
             for d in page["workflows"]:
                 wf = Workflow.from_dict(d)
                 wf.outcomes, wf.compensations = [], []  # the journal holds them; attempts read them there
-                self.table.workflows[wf.id] = wf
+                self.table.put(wf)
             offset += len(page["workflows"])
             if not page["workflows"]:
                 break
@@ -168,3 +168,9 @@ class SupervisorCore:
         """Release the operator's hold; journaled before it takes effect."""
         await self.parking.signal(Signal.RESUME, held=False)
         return self.stats()
+
+    async def resume_workflow(self, workflow_id: str) -> bool:
+        """Run a ``paused`` workflow again from its last outcome; journaled, idempotent,
+        False (a no-op) unless it is paused."""
+        await self.started.wait()
+        return await self.parking.resume_workflow(workflow_id)
