@@ -19,7 +19,9 @@ def ray_session() -> Iterator[str]:
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    ctx = ray.init(num_cpus=2, include_dashboard=False, namespace="tests", log_to_driver=False)
+    # A Ray instance of its own, never one already running on the host (a `ray start`
+    # head, another test run): "local" starts a new one whatever RAY_ADDRESS says.
+    ctx = ray.init(address="local", num_cpus=2, include_dashboard=False, namespace="tests", log_to_driver=False)
     yield ctx.address_info["gcs_address"]
     ray.shutdown()
 
