@@ -162,3 +162,93 @@ def test_the_session_ray_instance_lives_beside_the_head(ray_session: str, head: 
         return "pong"
 
     assert ray.get(ping.remote(), timeout=60) == "pong"
+
+
+VERSIONED = '''
+import os
+from dataclasses import dataclass
+from workflows import Command, Context, Delayed
+
+VERSION = {version}
+
+
+@dataclass
+class Versioned(Command):
+    flag: str
+
+    async def exec(self, ctx: Context):
+        if VERSION == 1 and not os.path.exists(self.flag):
+            raise Delayed("waiting for the flag")
+        return await ctx.step("version", lambda: {{"version": VERSION, "attempt": ctx.attempt}})
+'''
+
+DRIVER_V1 = '''
+import json, sys
+import ray
+import cluster
+from versioned import Versioned
+
+namespace, flag = sys.argv[1:3]
+sup = cluster.connect(namespace=namespace)
+ids = ray.get(sup.submit_many.remote([Versioned(flag) for _ in range(3)]))
+print(json.dumps({"ids": ids, "states": [ray.get(sup.status.remote(w))["state"] for w in ids]}))
+'''
+
+DRIVER_V2 = '''
+import json, pathlib, sys
+import ray
+import cluster
+from versioned import Versioned
+
+namespace, flag, old = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+sup = cluster.connect(namespace=namespace)
+deployed = cluster.deploy(namespace=namespace)
+new = ray.get(sup.submit.remote(Versioned(flag)))
+fresh = ray.get(sup.result.remote(new, 60))
+pathlib.Path(flag).touch()
+results = ray.get([sup.result.remote(w, 60) for w in old])
+print(json.dumps({"deployed": deployed["id"], "new": fresh, "old": results,
+                  "deployments": cluster.deployments(namespace)}))
+'''
+
+
+def test_a_new_version_is_deployed_while_the_old_ones_are_parked(head: RayHead, started: tuple[str, JobResult],
+                                                                  tmp_path: Path) -> None:
+    namespace, first = started
+    _answer(first)
+    flag = str(tmp_path / "flag")
+    v1 = _dir(tmp_path / "v1", {"versioned.py": VERSIONED.format(version=1), "driver.py": DRIVER_V1})
+    parked = _answer(head.submit(v1, "driver.py", [namespace, flag]))
+    v2 = _dir(tmp_path / "v2", {"versioned.py": VERSIONED.format(version=2), "driver.py": DRIVER_V2})
+    answer = _answer(head.submit(v2, "driver.py", [namespace, flag, ",".join(parked["ids"])]))
+    assert answer["new"]["version"] == 2  # new submits go to the new version
+    assert [r["version"] for r in answer["old"]] == [1, 1, 1]  # the parked ones finish on the code they started on
+    assert all(r["attempt"] >= 2 for r in answer["old"])
+    listed = {d["id"]: d for d in answer["deployments"]}
+    assert listed[answer["deployed"]]["types"] == ["versioned:Versioned"]
+    assert sum("versioned:Versioned" in d["types"] for d in listed.values()) == 2
+
+
+DRIVER_UNKNOWN = '''
+import json, sys
+import ray
+import cluster
+from workflows.command import CommandEnvelope
+from workflows.errors import InvalidCommand
+
+sup = cluster.connect(namespace=sys.argv[1])
+try:
+    ray.get(sup.submit.remote(CommandEnvelope("nowhere:Nothing", {}, None)))
+    print(json.dumps({"error": None}))
+except InvalidCommand as exc:
+    print(json.dumps({"error": str(exc)}))
+'''
+
+
+def test_a_type_nobody_can_import_is_invalid_with_the_remedy(head: RayHead, started: tuple[str, JobResult],
+                                                             tmp_path: Path) -> None:
+    namespace, first = started
+    _answer(first)
+    work = _dir(tmp_path / "u", {"driver.py": DRIVER_UNKNOWN})
+    error = _answer(head.submit(work, "driver.py", [namespace]))["error"]
+    assert error is not None and "coordinator deploy --working-dir" in error and "cluster.deploy" in error
