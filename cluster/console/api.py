@@ -16,7 +16,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-STATES = ("pending", "running", "delayed", "blocked", "completed", "failed", "compensated")
+from actors.workflow_state import State
+
+STATES = tuple(state.value for state in State)
+"""Every workflow state, as the supervisor names them."""
 FINISHED = ("completed", "failed", "compensated")
 ACTIVE = ("running", "pending", "delayed", "blocked")
 

@@ -4,7 +4,6 @@
 
 const REFRESH_MS = 1500;
 const PAGE = 50;
-const STATES = ["pending", "running", "delayed", "blocked", "completed", "failed", "compensated"];
 const view = () => document.getElementById("view");
 let busy = false;
 let generation = 0;
@@ -154,7 +153,7 @@ function renderOverview(d) {
         tp.per_s.length > 1 ? sparkline(tp.per_s) : el("div", { class: "spark muted", text: "sampling…" }),
         el("div", { class: "note", text: throughputNote(tp) }))),
     el("h2", { text: "Workflows by state" }),
-    el("div", { class: "counts" }, STATES.map((st) =>
+    el("div", { class: "counts" }, Object.keys(s.counts).map((st) =>
       el("a", { class: "count", href: "#/workflows?state=" + st },
         stateBadge(st), el("b", { id: "count-" + st, text: s.counts[st] ?? 0 })))),
     el("h2", {}, "In flight", el("span", { class: "sub", text: `running and pending, oldest first (up to ${d.rows_max} of each)` })),
