@@ -88,6 +88,10 @@ class CommandActor:
         self._incarnation = incarnation
         return self.runner.cancel_all()
 
+    async def stop(self, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+        """Cancel or terminate running attempts: each stops at its next step boundary."""
+        self.runner.stop(items)
+
     @hot
     async def run(self, items: list[Dispatch]) -> None:
         """Run a dispatch batch; returns once each attempt in it has been reported.

@@ -14,7 +14,7 @@ from typing import Any
 from actors.batching import Batcher
 from actors.journal import Journal, open_backend
 from actors.options import Options
-from actors.records import Dispatch, Ended, Record, Report, Steps
+from actors.records import Dispatch, Ended, Error, Record, Report, Steps
 from actors.runner import Runner, build_gateway
 from actors.supervision.supervisor import SupervisorCore
 from workflows.context import Outcome
@@ -78,6 +78,9 @@ class LocalPool:
     async def reset(self, incarnation: str) -> None:
         for runner in self.runners:
             runner.cancel_all()
+
+    async def stop(self, worker: int, items: list[tuple[str, str, Error]]) -> None:
+        self.runners[worker].stop(items)
 
 
 class LocalCoordinator:

@@ -20,7 +20,8 @@ class Dispatch:
     """Sent by the supervisor to a CommandActor: run one attempt. ``error`` is set for
     a compensation. ``fresh``: the first attempt of a workflow submitted to this
     supervisor, with no steps journaled; any other attempt gets its steps from the
-    journal (one call per dispatch batch)."""
+    journal (one call per dispatch batch). ``stop``: ``"cancel"`` or ``"terminate"``
+    once an operator asked for it (``error`` is then the `Cancelled` error)."""
 
     workflow_id: str
     type: str
@@ -29,6 +30,7 @@ class Dispatch:
     incarnation: str
     error: Error | None = None
     fresh: bool = False
+    stop: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,8 @@ SUBMITTED = _counter("coordinator_workflows_submitted", "Workflows journaled by 
 COMPLETED = _counter("coordinator_workflows_completed", "Workflows that completed", "type")
 FAILED = _counter("coordinator_workflows_failed", "Workflows that failed", "type")
 COMPENSATED = _counter("coordinator_workflows_compensated", "Workflows that failed and were compensated", "type")
+CANCELLED = _counter("coordinator_workflows_cancelled", "Workflows an operator cancelled (compensated)", "type")
+TERMINATED = _counter("coordinator_workflows_terminated", "Workflows an operator terminated", "type")
 DELAYED = _counter("coordinator_delayed", "Attempts that ended Delayed (parked, to be retried)", "type")
 BLOCKED = _counter("coordinator_blocked", "Attempts that ended Blocked (parked; intake suspends)", "type")
 RETRIES = _counter("coordinator_retries", "Parked workflows dispatched again by their retry timer", "type")
@@ -98,11 +100,13 @@ RESULT_CACHE_HITS = _counter("coordinator_result_cache_hits", "Finished results 
 RESULT_CACHE_MISSES = _counter("coordinator_result_cache_misses", "Finished results read back from the journal")
 
 SPECS: tuple[Spec, ...] = (
-    SUBMITTED, COMPLETED, FAILED, COMPENSATED, DELAYED, BLOCKED, RETRIES, IN_FLIGHT, MAX_CMDS, MODE,
+    SUBMITTED, COMPLETED, FAILED, COMPENSATED, CANCELLED, TERMINATED, DELAYED, BLOCKED, RETRIES, IN_FLIGHT,
+    MAX_CMDS, MODE,
     STEP_LATENCY, WORKFLOW_LATENCY, APPEND_LATENCY, BATCH_RECORDS, FSYNCS, JOURNAL_RECORDS, REPLICA_LAG,
     RESULT_CACHE_HITS, RESULT_CACHE_MISSES,
 )
-FINISHED = {"completed": COMPLETED, "failed": FAILED, "compensated": COMPENSATED}
+FINISHED = {"completed": COMPLETED, "failed": FAILED, "compensated": COMPENSATED, "cancelled": CANCELLED,
+            "terminated": TERMINATED}
 """The counter of each terminal record kind."""
 MODES = {"normal": 0, "suspended_slow": 1, "suspended_fast": 2}
 """`MODE`'s value per supervisor mode."""

@@ -82,6 +82,12 @@ class RayPools:
         except RayActorError as exc:
             raise WorkerLost(str(exc)) from exc
 
+    async def stop(self, worker: int, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+        try:
+            await self.workers[worker].handle.stop.remote(items)
+        except RayActorError as exc:
+            raise WorkerLost(str(exc)) from exc
+
     async def reset(self, incarnation: str) -> None:
         self.incarnation = incarnation
         for handle in self.handles():

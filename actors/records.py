@@ -12,6 +12,8 @@ A record kind has one writer, and the code keeps it so:
 | ``completed`` / ``failed`` / ``compensated`` | `Completed`, `Failed`, `Compensated` | the runner, at the end |
 | ``delayed`` / ``blocked`` / ``paused`` | `Parked` | the supervisor, as it parks an attempt or resumes one |
 | ``expired`` | `Expired` | the supervisor, as a parked command's deadline passes |
+| ``cancel`` | `Cancel` | the supervisor, as an operator cancels or terminates a workflow |
+| ``cancelled`` / ``terminated`` | `Stopped` | the runner, as a cancelled attempt ends (or the supervisor) |
 | ``mode`` | `ModeChanged` | the supervisor, as its mode changes |
 | ``deployed`` | `Deployed` | the supervisor, as it creates (or retires) a deployment |
 | ``snapshot`` | (`actors.journal.recovery`) | the journal, for compaction |
@@ -61,6 +63,9 @@ class Kind(enum.StrEnum):
     BLOCKED = "blocked"
     PAUSED = "paused"
     EXPIRED = "expired"
+    CANCEL = "cancel"
+    CANCELLED = "cancelled"
+    TERMINATED = "terminated"
     COMPLETED = "completed"
     FAILED = "failed"
     COMPENSATED = "compensated"
@@ -70,13 +75,12 @@ class Kind(enum.StrEnum):
 
 
 KINDS = frozenset(k.value for k in Kind)
-TERMINAL = frozenset({Kind.COMPLETED, Kind.FAILED, Kind.COMPENSATED})
+TERMINAL = frozenset({Kind.COMPLETED, Kind.FAILED, Kind.COMPENSATED, Kind.CANCELLED, Kind.TERMINATED})
 PARKED = frozenset({Kind.DELAYED, Kind.BLOCKED, Kind.PAUSED})
 
 
 @dataclass(frozen=True, slots=True)
-class Epoch:
-    """Written by the journal as it opens: a new writer's epoch."""
+class Epoch:  # written by the journal as it opens: a new writer's epoch
 
     epoch: int
     owner: str = ""
@@ -195,6 +199,37 @@ class Expired:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    """Written by the supervisor: an operator cancels (``terminate``: without compensating) a workflow."""
+
+    workflow_id: str
+    terminate: bool
+    reason: str
+    t: float
+    kind: ClassVar[Kind] = Kind.CANCEL
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": "cancel", "w": self.workflow_id, "terminate": self.terminate, "reason": self.reason, "t": self.t}
+
+
+@dataclass(frozen=True, slots=True)
+class Stopped:
+    """The end of a cancelled (``terminated``: not compensated) workflow; its error `Cancelled` (`cancel_error`)."""
+
+    workflow_id: str
+    error: Error
+    t: float
+    terminated: bool = False
+
+    @property
+    def kind(self) -> Kind:
+        return Kind.TERMINATED if self.terminated else Kind.CANCELLED
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"k": self.kind.value, "w": self.workflow_id, "t": self.t, "error": self.error}
+
+
+@dataclass(frozen=True, slots=True)
 class Completed:
     """Written by the runner as ``exec`` returns: the end of the workflow."""
 
@@ -263,8 +298,8 @@ class Deployed:
                 "retired": self.retired}
 
 
-Ending = Completed | Failed | Compensated
-WorkflowRecord = Submitted | Started | Step | Compensating | Parked | Expired | Ending
+Ending = Completed | Failed | Compensated | Stopped
+WorkflowRecord = Submitted | Started | Step | Compensating | Parked | Expired | Cancel | Ending
 Record = WorkflowRecord | Epoch | ModeChanged | Deployed
 
 
@@ -282,6 +317,11 @@ def from_wire(d: dict[str, Any]) -> Record:
     return record
 
 
+def _parked(d: dict[str, Any], blocked: bool) -> Parked:
+    t, due = d.get("t", 0.0), d.get("next_retry_at") or 0.0
+    return Parked(d["w"], blocked, d.get("attempt", 0), due, t, d.get("reason", ""))
+
+
 _READERS: dict[str, Any] = {
     "epoch": lambda d: Epoch(d["epoch"], d.get("owner", "")),
     "submitted": lambda d: Submitted(d["w"], d["type"], d["fields"], d["t"], d.get("deployment", "")),
@@ -289,13 +329,14 @@ _READERS: dict[str, Any] = {
     "outcome": lambda d: Step(d["w"], d["step"], d["service"], d["value"]),
     "compensation": lambda d: Step(d["w"], d["step"], d["service"], d["value"], compensation=True),
     "compensating": lambda d: Compensating(d["w"], d["error"], d.get("t", 0.0)),
-    "delayed": lambda d: Parked(d["w"], False, d.get("attempt", 0), d.get("next_retry_at") or 0.0,
-                                d.get("t", 0.0), d.get("reason", "")),
-    "blocked": lambda d: Parked(d["w"], True, d.get("attempt", 0), d.get("next_retry_at") or 0.0,
-                                d.get("t", 0.0), d.get("reason", "")),
+    "delayed": lambda d: _parked(d, False),
+    "blocked": lambda d: _parked(d, True),
     "paused": lambda d: Parked(d["w"], False, d.get("attempt", 0), 0.0, d.get("t", 0.0), d.get("reason", ""),
                                paused=True),
     "expired": lambda d: Expired(d["w"], d["error"], d["t"]),
+    "cancel": lambda d: Cancel(d["w"], bool(d["terminate"]), d.get("reason", ""), d["t"]),
+    "cancelled": lambda d: Stopped(d["w"], d.get("error") or {}, d.get("t", 0.0)),
+    "terminated": lambda d: Stopped(d["w"], d.get("error") or {}, d.get("t", 0.0), terminated=True),
     "completed": lambda d: Completed(d["w"], d.get("result"), d.get("t", 0.0)),
     "failed": lambda d: Failed(d["w"], d.get("error") or {}, d.get("t", 0.0)),
     "compensated": lambda d: Compensated(d["w"], d.get("error") or {}, d.get("t", 0.0)),
@@ -304,6 +345,6 @@ _READERS: dict[str, Any] = {
 }
 
 
-for _cls in (Epoch, Submitted, Started, Step, Compensating, Parked, Expired, Completed, Failed, Compensated,
-             ModeChanged, Deployed):
+for _cls in (Epoch, Submitted, Started, Step, Compensating, Parked, Expired, Cancel, Stopped, Completed, Failed,
+             Compensated, ModeChanged, Deployed):
     pickled_as_call(_cls)

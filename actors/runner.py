@@ -10,13 +10,12 @@ calls services only for new ones.
 The journal answers a record of a workflow it holds as ended with that end
 (`Ended`): the attempt is stale, it stops and reports what the journal holds, never
 what it computed (or nothing, when the journal does not know the workflow).
-The gateway the steps call through is built here from ``Options.gateway``.
+The gateway the steps call through is built from ``Options.gateway`` (`actors.gateways`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -26,8 +25,8 @@ from typing import Any
 import msgpack
 import structlog
 
+from actors.gateways import build_gateway as build_gateway
 from actors.metrics import STEP_LATENCY, Metrics
-from actors.options import Options
 from actors.records import (
     Compensated,
     Compensating,
@@ -43,17 +42,20 @@ from actors.records import (
     Started,
     Step,
     Steps,
+    Stopped,
 )
 from workflows.command import Command, decode_command
 from workflows.context import Context, Outcome
 from workflows.errors import (
     Blocked,
+    Cancelled,
     CommandFailed,
     Delayed,
     InvalidCommand,
     JournalError,
     NonDeterminism,
     PayloadTooLarge,
+    cancel_error,
 )
 from workflows.policy import COORDINATOR_SCHEDULE
 
@@ -135,33 +137,6 @@ class StaleAttempt(JournalError):
         self.end = end
 
 
-def build_gateway(options: Options) -> Any:
-    """Build the service gateway from ``options.gateway`` (``module:factory``), or None.
-
-    Raises `ValueError` naming the option when the module does not import, has no
-    such factory, or the factory raises.
-    """
-    if not options.gateway:
-        return None
-    module_name, _, name = options.gateway.partition(":")
-    where = f"Options.gateway={options.gateway!r}"
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"{where}: module {module_name!r} cannot be imported ({exc})") from exc
-    factory: Any = module
-    for part in name.split("."):
-        factory = getattr(factory, part, None)
-        if factory is None:
-            raise ValueError(f"{where}: {module_name!r} has no {name!r}")
-    if not callable(factory):
-        raise ValueError(f"{where}: {name!r} is not callable")
-    try:
-        return factory(options)
-    except Exception as exc:  # the factory is user code: whatever it raises is a bad option
-        raise ValueError(f"{where}: the factory raised {exc!r}") from exc
-
-
 class Runner:
     """Runs attempts; ``append`` journals records, ``live_steps`` reads the journaled
     steps of attempts that are not first ones, ``report`` tells the supervisor."""
@@ -179,6 +154,19 @@ class Runner:
         self._max_payload = max_payload_bytes
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._stops: dict[str, tuple[str, Error]] = {}
+        """Workflows an operator cancelled (``"cancel"``) or terminated, with their error."""
+
+    def stop(self, items: list[tuple[str, str, Error]]) -> None:
+        """Cancel or terminate running workflows ``(id, "cancel" or "terminate", error)``:
+        each raises `Cancelled` at its next step boundary (a compensation only for terminate)."""
+        for wid, how, error in items:
+            self._stops[wid] = (how, error)
+
+    def _boundary(self, wid: str, compensating: bool) -> None:
+        stop = self._stops.get(wid)
+        if stop is not None and (not compensating or stop[0] == "terminate"):
+            raise Cancelled(stop[1]["message"])
 
     # Recorder protocol, for Context
     async def record(self, workflow_id: str, kind: str, step: int, service: str, value: Any) -> Any:
@@ -226,6 +214,7 @@ class Runner:
             tasks.append(task)
         await asyncio.gather(*tasks, return_exceptions=True)
         for item in items:
+            self._stops.pop(item.workflow_id, None)
             if self._tasks.get(item.workflow_id) in tasks:
                 del self._tasks[item.workflow_id]
                 self._step_since.pop(item.workflow_id, None)
@@ -236,6 +225,7 @@ class Runner:
         n = len(self._tasks)
         self._tasks.clear()
         self._step_since.clear()
+        self._stops.clear()
         return n
 
     async def _attempt(self, item: Dispatch, entry: Steps | Ended) -> None:
@@ -247,12 +237,16 @@ class Runner:
             return
         started = asyncio.ensure_future(self._append([Started(wid, item.attempt, self._clock())]))
         outcomes, compensations = list(entry[0]), list(entry[1])
-        ctx = Context(wid, item.attempt, outcomes, self, self._gateway)
+        ctx = Context(wid, item.attempt, outcomes, self, self._gateway, boundary=partial(self._boundary, wid, False))
+        if item.stop:
+            self._stops[wid] = (item.stop, item.error or cancel_error("", item.stop == "terminate"))
         done: Report | None = None
         end: Ended | None = None
         try:
             cmd = decode_command(item.type, item.fields)
-            if item.error is not None:
+            if item.stop == "terminate":
+                done = await self._terminal(report, Stopped(wid, self._stops[wid][1], self._clock(), terminated=True))
+            elif item.error is not None:
                 done = await self._compensate(cmd, ctx, compensations, item.error, None, report)
             else:
                 done = await self._exec(cmd, ctx, compensations, report)
@@ -276,10 +270,17 @@ class Runner:
     async def _exec(self, cmd: Command, ctx: Context, compensations: list[Outcome], report: Reporting) -> Report:
         try:
             result = await cmd.exec(ctx)
+            self._boundary(ctx.workflow_id, False)
             self._check_payload(result, f"result of {ctx.workflow_id}")
         except (asyncio.CancelledError, JournalError):
             raise  # not the command's failure: the attempt is lost and dispatched again
         except Exception as exc:  # the attempt's one catch-all: classify, never crash the actor
+            stop = self._stops.get(ctx.workflow_id)
+            if stop is not None:  # an operator's cancel: compensate (unless terminated), end stopped
+                ctx.log.info("attempt_stopped", stop=stop[0])
+                if stop[0] == "terminate":
+                    return await self._terminal(report, Stopped(ctx.workflow_id, stop[1], self._clock(), True))
+                return await self._compensate(cmd, ctx, compensations, stop[1], exc, report)
             if diverged(exc):  # the code no longer replays its journal: an operator decides
                 ctx.log.error("attempt_diverged", error=repr(exc))
                 return report(Kind.PAUSED, reason=reason(exc))
@@ -299,9 +300,9 @@ class Runner:
         when there is nothing to undo or ``compensate`` raised, else ``compensated``."""
         wid = ctx.workflow_id
         if not ctx.outcomes:
-            return await self._terminal(report, Failed(wid, error, self._clock()))
+            return await self._terminal(report, self._end(wid, error, Failed))
         cctx = Context(wid, ctx.attempt, list(ctx.outcomes), self, self._gateway,
-                       compensations=compensations, compensating=True)
+                       compensations=compensations, compensating=True, boundary=partial(self._boundary, wid, True))
         cause = exc or CommandFailed(wid, error["type"], error["message"], error.get("traceback", ""))
         try:
             await cmd.compensate(cctx, cause)
@@ -314,9 +315,18 @@ class Runner:
             kind = retry_kind(cexc)
             if kind is not None:
                 return report(kind, error=error, reason=reason(cexc))
-            failed = dict(error, compensation_error=describe(cexc))
-            return await self._terminal(report, Failed(wid, failed, self._clock()))
-        return await self._terminal(report, Compensated(wid, error, self._clock()))
+            failed = error if isinstance(cexc, Cancelled) else dict(error, compensation_error=describe(cexc))
+            return await self._terminal(report, self._end(wid, failed, Failed))
+        return await self._terminal(report, self._end(wid, error, Compensated))
+
+    def _end(self, wid: str, error: Error, end: type[Failed | Compensated]) -> Ending:
+        """The end of a compensation: ``end``, or `Stopped` for a cancelled (terminated) workflow."""
+        stop = self._stops.get(wid)
+        if stop is None:
+            return end(wid, error, self._clock())
+        if "compensation_error" in error:
+            return Stopped(wid, dict(stop[1], compensation_error=error["compensation_error"]), self._clock())
+        return Stopped(wid, stop[1], self._clock(), stop[0] == "terminate")
 
     async def _terminal(self, report: Reporting, end: Ending) -> Report:
         """Journal the attempt's end; `StaleAttempt` if the journal holds another one."""

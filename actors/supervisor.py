@@ -177,6 +177,14 @@ class SupervisorActor:
         """Run a ``paused`` workflow again from its last outcome (idempotent)."""
         return await self._ready().resume_workflow(workflow_id)
 
+    async def cancel(self, workflow_id: str, reason: str = "") -> bool:
+        """Stop a workflow and compensate it: end state ``cancelled`` (journaled; False once finished)."""
+        return await self._ready().cancel(workflow_id, reason)
+
+    async def terminate(self, workflow_id: str, reason: str = "") -> bool:
+        """Stop a workflow without compensating it: end state ``terminated``."""
+        return await self._ready().terminate(workflow_id, reason)
+
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         return await self._ready().outcomes(service, since_seq, limit)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from actors.records import (
+    Cancel,
     Compensated,
     Compensating,
     Completed,
@@ -25,10 +26,12 @@ from actors.records import (
     Record,
     Started,
     Step,
+    Stopped,
     Submitted,
     WorkflowRecord,
 )
 from workflows.context import Outcome
+from workflows.errors import cancel_error
 
 
 class State(enum.StrEnum):
@@ -40,6 +43,8 @@ class State(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     COMPENSATED = "compensated"
+    CANCELLED = "cancelled"
+    TERMINATED = "terminated"
 
     @property
     def finished(self) -> bool:
@@ -50,7 +55,7 @@ class State(enum.StrEnum):
         return self in (State.DELAYED, State.BLOCKED)
 
 
-FINISHED = frozenset({State.COMPLETED, State.FAILED, State.COMPENSATED})
+FINISHED = frozenset({State.COMPLETED, State.FAILED, State.COMPENSATED, State.CANCELLED, State.TERMINATED})
 
 
 class Event(enum.StrEnum):
@@ -65,6 +70,8 @@ class Event(enum.StrEnum):
     PAUSE = "pause"  # its retry policy ran out (on_exhausted="pause") or its replay diverged
     RESUME = "resume"  # an operator's resume_workflow
     EXPIRE = "expire"  # its deadline passed: it goes back to run its compensation
+    CANCEL = "cancel"  # a cancelled attempt ended (compensated or not)
+    TERMINATE = "terminate"  # terminated: running, or by the supervisor while it waited
 
 
 class IllegalTransition(ValueError):
@@ -92,6 +99,10 @@ _EDGES: dict[tuple[State, Event], State] = {
     # A parked command can fail without running again: its deadline passed.
     (State.DELAYED, Event.FAIL): State.FAILED,
     (State.BLOCKED, Event.FAIL): State.FAILED,
+    # An operator's cancel: a parked or paused one is pending again when the request is journaled.
+    (State.RUNNING, Event.CANCEL): State.CANCELLED,
+    (State.RUNNING, Event.TERMINATE): State.TERMINATED,
+    (State.PENDING, Event.TERMINATE): State.TERMINATED,
 }
 
 
@@ -128,6 +139,8 @@ class Workflow:
     """The deployment it runs on, every attempt (``""``: the coordinator's own)."""
     reason: str = ""
     """Why the last attempt parked or paused (the error's type and message)."""
+    stop: str = ""
+    """``"cancel"`` or ``"terminate"`` once an operator's request is journaled."""
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, msgpack-encodable: the snapshot form."""
@@ -136,7 +149,8 @@ class Workflow:
                 "compensations": [list(o) for o in self.compensations], "compensating": self.compensating,
                 "error": self.error, "result": self.result, "next_retry_at": self.next_retry_at,
                 "finished_at": self.finished_at, "outcome_seqs": self.outcome_seqs,
-                "compensation_seqs": self.compensation_seqs, "deployment": self.deployment, "reason": self.reason}
+                "compensation_seqs": self.compensation_seqs, "deployment": self.deployment, "reason": self.reason,
+                "stop": self.stop}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Workflow:
@@ -147,7 +161,7 @@ class Workflow:
                  [Outcome(*o) for o in d["outcomes"]], [Outcome(*o) for o in d["compensations"]],
                  d["compensating"], d["error"], d["result"], d["next_retry_at"], d["finished_at"],
                  list(d.get("outcome_seqs", [])), list(d.get("compensation_seqs", [])), d.get("deployment", ""))
-        wf.reason = d.get("reason", "")
+        wf.reason, wf.stop = d.get("reason", ""), d.get("stop", "")
         missing = len(wf.compensations) - len(wf.compensation_seqs)
         if missing > 0:
             wf.compensation_seqs += [wf.outcome_seqs[-1] if wf.outcome_seqs else -1] * missing
@@ -280,7 +294,8 @@ def _replayed(wf: Workflow, o: Outcome, seq: int, kind: str) -> dict[str, Any]:
     return {"seq": seq, "kind": kind, "workflow_id": wf.id, "step": o.step, "service": o.service, "value": o.value}
 
 
-_ENDS = {Kind.COMPLETED: State.COMPLETED, Kind.FAILED: State.FAILED, Kind.COMPENSATED: State.COMPENSATED}
+_ENDS = {Kind.COMPLETED: State.COMPLETED, Kind.FAILED: State.FAILED, Kind.COMPENSATED: State.COMPENSATED,
+         Kind.CANCELLED: State.CANCELLED, Kind.TERMINATED: State.TERMINATED}
 
 
 def _fold(wf: Workflow, r: WorkflowRecord, seq: int) -> None:
@@ -301,5 +316,10 @@ def _fold(wf: Workflow, r: WorkflowRecord, seq: int) -> None:
             wf.state, wf.next_retry_at = State.PENDING, None
     elif isinstance(r, Completed):
         wf.state, wf.finished_at, wf.next_retry_at, wf.result = State.COMPLETED, r.t, None, r.result
-    elif isinstance(r, Failed | Compensated):
+    elif isinstance(r, Cancel):  # a waiting one runs again, to compensate (or be ended, terminated)
+        wf.stop, wf.error = "terminate" if r.terminate else "cancel", cancel_error(r.reason, r.terminate)
+        wf.compensating = wf.compensating or not r.terminate
+        if wf.state in (State.DELAYED, State.BLOCKED, State.PAUSED):
+            wf.state, wf.next_retry_at = State.PENDING, None
+    elif isinstance(r, Failed | Compensated | Stopped):
         wf.state, wf.finished_at, wf.next_retry_at, wf.error = _ENDS[r.kind], r.t, None, r.error

@@ -69,6 +69,7 @@ class Context:
         *,
         compensations: list[Outcome] | None = None,
         compensating: bool = False,
+        boundary: Callable[[], None] | None = None,
     ) -> None:
         self.workflow_id = workflow_id
         self.attempt = attempt
@@ -88,6 +89,8 @@ class Context:
         self._lost: int | None = None
         """The lowest index that settled without an outcome since the cursor last rewound."""
         self._settled: list[asyncio.Future[None]] = []
+        self._boundary = boundary
+        """Called before each step: raises `Cancelled` once the workflow is cancelled."""
 
     @property
     def log(self) -> Any:
@@ -129,6 +132,8 @@ class Context:
     async def record(self, service: str, value: Any) -> Any:
         """Journal ``value`` as the next outcome durably, then append it; returns it."""
         self._check_idle("ctx.record")
+        if self._boundary is not None:
+            self._boundary()
         current = self._current()
         index = len(current)
         stored = await self._journal(index, service, value)
@@ -148,6 +153,8 @@ class Context:
         Await it at once, or pass several to `gather`. `ConcurrentStep` if another
         step is in flight (not awaited yet through ``gather``)."""
         self._check_idle("ctx.step")
+        if self._boundary is not None:
+            self._boundary()
         index = self._cursor
         self._cursor += 1
         coro = self._step(index, service, fn, args, kwargs)

@@ -80,6 +80,17 @@ class RetriesExhausted(CoordinatorError):
     """A command's retry policy allowed no more attempts (``max_attempts``)."""
 
 
+class Cancelled(CoordinatorError):
+    """An operator cancelled (or terminated) the workflow: raised in a running attempt
+    at its next step boundary, and named by `CommandFailed` of its result."""
+
+
+def cancel_error(reason: str, terminate: bool) -> dict[str, str]:
+    """A cancelled (or terminated) workflow's error, as journaled."""
+    what = "terminated" if terminate else "cancelled"
+    return {"type": f"{__name__}.Cancelled", "message": f"{what}: {reason}" if reason else what, "traceback": ""}
+
+
 # --- journal -------------------------------------------------------------------------
 
 

@@ -4,7 +4,7 @@
   with the value the journal holds; a step that skips one is refused.
 - One terminal record per workflow: later ones are dropped.
 - A record of a workflow the journal holds as ended (an outcome, a compensation, a
-  second terminal record, ``started``, a parked, ``compensating`` or ``expired`` record) is dropped
+  second terminal record, ``started``, a parked, ``compensating``, ``expired`` or ``cancel`` record) is dropped
   and answered with `Ended`: the terminal record the journal holds, so a late writer
   reports what is durable rather than what it computed. An outcome or compensation
   of a workflow it does not know is answered ``Ended(None)``. `Ended` is never a
@@ -26,6 +26,7 @@ from typing import Any
 
 from actors.records import (
     TERMINAL,
+    Cancel,
     Compensating,
     Ended,
     Expired,
@@ -41,7 +42,7 @@ from actors.records import (
 )
 from actors.workflow_state import WorkflowTable
 
-LATE = (Started, Parked, Compensating, Expired)
+LATE = (Started, Parked, Compensating, Expired, Cancel)
 """Other records of an attempt: dropped once the workflow has ended."""
 
 Undo = list[Callable[[], object]]

@@ -38,7 +38,8 @@ from workflows.errors import JournalError, WorkerLost
 
 log = structlog.get_logger("supervisor")
 
-FINISH_EVENTS = {Kind.COMPLETED: Event.COMPLETE, Kind.FAILED: Event.FAIL, Kind.COMPENSATED: Event.COMPENSATE}
+FINISH_EVENTS = {Kind.COMPLETED: Event.COMPLETE, Kind.FAILED: Event.FAIL, Kind.COMPENSATED: Event.COMPENSATE,
+                 Kind.CANCELLED: Event.CANCEL, Kind.TERMINATED: Event.TERMINATE}
 REQUEUE_RETRY_MAX_S = 5.0
 Slot = tuple[int, int]
 """Where an attempt runs: (worker, attempt)."""
@@ -67,6 +68,8 @@ class Dispatcher:
         """The node of each unfinished workflow's last attempt: its retry prefers another."""
         self.fresh: set[str] = set()
         """Ids submitted here and not yet dispatched: their first attempt needs no steps."""
+        self.held: set[str] = set()
+        """Pending ids kept out of dispatch (a termination being journaled)."""
         self.wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -95,7 +98,7 @@ class Dispatcher:
         full: set[str] = set()
         while self.ready and capacity > 0:
             wf = self.table.workflows.get(self.ready.popleft())
-            if wf is None or wf.state is not State.PENDING:
+            if wf is None or wf.state is not State.PENDING or wf.id in self.held:
                 continue
             worker = None if wf.deployment in full else self._pick(wf)
             if worker is None:
@@ -127,7 +130,7 @@ class Dispatcher:
         fresh = wf.id in self.fresh
         self.fresh.discard(wf.id)
         return Dispatch(wf.id, wf.type, wf.fields, wf.attempts, self.incarnation,
-                    wf.error if wf.compensating else None, fresh and wf.attempts == 1)
+                        wf.error if wf.compensating or wf.stop else None, fresh and wf.attempts == 1, wf.stop)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -229,7 +232,10 @@ class Dispatcher:
             if rep.incarnation != self.incarnation or wf is None or slot is None or slot[1] != rep.attempt:
                 continue  # a stale or duplicate report
             self._release(wf.id, slot)
-            if rep.end in PARKED:
+            if rep.end in PARKED and wf.stop and (rep.error is None or wf.stop == "terminate"):
+                wf.state = transition(wf.state, Event.EXPIRE)  # cancelled meanwhile: it runs again, to stop
+                self.enqueue(wf.id, first=True)
+            elif rep.end in PARKED:
                 blocked = blocked or rep.end is Kind.BLOCKED
                 self.metrics.count(BLOCKED if rep.end is Kind.BLOCKED else DELAYED, 1, wf.type)
                 if rep.error is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from actors.records import Dispatch, Ended, Record, Steps
+from actors.records import Dispatch, Ended, Error, Record, Steps
 from workflows.context import Outcome
 
 
@@ -48,3 +48,6 @@ class PoolPort(Protocol):
 
     async def run(self, worker: int, items: list[Dispatch]) -> None: ...
     async def reset(self, incarnation: str) -> None: ...
+    async def stop(self, worker: int, items: list[tuple[str, str, Error]]) -> None:
+        """Cancel or terminate running attempts on ``worker``: ``(id, "cancel" or "terminate", error)``."""
+        ...

@@ -8,7 +8,8 @@ delegates to its state managers:
 - `Intake` (`intake`): admission under MaxCmds, submits, adoption of workflows the journal keeps;
 - `Dispatcher` (`dispatcher`): the ready queue, free slots, running attempts, reports, requeues;
 - `Parking` (`parking`): retry timers, deadlines, the suspension mode;
-- `Queries` (`queries`): results, waiters, status, listings, replays.
+- `Queries` (`queries`): results, waiters, status, listings, replays;
+- `Cancels` (`cancels`): an operator's cancel or termination of one workflow.
 
 `start` rebuilds the table by folding the journal, then schedules each unfinished
 command again before any new one is admitted. What survives a crash: everything
@@ -31,6 +32,7 @@ from actors import metrics as m
 from actors.options import Options
 from actors.records import Report
 from actors.supervision.admission import Admission
+from actors.supervision.cancels import Cancels
 from actors.supervision.dispatcher import Dispatcher
 from actors.supervision.intake import Intake
 from actors.supervision.modes import Mode, Signal
@@ -64,6 +66,7 @@ class SupervisorCore:
                                      self.queries.notify, self.incarnation, clock, self.metrics)
         self.intake = Intake(options, journal, self.table, self.admission, self.parking, self.dispatcher,
                              self.started, clock, self.metrics)
+        self.cancels = Cancels(journal, pool, self.table, self.parking, self.dispatcher, clock)
         self.metrics.source(self._sample)
         self._loops: list[asyncio.Task[Any]] = []
 
@@ -174,3 +177,14 @@ class SupervisorCore:
         False (a no-op) unless it is paused."""
         await self.started.wait()
         return await self.parking.resume_workflow(workflow_id)
+
+    async def cancel(self, workflow_id: str, reason: str = "") -> bool:
+        """Stop a workflow and compensate it (end state ``cancelled``); journaled first.
+        False (a no-op) once it finished or was cancelled already."""
+        await self.started.wait()
+        return await self.cancels.cancel(workflow_id, reason)
+
+    async def terminate(self, workflow_id: str, reason: str = "") -> bool:
+        """Stop a workflow without compensating it (end state ``terminated``); as `cancel`."""
+        await self.started.wait()
+        return await self.cancels.cancel(workflow_id, reason, terminate=True)

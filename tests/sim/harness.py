@@ -90,6 +90,9 @@ class SimPool:
         for runner in self.runners:
             runner.cancel_all()
 
+    async def stop(self, worker: int, items: list[tuple[str, str, dict[str, Any]]]) -> None:
+        self.runners[worker].stop(items)
+
 
 class Port(LocalJournal):
     """The journal port, copying records as a Ray call would; notes what is acknowledged

@@ -140,7 +140,7 @@ def test_specs_are_unique_valid_and_cover_every_mode_and_end() -> None:
     assert all(list(s.boundaries) == sorted(s.boundaries) and s.boundaries for s in m.SPECS
                if s.kind is m.Kind.HISTOGRAM)
     assert set(m.MODES) == {"normal", "suspended_slow", "suspended_fast"}
-    assert set(m.FINISHED) == {"completed", "failed", "compensated"}
+    assert set(m.FINISHED) == {"completed", "failed", "compensated", "cancelled", "terminated"}
 
 
 def test_importing_the_module_imports_no_ray() -> None:

@@ -36,6 +36,9 @@ EDGES: dict[tuple[State, Event], State] = {
     (S.RUNNING, E.PAUSE): S.PAUSED,
     (S.PAUSED, E.RESUME): S.PENDING,
     (S.PAUSED, E.LOST): S.PAUSED,
+    (S.RUNNING, E.CANCEL): S.CANCELLED,
+    (S.RUNNING, E.TERMINATE): S.TERMINATED,
+    (S.PENDING, E.TERMINATE): S.TERMINATED,
 }
 
 
@@ -54,9 +57,9 @@ def test_every_other_pair_is_illegal(state: State, event: Event) -> None:
 
 
 def test_finished_states_have_no_way_out_and_parked_ones_are_delayed_or_blocked() -> None:
-    assert len(ILLEGAL) == len(State) * len(Event) - 18
-    assert {S.COMPLETED, S.FAILED, S.COMPENSATED} == FINISHED
-    assert [s for s in State if s.finished] == [S.COMPLETED, S.FAILED, S.COMPENSATED]
+    assert len(ILLEGAL) == len(State) * len(Event) - 21
+    assert {S.COMPLETED, S.FAILED, S.COMPENSATED, S.CANCELLED, S.TERMINATED} == FINISHED
+    assert [s for s in State if s.finished] == [S.COMPLETED, S.FAILED, S.COMPENSATED, S.CANCELLED, S.TERMINATED]
     assert [s for s in State if s.parked] == [S.DELAYED, S.BLOCKED]
     assert not any(state in FINISHED for state, _ in EDGES)
     assert issubclass(IllegalTransition, ValueError)
