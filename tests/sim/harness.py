@@ -33,6 +33,19 @@ from tests.sim.storage import History, SimBackend
 from workflows.errors import CoordinatorError, JournalError, WorkerLost
 
 GEN: contextvars.ContextVar[int] = contextvars.ContextVar("sim_generation", default=-1)
+
+
+def tagged_task(tasks: dict[int, list[asyncio.Task[Any]]], loop: asyncio.AbstractEventLoop, coro: Any,
+                context: contextvars.Context | None) -> asyncio.Task[Any]:
+    """A task filed under the generation (`GEN`) it was started in, so a crash of that
+    generation can cancel every task it left; finished ones are pruned as they pile up."""
+    task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)
+    tag = context.get(GEN, -1) if context is not None else GEN.get()
+    bucket = tasks.setdefault(tag, [])
+    if len(bucket) > 2000:
+        bucket[:] = [t for t in bucket if not t.done()]
+    bucket.append(task)
+    return task
 JOURNAL_TAKES_EXECUTOR = "executor" in inspect.signature(Journal.__init__).parameters
 
 
@@ -158,13 +171,7 @@ class World:
 
     def _task_factory(self, loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any],
                       context: contextvars.Context | None = None) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)
-        tag = context.get(GEN, -1) if context is not None else GEN.get()
-        bucket = self.tasks.setdefault(tag, [])
-        if len(bucket) > 2000:
-            bucket[:] = [t for t in bucket if not t.done()]
-        bucket.append(task)
-        return task
+        return tagged_task(self.tasks, loop, coro, context)
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """A task of the world (a client, a fault timer): no crash stops it."""

@@ -26,7 +26,7 @@ from typing import Any
 
 from actors.records import from_wire
 from tests.sim.compat import Journal, codec, replica
-from tests.sim.harness import GEN, JOURNAL_TAKES_EXECUTOR
+from tests.sim.harness import GEN, JOURNAL_TAKES_EXECUTOR, tagged_task
 from tests.sim.loop import InlineExecutor, Livelock, SimLoop, Stalled, new_loop
 from tests.sim.sim import Result, quiet_logs
 from tests.sim.storage import History, SimBackend
@@ -205,13 +205,7 @@ class ReplicaSim:
 
     def _task_factory(self, loop: asyncio.AbstractEventLoop, coro: Any,
                       context: contextvars.Context | None = None) -> asyncio.Task[Any]:
-        task: asyncio.Task[Any] = asyncio.Task(coro, loop=loop, context=context)
-        tag = context.get(GEN, -1) if context is not None else GEN.get()
-        bucket = self.tasks.setdefault(tag, [])
-        if len(bucket) > 2000:
-            bucket[:] = [t for t in bucket if not t.done()]
-        bucket.append(task)
-        return task
+        return tagged_task(self.tasks, loop, coro, context)
 
     def leader_task(self, coro: Any) -> asyncio.Task[Any]:
         """A task of the current leader: its crash stops it and all it started."""
