@@ -54,6 +54,11 @@ def parser() -> Parser:
              "submits of the types it imports go to it")
     s.add_argument("--working-dir", required=True, metavar="DIR", help="directory with the command types' code")
     _add(sub, "deployments", "the deployments: id, runtime_env, types, unfinished workflows, actors, created")
+    for name, what in (("cancel", "stop a workflow and compensate it (end state cancelled)"),
+                       ("terminate", "stop a workflow without compensating it (end state terminated)")):
+        s = _add(sub, name, f"{what}; print whether the request was journaled (false: it had finished)")
+        s.add_argument("id", help="workflow id")
+        s.add_argument("--reason", default="", help="why, kept in the workflow's error")
     _add(sub, "suspend", "close intake (operator override); print the stats")
     _add(sub, "resume", "reopen intake; print the stats")
     _add(sub, "stop", "end the coordinator's actors (the journal stays)")

@@ -143,6 +143,8 @@ def operate(args: argparse.Namespace) -> Answer:
         "status": (lambda: sup.status.remote(args.id), render.status),
         "stats": (lambda: sup.stats.remote(), render.stats),
         "deployments": (lambda: sup.deployments.remote(), render.deployments),
+        "cancel": (lambda: sup.cancel.remote(args.id, args.reason), render.value),
+        "terminate": (lambda: sup.terminate.remote(args.id, args.reason), render.value),
         "suspend": (lambda: sup.suspend.remote(), render.stats),
         "resume": (lambda: sup.resume.remote(), render.stats),
         "outcomes": (lambda: sup.outcomes.remote(args.service, args.since_seq, args.limit), render.outcomes),

@@ -1,14 +1,16 @@
-"""Authoring on a real Ray instance: parallel steps, a policy that pauses, resume_workflow."""
+"""Authoring on a real Ray instance: parallel steps, a policy that pauses, resume_workflow, cancel."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import ray
 
 from tests.support import Coordinator, wait_for
-from workflows.testing import Stalls
+from workflows.errors import CommandFailed
+from workflows.testing import Stalls, Tracked, read_calls
 
 pytestmark = pytest.mark.ray
 
@@ -27,3 +29,19 @@ def test_gather_then_pause_and_resume_through_the_supervisor(coordinator: Callab
     assert ray.get(sup.result.remote(wid, 30)) == [f"{wid}/{i}" for i in range(3)]
     assert ray.get(sup.resume_workflow.remote(wid)) is False
     assert ray.get(sup.status.remote(wid))["attempts"] == 2
+
+
+def test_cancel_a_running_workflow_through_the_supervisor(coordinator: Callable[..., Coordinator],
+                                                          tmp_path: Path) -> None:
+    sup = coordinator().sup
+    wid = ray.get(sup.submit.remote(Tracked(str(tmp_path), steps=50, sleep_s=0.2), "cancel-1"))
+    wait_for(lambda: read_calls(str(tmp_path)), what="the first step")
+    assert ray.get(sup.cancel.remote(wid, "no longer needed")) is True
+    with pytest.raises(CommandFailed, match="Cancelled") as failed:
+        ray.get(sup.result.remote(wid, 30))
+    assert "no longer needed" in failed.value.message
+    status = ray.get(sup.status.remote(wid))
+    assert status["state"] == "cancelled" and len(status["outcomes"]) < 50
+    assert len(read_calls(str(tmp_path))) == len(status["outcomes"])  # no step called after the boundary
+    assert ray.get(sup.cancel.remote(wid)) is False and ray.get(sup.terminate.remote(wid)) is False
+    assert ray.get(sup.stats.remote())["in_flight"] == 0

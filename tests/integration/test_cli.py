@@ -55,6 +55,21 @@ def test_cli_operates_a_coordinator(ray_session: str, coordinator: Callable[...,
     one_line_error(failed, 2, "ValueError")
 
 
+def test_cli_cancels_and_terminates(ray_session: str, coordinator: Callable[..., Coordinator], tmp_path: Path) -> None:
+    ns = coordinator().options.namespace
+    fields = json.dumps({"dir": str(tmp_path), "steps": 50, "sleep_s": 0.2})
+    for verb, state in (("cancel", "cancelled"), ("terminate", "terminated")):
+        wid = f"cli-{verb}"
+        submitted = cli(ray_session, ns, "submit", "workflows.testing:Tracked", "--json", fields, "--id", wid)
+        assert submitted.returncode == 0, submitted.stderr
+        done = cli(ray_session, ns, verb, wid, "--reason", "by hand")
+        assert done.returncode == 0 and json.loads(done.stdout) is True, done.stderr
+        one_line_error(cli(ray_session, ns, "result", wid, "--timeout", "30"), 2, "Cancelled")
+        status = json.loads(cli(ray_session, ns, "status", wid).stdout)
+        assert status["state"] == state and "by hand" in status["error"]["message"]
+        assert json.loads(cli(ray_session, ns, verb, wid).stdout) is False  # finished: a no-op
+
+
 def test_cli_bad_input_is_one_line(ray_session: str, coordinator: Callable[..., Coordinator]) -> None:
     ns = coordinator().options.namespace
     one_line_error(cli(ray_session, ns, "submit", "no.such.module:X"), 1, "cannot be imported")

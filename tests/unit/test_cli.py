@@ -171,3 +171,10 @@ def test_an_address_nothing_answers_fails_fast(capsys: pytest.CaptureFixture[str
         port = s.getsockname()[1]
     assert main(["stats", "--address", f"127.0.0.1:{port}"]) == 1
     one_error_line(capsys, f"no Ray cluster answers at 127.0.0.1:{port}")
+
+
+def test_cancel_and_terminate_take_an_id_and_a_reason() -> None:
+    for verb in ("cancel", "terminate"):
+        args = parse(verb, "wf-1", "--reason", "by hand")
+        assert (args.cmd, args.id, args.reason) == (verb, "wf-1", "by hand")
+        assert parse(verb, "wf-1").reason == ""
