@@ -20,7 +20,7 @@ from actors.workflow_state import State
 
 STATES = tuple(state.value for state in State)
 """Every workflow state, as the supervisor names them."""
-FINISHED = ("completed", "failed", "compensated")
+FINISHED = tuple(state.value for state in State if state.finished)
 ACTIVE = ("running", "pending", "delayed", "blocked")
 
 MAX_SCAN = 5000
