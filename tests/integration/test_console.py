@@ -59,6 +59,20 @@ def free_port() -> int:
         return port
 
 
+def with_console(coordinator: Callable[..., Coordinator], **kw: Any) -> tuple[Coordinator, int]:
+    """A coordinator serving its console on a free port. A port found free can be taken
+    by another process before the console binds it (`cluster.start` then raises OSError
+    and leaves nothing running): try another."""
+    for attempt in range(5):
+        port = free_port()
+        try:
+            return coordinator(console_port=port, **kw), port
+        except OSError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
 class Browser:
     """One headless Chromium with a fresh profile, and one page driven over CDP."""
 
@@ -186,8 +200,7 @@ def count(state: str) -> str:
 async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp_path: Path) -> None:
     began = time.monotonic()
     # The read-only console is the coordinator's own (an actor); the operator's runs here.
-    port = free_port()
-    c = coordinator(slow_retry_interval_s=0.5, command_actors=1, slots_per_actor=16, console_port=port)
+    c, port = with_console(coordinator, slow_retry_interval_s=0.5, command_actors=1, slots_per_actor=16)
     sup, url = c.sup, f"http://127.0.0.1:{port}/"
     operator = ConsoleServer(RaySupervisor(sup), TOKEN)
     op_url = await operator.start("127.0.0.1", 0)
