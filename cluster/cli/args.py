@@ -67,6 +67,13 @@ def parser() -> Parser:
     s.add_argument("--since-seq", type=int, default=0, metavar="SEQ",
                    help="from this journal sequence number (default: 0)")
     s.add_argument("--limit", type=int, default=1000, help="at most this many (default: 1000)")
+    s = _add(sub, "replay", "rebuild a service that lost its data: send it its journaled outcomes and "
+             "compensations, in journal order, with their idempotency keys (POST URL/_replay)")
+    s.add_argument("service", help="service name, as the gateway knows it")
+    s.add_argument("--to", required=True, metavar="URL", help="the service's base URL, e.g. http://10.0.0.5:8080/hotels")
+    s.add_argument("--since-seq", type=_not_negative, default=0, metavar="SEQ",
+                   help="from this journal sequence number on, to resume (default: 0)")
+    s.add_argument("--batch", type=_positive, default=500, help="entries a request (default: 500)")
     s = _add(sub, "demo", "run the demo sagas on a local Ray and print a summary", output=False)
     s.add_argument("-n", type=int, default=300, help="number of sagas (default: 300)")
     s.add_argument("--storage", default=None, help="journal location (default: a fresh temporary directory)")

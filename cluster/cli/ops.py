@@ -138,6 +138,8 @@ def operate(args: argparse.Namespace) -> Answer:
         return _submit(sup, args)
     if args.cmd == "ls":
         return _ls(sup, args)
+    if args.cmd == "replay":
+        return _replay(sup, args)
     calls: dict[str, tuple[Callable[[], Any], Callable[[Any], str]]] = {
         "result": (lambda: sup.result.remote(args.id, args.timeout), render.value),
         "status": (lambda: sup.status.remote(args.id), render.status),
@@ -180,6 +182,19 @@ def _ls(sup: Any, args: argparse.Namespace) -> Answer:
     query = listing.Query(args.type_part, args.since, args.until, args.limit, args.offset)
     page, total = listing.select(statuses, query)
     return Answer(page, lambda: render.workflows(page, total, args.offset))
+
+
+def _replay(sup: Any, args: argparse.Namespace) -> Answer:
+    """Progress on stderr (a line a page), the summary as the answer; a failure names where to resume."""
+    from cluster.replay import Progress, replay
+
+    def page(p: Progress) -> None:
+        print(f"replay {p.service}: {p.acknowledged} acknowledged, up to seq {p.last_seq}", file=sys.stderr,
+              flush=True)
+
+    done = replay(sup, args.service, args.to, args.since_seq, args.batch, on_page=page).as_dict()
+    done["next_seq"] = None if done["last_seq"] is None else done["last_seq"] + 1
+    return Answer(done, lambda: render.pairs([(k, str(v)) for k, v in done.items()]))
 
 
 def journal(args: argparse.Namespace) -> Answer | None:

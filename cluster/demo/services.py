@@ -18,10 +18,16 @@ Admin endpoints (JSON):
   data; a key executed again then counts as a duplicate).
 - ``GET /_admin/stats``: counters per service. ``POST /_admin/reset``: clear all.
 
+Rebuilding (``coordinator replay SERVICE --to URL``): ``POST /{service}/_replay`` with
+``{"entries": [{"key", "workflow_id", "step", "kind", "value", "seq"}, ...]}`` stores
+each entry's ``value`` as the answer to its ``key`` unless the key has one already;
+nothing executes. It answers ``{"applied": n, "present": m}`` (200), 503 in an outage.
+
 Counters per service: ``calls`` (requests), ``executions``, ``keys`` (distinct keys
 executed), ``replays`` (answered from the store), ``dropped`` (503 by drop_first),
 ``outage`` (503 by an outage), ``rejected`` (422), ``duplicates`` (executions of a key
-already executed: it must stay 0).
+already executed: it must stay 0), ``restored`` (ledger entries rebuilt by a replay).
+The state and its rules live in `cluster.demo.ledger`.
 
 `ServiceHost` runs the server on its own event loop in a daemon thread;
 ``python -m cluster.demo.services --port N`` runs it in the foreground.
@@ -31,155 +37,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
-import math
 import threading
-import time
-import zlib
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import structlog
 from aiohttp import web
 
+from cluster.demo.ledger import DEFAULT_SERVICES, FAULT_KEYS, Faults, Service, ServiceState
+
+__all__ = ["DEFAULT_SERVICES", "FAULT_KEYS", "Faults", "Service", "ServiceHost", "ServiceState", "build_app", "main"]
+
 log = structlog.get_logger("services")
 
-DEFAULT_SERVICES = ("flights", "hotels", "payments")
-FAULT_KEYS = frozenset({"outage", "outage_s", "delay_ms", "drop_first", "drop_one_in", "reject_over", "forget"})
-
-Answer = tuple[int, dict[str, Any]]
 T = TypeVar("T")
-
-
-@dataclass
-class Faults:
-    """The faults injected into one service."""
-
-    outage_until: float = 0.0
-    """Clock time until which every call gets 503 (``inf``: until switched off)."""
-    delay_ms: int = 0
-    drop_first: int = 0
-    drop_one_in: int = 1
-    reject_over: float | None = None
-
-
-@dataclass
-class Service:
-    """One service's state: faults, counters, stored answers by idempotency key."""
-
-    name: str
-    faults: Faults = field(default_factory=Faults)
-    counters: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(
-            ("calls", "executions", "keys", "replays", "dropped", "outage", "rejected", "duplicates"), 0
-        )
-    )
-    answers: dict[str, Answer] = field(default_factory=dict)
-    executed: set[str] = field(default_factory=set)
-    attempts: dict[str, int] = field(default_factory=dict)
-
-
-class ServiceState:
-    """Every service's state and the rules of a call; plain code, no I/O.
-
-    A call is decided in one synchronous step (`answer`), so two concurrent calls with
-    one key can never both execute.
-    """
-
-    def __init__(self, names: Iterable[str] = DEFAULT_SERVICES, clock: Callable[[], float] = time.monotonic) -> None:
-        self._names = tuple(names)
-        self._clock = clock
-        self.services: dict[str, Service] = {}
-        self.reset()
-
-    def reset(self) -> None:
-        self.services = {name: Service(name) for name in self._names}
-
-    def service(self, name: str) -> Service:
-        found = self.services.get(name)
-        if found is None:
-            found = self.services[name] = Service(name)
-        return found
-
-    def answer(self, name: str, op: str, args: list[Any], key: str) -> Answer:
-        """Decide one call: a fault's 503, the stored answer, or execute and store."""
-        svc = self.service(name)
-        svc.counters["calls"] += 1
-        refusal = self._fault(svc, key)
-        if refusal is not None:
-            return refusal
-        stored = svc.answers.get(key)
-        if stored is not None:
-            svc.counters["replays"] += 1
-            return stored
-        svc.counters["duplicates" if key in svc.executed else "keys"] += 1
-        svc.executed.add(key)
-        svc.counters["executions"] += 1
-        answer = self._execute(svc, op, args)
-        svc.answers[key] = answer
-        return answer
-
-    def _fault(self, svc: Service, key: str) -> Answer | None:
-        faults = svc.faults
-        if self._clock() < faults.outage_until:
-            svc.counters["outage"] += 1
-            return 503, {"error": f"{svc.name} is out"}
-        if faults.drop_first and zlib.crc32(key.encode()) % faults.drop_one_in == 0:
-            seen = svc.attempts[key] = svc.attempts.get(key, 0) + 1
-            if seen <= faults.drop_first:
-                svc.counters["dropped"] += 1
-                return 503, {"error": f"{svc.name} dropped call {seen} of {key}"}
-        return None
-
-    def _execute(self, svc: Service, op: str, args: list[Any]) -> Answer:
-        limit = svc.faults.reject_over
-        amount = _amount(args)
-        if op == "charge" and limit is not None and amount is not None and amount > limit:
-            svc.counters["rejected"] += 1
-            return 422, {"error": f"amount {amount:g} is over the limit {limit:g}"}
-        ref = f"{svc.name}-{svc.counters['executions']}"
-        return 200, {"result": {"service": svc.name, "op": op, "ref": ref, "args": args}}
-
-    def set_faults(self, name: str, **changes: Any) -> dict[str, Any]:
-        """Change some faults of a service (keys as in the module doc); returns them all."""
-        unknown = set(changes) - FAULT_KEYS
-        if unknown:
-            raise ValueError(f"unknown fault(s) {sorted(unknown)}; known: {sorted(FAULT_KEYS)}")
-        if int(changes.get("drop_one_in") or 1) < 1:
-            raise ValueError("drop_one_in must be >= 1")
-        svc = self.service(name)
-        faults = svc.faults
-        if "outage" in changes:
-            faults.outage_until = math.inf if changes["outage"] else 0.0
-        if changes.get("outage_s") is not None:
-            faults.outage_until = self._clock() + float(changes["outage_s"])
-        for knob in ("delay_ms", "drop_first", "drop_one_in"):
-            if changes.get(knob) is not None:
-                setattr(faults, knob, int(changes[knob]))
-        if "reject_over" in changes:
-            faults.reject_over = None if changes["reject_over"] is None else float(changes["reject_over"])
-        if changes.get("forget"):
-            svc.answers.clear()
-        log.debug("faults_set", service=svc.name, **changes)
-        return self.faults_of(svc)
-
-    def faults_of(self, svc: Service) -> dict[str, Any]:
-        faults = dataclasses.asdict(svc.faults)
-        faults["outage"] = self._clock() < faults.pop("outage_until")
-        return faults
-
-    def stats(self) -> dict[str, dict[str, int]]:
-        return {name: dict(svc.counters) for name, svc in sorted(self.services.items())}
-
-
-def _amount(args: list[Any]) -> float | None:
-    """The amount of a charge: its first numeric argument."""
-    for arg in args:
-        if isinstance(arg, (int, float)) and not isinstance(arg, bool):
-            return float(arg)
-    return None
 
 
 # --- HTTP ----------------------------------------------------------------------------
@@ -227,8 +99,26 @@ def build_app(state: ServiceState) -> web.Application:
     app.router.add_post("/_admin/faults", faults)
     app.router.add_get("/_admin/stats", stats)
     app.router.add_post("/_admin/reset", reset)
+    app.router.add_post(r"/{service:[^_/][^/]*}/_replay", _replay(state))
     app.router.add_post(r"/{service:[^_/][^/]*}/{op}", call)
     return app
+
+
+def _replay(state: ServiceState) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``POST /{service}/_replay``: restore journaled entries into the service's ledger."""
+
+    async def replay(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response({"error": "the body must be JSON"}, status=400)
+        entries = body.get("entries") if isinstance(body, dict) else None
+        if not isinstance(entries, list):
+            return web.json_response({"error": 'the body must be {"entries": [...]}'}, status=400)
+        status, payload = state.restore(request.match_info["service"], entries)
+        return web.json_response(payload, status=status)
+
+    return replay
 
 
 class ServiceHost:
@@ -309,6 +199,10 @@ class ServiceHost:
     def set_faults(self, service: str, **changes: Any) -> dict[str, Any]:
         """Change faults of ``service``: outage, outage_s, delay_ms, drop_first, drop_one_in, reject_over, forget."""
         return self._on_loop(self.state.set_faults, service, **changes)
+
+    def ledger(self, service: str) -> dict[str, Any]:
+        """The results ``service`` answered with (2xx), by idempotency key."""
+        return self._on_loop(self.state.ledger, service)
 
     def reset(self) -> None:
         """Clear counters, stored answers and faults."""
