@@ -13,7 +13,11 @@ off between retries (its `RetryPolicy`, never exhausted):
   intake and the driver sees `Suspended`, backs off and tries again until intake
   reopens;
 - one trip charges more than payments accepts (422): it fails and compensates,
-  cancelling its hotel and its flight.
+  cancelling its hotel and its flight;
+- once the first half of the trips finished, hotels loses its data (its idempotency
+  ledger) and is rebuilt from the journal by `cluster.replay.replay`, the code of
+  ``coordinator replay``: its ledger must equal the one before, and the second half
+  then runs against it with no duplicate execution.
 
 It then waits for every result, prints a summary and returns it as a dict.
 """
@@ -36,6 +40,7 @@ import structlog
 import cluster
 from actors.options import Options
 from cluster.demo.services import ServiceHost
+from cluster.replay import replay
 from workflows.errors import AtCapacity, CommandFailed, Suspended
 from workflows.examples import BookTrip
 
@@ -45,6 +50,8 @@ SERVICES = ("flights", "hotels", "payments")
 REJECT_OVER = 10_000
 """payments refuses a charge above this amount; one demo trip asks for more."""
 OUTAGE_S = 1.0
+WIPED = "hotels"
+"""The service that loses its data once the first half of the trips finished."""
 CHUNK = 10
 """Trips submitted concurrently at a time (one ``submit`` call each)."""
 BACKOFF_S = 0.05
@@ -113,15 +120,37 @@ def _run(opts: Options, host: ServiceHost, n: int, out: TextIO) -> dict[str, Any
     supervisor = cluster.start(opts)
     try:
         started = time.perf_counter()
-        print(f"submitting {n} trips; hotels goes out for {OUTAGE_S:.1f} s after {n // 3}", file=out, flush=True)
-        intake = submit_all(supervisor, trips, host, outage_at=n // 3, started=started)
-        print(f"all submitted after {time.perf_counter() - started:.2f} s; waiting for results", file=out, flush=True)
+        half = n // 2
+        print(f"submitting {n} trips; hotels goes out for {OUTAGE_S:.1f} s after {n // 3} and loses its data "
+              f"after {half}", file=out, flush=True)
+        intake = submit_all(supervisor, trips[:half], host, outage_at=n // 3, started=started)
         errors = collect(supervisor, intake.ids)
+        rebuild = wipe_and_rebuild(supervisor, host, WIPED, out)
+        later = submit_all(supervisor, trips[half:], host, outage_at=n, started=started)
+        intake.ids += later.ids
+        intake.suspended += later.suspended
+        intake.at_capacity += later.at_capacity
+        print(f"all submitted after {time.perf_counter() - started:.2f} s; waiting for results", file=out, flush=True)
+        errors |= collect(supervisor, later.ids)
         wall_s = time.perf_counter() - started
         statuses = ray.get([supervisor.status.remote(wid) for wid in intake.ids])
     finally:
         cluster.stop(opts.namespace)
-    return summarize(statuses, errors, intake, services=host.stats(), wall_s=wall_s, storage=opts.storage)
+    return summarize(statuses, errors, intake, services=host.stats(), wall_s=wall_s, storage=opts.storage,
+                     rebuild=rebuild)
+
+
+def wipe_and_rebuild(supervisor: Any, host: ServiceHost, service: str, out: TextIO) -> dict[str, Any]:
+    """Wipe ``service``'s ledger, as a service that lost its data, and rebuild it from the
+    journal as ``coordinator replay`` does; whether the ledger is the one before the wipe."""
+    before = host.ledger(service)
+    host.set_faults(service, forget=True)
+    done = replay(supervisor, service, host.url(service)).as_dict()
+    rebuild = {**done, "wiped": len(before), "matches": host.ledger(service) == before}
+    print(f"{service} lost its data ({rebuild['wiped']} entries); rebuilt from the journal: {done['applied']} "
+          f"entries restored up to seq {done['last_seq']}, ledger "
+          f"{'matches' if rebuild['matches'] else 'DIFFERS FROM'} the one before", file=out, flush=True)
+    return rebuild
 
 
 def trip(run_id: str, i: int) -> BookTrip:
@@ -188,6 +217,7 @@ def summarize(
     services: dict[str, dict[str, int]],
     wall_s: float,
     storage: str,
+    rebuild: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The demo's outcome as plain data; ``ok`` says whether it went as it must."""
     n = len(statuses)
@@ -195,7 +225,8 @@ def summarize(
     attempts = sum(int(status["attempts"]) for status in statuses)
     duplicates = sum(counters["duplicates"] for counters in services.values())
     return {
-        "ok": states == {"completed": n - 1, "compensated": 1} and duplicates == 0,
+        "ok": states == {"completed": n - 1, "compensated": 1} and duplicates == 0
+        and (rebuild is None or bool(rebuild["matches"])),
         "workflows": n,
         "states": states,
         "attempts": attempts,
@@ -209,6 +240,7 @@ def summarize(
         "wall_s": wall_s,
         "workflows_per_s": n / wall_s if wall_s > 0 else 0.0,
         "storage": storage,
+        "rebuild": rebuild,
     }
 
 
@@ -226,12 +258,17 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
         [(summary["attempts"], summary["retries"], summary["refused_suspended"], summary["refused_at_capacity"])],
     )
     lines += [""]
-    columns = ("calls", "executions", "keys", "replays", "dropped", "outage", "rejected", "duplicates")
+    columns = ("calls", "executions", "keys", "replays", "dropped", "outage", "rejected", "duplicates", "restored")
     rows = [(name, *(counters[c] for c in columns)) for name, counters in summary["services"].items()]
     lines += _table(("service", *columns), rows)
     for wid, error in summary["failures"].items():
         lines += ["", f"failed as planned: {wid}: {error}"]
-    lines += ["", "result: " + ("OK" if summary["ok"] else "NOT OK: unexpected states or duplicate executions")]
+    rebuild = summary.get("rebuild")
+    if rebuild:
+        lines += ["", f"rebuilt {WIPED} from the journal: {rebuild['applied']} of {rebuild['wiped']} entries restored, "
+                  f"ledger {'matches' if rebuild['matches'] else 'DIFFERS'}"]
+    lines += ["", "result: " + ("OK" if summary["ok"] else
+                                "NOT OK: unexpected states, duplicate executions or a ledger not rebuilt")]
     print("\n" + "\n".join(lines), file=out, flush=True)
 
 
