@@ -151,6 +151,24 @@ class Backend(ABC):
     @abstractmethod
     def delete_snapshot(self, name: str) -> None: ...
 
+    @abstractmethod
+    def read_range(self, ref: SegmentRef, offset: int, length: int) -> bytes:
+        """``length`` bytes of a segment from ``offset`` (fewer at its end)."""
+
+    # Segment indexes (`segindex`): one object per sealed segment, named by its first seq.
+    @abstractmethod
+    def put_index(self, first_seq: int, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get_index(self, first_seq: int) -> bytes:
+        """The stored index; `FileNotFoundError` if there is none."""
+
+    @abstractmethod
+    def indexes(self) -> list[int]: ...
+
+    @abstractmethod
+    def delete_index(self, first_seq: int) -> None: ...
+
     def describe(self, ref: SegmentRef) -> str:
         return f"{self.uri.rstrip('/')}/{'segments' if ref.sealed else 'wal'}/{ref.name}"
 
@@ -263,6 +281,24 @@ class MemoryBackend(Backend):
         except KeyError:
             raise FileNotFoundError(errno.ENOENT, "no such segment", self.describe(ref)) from None
 
+    def read_range(self, ref: SegmentRef, offset: int, length: int) -> bytes:
+        return self.read(ref)[offset:offset + length]
+
+    def put_index(self, first_seq: int, data: bytes) -> None:
+        self._blobs()[f"indexes/{first_seq:020d}.idx"] = bytes(data)
+
+    def get_index(self, first_seq: int) -> bytes:
+        try:
+            return self._blobs()[f"indexes/{first_seq:020d}.idx"]
+        except KeyError:
+            raise FileNotFoundError(errno.ENOENT, "no such index", f"{self.uri}/indexes/{first_seq}") from None
+
+    def indexes(self) -> list[int]:
+        return sorted(int(n[8:-4]) for n in list(self._blobs()) if n.startswith("indexes/"))
+
+    def delete_index(self, first_seq: int) -> None:
+        self._blobs().pop(f"indexes/{first_seq:020d}.idx", None)
+
     def truncate(self, ref: SegmentRef, size: int) -> None:
         self.faults.check("truncate")
         del self._segments[ref][size:]
@@ -293,7 +329,7 @@ class MemoryBackend(Backend):
 
     def snapshots(self) -> list[str]:
         self.faults.check("snapshots")
-        return sorted(self._blobs())
+        return sorted(n for n in list(self._blobs()) if not n.startswith("indexes/"))
 
     def delete_snapshot(self, name: str) -> None:
         self.faults.check("delete_snapshot")

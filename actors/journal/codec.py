@@ -201,3 +201,10 @@ def _legacy(buf: bytes, path: str, offset: int) -> tuple[int, bytes | None]:
 def legacy_frame(payload: bytes) -> bytes:
     """``payload`` in format 1 (for tests of reading old journals; the journal never writes it)."""
     return LEGACY_HEADER.pack(len(payload), crc32c.crc32c(payload)) + payload
+
+
+def records_at(buf: bytes, path: str = "<buffer>") -> Iterator[tuple[int, int, Record]]:
+    """Each whole frame's (start, end, record) in ``buf``, checked as `scan` checks them."""
+    for start, stop, payload in _frames(buf, path):
+        if payload is not None:
+            yield start, stop, unpack(payload, path, start)

@@ -1,5 +1,6 @@
 """``file:///path``: active segments in ``path/wal``, sealed ones in ``path/segments``,
-snapshots in ``path/snapshots``, fenced by an exclusive ``flock`` on ``path/LOCK``."""
+snapshots in ``path/snapshots``, segment indexes in ``path/indexes``, fenced by an exclusive
+``flock`` on ``path/LOCK``."""
 
 from __future__ import annotations
 
@@ -88,6 +89,11 @@ class FileBackend(Backend):
         with open(self._path(ref), "rb") as f:
             return f.read()
 
+    def read_range(self, ref: SegmentRef, offset: int, length: int) -> bytes:
+        with open(self._path(ref), "rb") as f:
+            f.seek(offset)
+            return f.read(length)
+
     def truncate(self, ref: SegmentRef, size: int) -> None:
         with open(self._path(ref), "r+b") as f:
             f.truncate(size)
@@ -134,3 +140,28 @@ class FileBackend(Backend):
 
     def delete_snapshot(self, name: str) -> None:
         os.unlink(os.path.join(self.root, "snapshots", name))
+
+    def _index_path(self, first_seq: int) -> str:
+        return os.path.join(self.root, "indexes", f"{first_seq:020d}.idx")
+
+    def put_index(self, first_seq: int, data: bytes) -> None:
+        folder = os.path.join(self.root, "indexes")
+        os.makedirs(folder, exist_ok=True)
+        tmp = self._index_path(first_seq) + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self._index_path(first_seq))
+
+    def get_index(self, first_seq: int) -> bytes:
+        with open(self._index_path(first_seq), "rb") as f:
+            return f.read()
+
+    def indexes(self) -> list[int]:
+        folder = os.path.join(self.root, "indexes")
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        return sorted(int(n[:-4]) for n in names if n.endswith(".idx") and n[:-4].isdigit())
+
+    def delete_index(self, first_seq: int) -> None:
+        os.unlink(self._index_path(first_seq))

@@ -155,6 +155,13 @@ class S3Backend(Backend):
         body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(f"segments/{ref.name}"))["Body"].read()
         return body
 
+    def read_range(self, ref: SegmentRef, offset: int, length: int) -> bytes:
+        if not ref.sealed:
+            return self.local.read_range(ref, offset, length)
+        body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(f"segments/{ref.name}"),
+                                             Range=f"bytes={offset}-{offset + length - 1}")["Body"].read()
+        return body
+
     def truncate(self, ref: SegmentRef, size: int) -> None:
         self.lease.check()
         self.local.truncate(ref, size)
@@ -196,6 +203,29 @@ class S3Backend(Backend):
     def delete_snapshot(self, name: str) -> None:
         self.lease.verify()
         self.client.delete_object(Bucket=self.bucket, Key=self._key(f"snapshots/{name}"))
+
+    def put_index(self, first_seq: int, data: bytes) -> None:
+        self.lease.verify()
+        self.client.put_object(Bucket=self.bucket, Key=self._key(f"indexes/{first_seq:020d}.idx"), Body=data)
+
+    def get_index(self, first_seq: int) -> bytes:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(f"indexes/{first_seq:020d}.idx"))
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"no index for segment {first_seq}") from None
+        body: bytes = obj["Body"].read()
+        return body
+
+    def indexes(self) -> list[int]:
+        names: list[str] = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                            Prefix=self._key("indexes/")):
+            names += [obj["Key"].rsplit("/", 1)[-1] for obj in page.get("Contents", [])]
+        return sorted(int(n[:-4]) for n in names if n.endswith(".idx") and n[:-4].isdigit())
+
+    def delete_index(self, first_seq: int) -> None:
+        self.lease.verify()
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(f"indexes/{first_seq:020d}.idx"))
 
     def describe(self, ref: SegmentRef) -> str:
         if ref.sealed:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import structlog
 
 from actors.journal.backends import ActiveSegment, Backend, SegmentRef
+from actors.journal.segindex import Indexes
 from workflows.errors import JournalCorrupt
 
 log = structlog.get_logger("journal")
@@ -42,6 +43,7 @@ class SegmentLog:
         self.fsync = fsync
         self.segment_bytes = segment_bytes
         self.segments: list[Segment] = []
+        self.indexes = Indexes(backend)  # where each workflow's records lie, per segment
         self._active: ActiveSegment | None = None
         self._durable = 0  # bytes of the active segment known to be durable
         self._broken = False  # a write failed: repair before the next one
@@ -94,6 +96,7 @@ class SegmentLog:
     def write(self, frames: list[bytes], last_seq: int) -> None:
         """Append ``frames`` (records up to ``last_seq``) durably; see the module docstring."""
         active = self._open()
+        start = self._durable
         try:
             if frames:
                 active.append(b"".join(frames))
@@ -107,6 +110,17 @@ class SegmentLog:
         self._durable = active.size()
         self.segments[-1].last_seq = last_seq
         self.writes, self.records_written = self.writes + 1, self.records_written + len(frames)
+        try:
+            self.indexes.written(self.segments[-1].ref.first_seq, frames, start)
+        except Exception as exc:  # the records are durable; the index is rebuilt when next read
+            self.indexes.active.pop(self.segments[-1].ref.first_seq, None)
+            log.warning("segment_index_failed", error=repr(exc))
+
+    def _index_sealed(self, first_seq: int) -> None:
+        try:
+            self.indexes.sealed(first_seq)
+        except Exception as exc:  # any storage error: a missing index is rebuilt when read
+            log.warning("segment_index_write_failed", first_seq=first_seq, error=repr(exc))
 
     def _open(self) -> ActiveSegment:
         if self._active is not None and not self._broken:
@@ -159,12 +173,14 @@ class SegmentLog:
             raise
         tail.ref = SegmentRef(tail.ref.first_seq, True)
         self._start(tail.last_seq + 1)
+        self._index_sealed(tail.ref.first_seq)
 
     def seal_pending(self) -> None:
         """Seal every pending segment, oldest first; raises the first failure."""
         for seg in self.pending:
             self.backend.seal(seg.ref.first_seq)
             seg.ref = SegmentRef(seg.ref.first_seq, True)
+            self._index_sealed(seg.ref.first_seq)
             log.info("pending_segment_sealed", first_seq=seg.ref.first_seq)
 
     def delete_covered(self, seq: int) -> None:
@@ -172,6 +188,10 @@ class SegmentLog:
         for seg in [s for s in self.segments[:-1] if s.ref.sealed and s.last_seq <= seq]:
             self.backend.delete(seg.ref)
             self.segments.remove(seg)
+            try:
+                self.indexes.deleted(seg.ref)
+            except Exception as exc:  # an orphan index is harmless: no segment names it
+                log.warning("segment_index_delete_failed", first_seq=seg.ref.first_seq, error=repr(exc))
 
     def close(self) -> None:
         if self._active is not None:

@@ -1,0 +1,160 @@
+"""Per-segment indexes: where each workflow's records, and each service's outcomes, lie.
+
+A sealed segment's index is stored beside it (``indexes/<first seq>.idx``, see
+`Backend.put_index`) as a crc32c-checked msgpack map::
+
+    {"v": 1, "size": bytes indexed, "w": {workflow id: [offset, length, ...]},
+     "s": {service: [offset, length, ...]}}
+
+Offsets are those of whole frames within the segment; ``s`` lists the outcome and
+compensation records of each service. An index is written when its segment is
+sealed; one that is missing or damaged is rebuilt from its segment and written again.
+The active segment's index is kept in memory, extended by every write, until it is
+sealed. Reads fetch just the indexed frames (`Backend.read_range`) and decode them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import crc32c
+import msgpack
+import structlog
+
+from actors.journal import codec
+from actors.journal.backends import Backend, SegmentRef
+
+log = structlog.get_logger("journal")
+VERSION = 1
+STEP_KINDS = frozenset({"outcome", "compensation"})
+
+
+@dataclass
+class SegmentIndex:
+    size: int = 0
+    workflows: dict[str, list[int]] = field(default_factory=dict)
+    services: dict[str, list[int]] = field(default_factory=dict)
+
+    def add(self, record: codec.Record, offset: int, length: int) -> None:
+        wid = record.get("w")
+        if isinstance(wid, str):
+            self.workflows.setdefault(wid, []).extend((offset, length))
+        if record["k"] in STEP_KINDS:
+            self.services.setdefault(str(record.get("service")), []).extend((offset, length))
+        self.size = max(self.size, offset + length)
+
+    def extend(self, buf: bytes, base: int = 0, path: str = "<buffer>") -> None:
+        """Index the frames of ``buf``, which starts at byte ``base`` of the segment."""
+        for start, stop, record in codec.records_at(buf, path):
+            self.add(record, base + start, stop - start)
+
+    @classmethod
+    def build(cls, buf: bytes, path: str = "<buffer>") -> SegmentIndex:
+        idx = cls()
+        idx.extend(buf, 0, path)
+        return idx
+
+    def encode(self) -> bytes:
+        payload: bytes = msgpack.packb({"v": VERSION, "size": self.size, "w": self.workflows, "s": self.services},
+                                       use_bin_type=True)
+        return struct.pack("<I", crc32c.crc32c(payload)) + payload
+
+    @classmethod
+    def decode(cls, data: bytes) -> SegmentIndex | None:
+        """The index in ``data``; None if it is damaged or of another version."""
+        if len(data) < 4 or struct.unpack_from("<I", data)[0] != crc32c.crc32c(data[4:]):
+            return None
+        try:
+            m: Any = msgpack.unpackb(data[4:], raw=False, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            return None
+        if not isinstance(m, dict) or m.get("v") != VERSION or not isinstance(m.get("w"), dict) \
+                or not isinstance(m.get("s"), dict) or not isinstance(m.get("size"), int):
+            return None
+        return cls(m["size"], m["w"], m["s"])
+
+
+def spans(offsets: list[int]) -> list[tuple[int, int]]:
+    return list(zip(offsets[::2], offsets[1::2], strict=True))
+
+
+class Indexes:
+    """The index of each segment of one journal: the unsealed ones in memory, the
+    sealed ones read from the backend when asked for (rebuilt if missing or damaged)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.active: dict[int, SegmentIndex] = {}
+        self.rebuilt = 0
+
+    def written(self, first_seq: int, frames: list[bytes], start: int) -> None:
+        """``frames`` were appended at byte ``start`` of the unsealed segment ``first_seq``."""
+        idx = self.active.get(first_seq)
+        if idx is None or idx.size != start:  # first write here, or after a repair: index the durable bytes
+            buf = self.backend.read(SegmentRef(first_seq, False))[:start] if start else b""
+            idx = self.active[first_seq] = SegmentIndex.build(buf)
+        idx.extend(b"".join(frames), start)
+
+    def sealed(self, first_seq: int) -> None:
+        """The segment ``first_seq`` was sealed: store its index beside it."""
+        idx = self.active.pop(first_seq, None)
+        ref = SegmentRef(first_seq, True)
+        if idx is None:
+            idx = SegmentIndex.build(self.backend.read(ref), self.backend.describe(ref))
+        self.backend.put_index(first_seq, idx.encode())
+
+    def load(self, ref: SegmentRef) -> SegmentIndex:
+        """``ref``'s index: from memory (unsealed) or the backend, else rebuilt from the segment."""
+        if not ref.sealed:
+            idx = self.active.get(ref.first_seq)
+            if idx is None:
+                idx = self.active[ref.first_seq] = SegmentIndex.build(self.backend.read(ref))
+            return idx
+        try:
+            found = SegmentIndex.decode(self.backend.get_index(ref.first_seq))
+        except FileNotFoundError:
+            found = None
+        if found is not None:
+            return found
+        idx = SegmentIndex.build(self.backend.read(ref), self.backend.describe(ref))
+        self.rebuilt += 1
+        log.warning("segment_index_rebuilt", segment=self.backend.describe(ref))
+        try:
+            self.backend.put_index(ref.first_seq, idx.encode())
+        except Exception as exc:  # any storage error: rebuilt again next time
+            log.warning("segment_index_write_failed", error=repr(exc))
+        return idx
+
+    def fetch(self, ref: SegmentRef, offsets: Iterable[tuple[int, int]]) -> list[codec.Record]:
+        """The records at ``offsets`` of ``ref``, each read by a ranged read."""
+        out: list[codec.Record] = []
+        path = self.backend.describe(ref)
+        for offset, length in offsets:
+            try:
+                buf = self.backend.read_range(ref, offset, length)
+            except FileNotFoundError:  # sealed meanwhile: read the sealed copy
+                ref = SegmentRef(ref.first_seq, True)
+                buf = self.backend.read_range(ref, offset, length)
+            out += [r for _, _, r in codec.records_at(buf, f"{path}@{offset}")]
+        return out
+
+    def deleted(self, ref: SegmentRef) -> None:
+        self.active.pop(ref.first_seq, None)
+        if ref.sealed:
+            with contextlib.suppress(FileNotFoundError):
+                self.backend.delete_index(ref.first_seq)
+
+    def records_of(self, refs: list[SegmentRef], workflow_ids: Iterable[str]) -> dict[str, list[codec.Record]]:
+        """Every stored record of each of ``workflow_ids`` in the segments ``refs``, in
+        journal order (ids with none are left out)."""
+        wanted = set(workflow_ids)
+        found: dict[str, list[codec.Record]] = {}
+        for ref in refs:
+            idx = self.load(ref)
+            for wid in wanted & idx.workflows.keys():
+                found.setdefault(wid, []).extend(self.fetch(ref, spans(idx.workflows[wid])))
+        return found

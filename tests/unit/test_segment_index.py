@@ -1,0 +1,79 @@
+"""Segment indexes: written beside each sealed segment, rebuilt when missing or damaged,
+and read back with ranged reads that equal a full scan of the log."""
+
+from __future__ import annotations
+
+from actors.journal import Journal
+from actors.journal.segindex import SegmentIndex, spans
+from tests.unit.test_journal import Opener, journals, outcome, reopen, settled, submitted, terminal, uri
+
+__all__ = ["journals", "uri"]  # fixtures
+
+
+async def fill(j: Journal, n: int = 12) -> None:
+    for i in range(n):
+        await j.append([submitted(f"w{i}")])
+        await j.append([outcome(f"w{i}", 0, i)])
+        await j.append([terminal(f"w{i}", result=i * 10)])
+    await settled(j)
+
+
+def by_scan(j: Journal, wid: str) -> list[dict]:
+    return [r for r in j.read(limit=1_000_000) if r.get("w") == wid]
+
+
+async def test_each_sealed_segment_has_an_index_and_ranged_reads_equal_a_scan(uri: str, journals: Opener) -> None:
+    j = journals(uri, segment_bytes=300)
+    await fill(j)
+    refs = j.backend.segments()
+    sealed = [r.first_seq for r in refs if r.sealed]
+    assert len(sealed) >= 3 and j.backend.indexes() == sealed
+    for i in range(12):
+        found = j.log.indexes.records_of(refs, [f"w{i}"])
+        assert found[f"w{i}"] == by_scan(j, f"w{i}")
+    ix = j.log.indexes
+    outcomes = [r for ref in refs for r in ix.fetch(ref, spans(ix.load(ref).services.get("svc", [])))]
+    assert [r["value"] for r in outcomes] == list(range(12))
+    assert j.log.indexes.rebuilt == 0
+
+
+async def test_a_missing_or_damaged_index_is_rebuilt_and_rewritten(uri: str, journals: Opener) -> None:
+    j = journals(uri, segment_bytes=300)
+    await fill(j)
+    refs = j.backend.segments()
+    first, second = [r for r in refs if r.sealed][:2]
+    good = j.backend.get_index(first.first_seq)
+    j.backend.delete_index(first.first_seq)
+    j.backend.put_index(second.first_seq, good[:-3] + b"xyz")
+    j = reopen(j, journals, segment_bytes=300)
+    for i in range(12):
+        assert j.log.indexes.records_of(j.backend.segments(), [f"w{i}"])[f"w{i}"] == by_scan(j, f"w{i}")
+    assert j.log.indexes.rebuilt == 2
+    assert SegmentIndex.decode(j.backend.get_index(first.first_seq)) is not None
+    assert SegmentIndex.decode(j.backend.get_index(second.first_seq)) is not None
+
+
+async def test_the_active_segment_is_indexed_in_memory_also_after_a_restart(uri: str, journals: Opener) -> None:
+    j = journals(uri)  # one segment, never sealed here
+    await fill(j, 3)
+    assert j.backend.indexes() == []
+    ref = j.backend.segments()[-1]
+    assert j.log.indexes.records_of([ref], ["w1"])["w1"] == by_scan(j, "w1")
+    j = reopen(j, journals)
+    await j.append([submitted("w9")])  # a write after the restart extends the rebuilt index
+    ref = j.backend.segments()[-1]
+    assert j.log.indexes.records_of([ref], ["w2"])["w2"] == by_scan(j, "w2")
+
+
+async def test_an_index_goes_with_its_segment(uri: str, journals: Opener) -> None:
+    j = journals(uri, segment_bytes=300)
+    await fill(j)
+    await j.snapshot()
+    assert j.backend.indexes() == [r.first_seq for r in j.backend.segments() if r.sealed]
+
+
+def test_an_index_round_trips_and_refuses_damage() -> None:
+    idx = SegmentIndex(10, {"a": [0, 10]}, {"svc": [0, 10]})
+    assert SegmentIndex.decode(idx.encode()) == idx
+    assert SegmentIndex.decode(b"") is None
+    assert SegmentIndex.decode(idx.encode()[:-1]) is None
