@@ -21,7 +21,8 @@ class Dispatch:
     a compensation. ``fresh``: the first attempt of a workflow submitted to this
     supervisor, with no steps journaled; any other attempt gets its steps from the
     journal (one call per dispatch batch). ``stop``: ``"cancel"`` or ``"terminate"``
-    once an operator asked for it (``error`` is then the `Cancelled` error)."""
+    once an operator asked for it (``error`` is then the `Cancelled` error). ``signals``:
+    the workflow's journaled signals, by name, for ``ctx.wait_for``."""
 
     workflow_id: str
     type: str
@@ -31,6 +32,7 @@ class Dispatch:
     error: Error | None = None
     fresh: bool = False
     stop: str = ""
+    signals: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +42,8 @@ class Report:
     (the supervisor journals the `Parked` record); ``error`` is set for a failed workflow
     and for a compensation that parked; ``reason`` for a parked attempt; ``retry``, for a
     parked attempt of ``exec``, its command's retry policy (`RetryPolicy.to_wire`) and
-    ``deadline_s``, so the supervisor never imports the command's code."""
+    ``deadline_s``, so the supervisor never imports the command's code. ``wake_at``: the
+    due time of a ``sleeping`` or ``waiting`` attempt (``reason`` is then the signal's name)."""
 
     workflow_id: str
     attempt: int
@@ -50,6 +53,7 @@ class Report:
     error: Error | None = None
     reason: str = ""
     retry: dict[str, Any] | None = None
+    wake_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

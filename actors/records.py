@@ -11,6 +11,9 @@ A record kind has one writer, and the code keeps it so:
 | ``compensating`` | `Compensating` | the runner, as ``exec`` raises |
 | ``completed`` / ``failed`` / ``compensated`` | `Completed`, `Failed`, `Compensated` | the runner, at the end |
 | ``delayed`` / ``blocked`` / ``paused`` | `Parked` | the supervisor, as it parks an attempt or resumes one |
+| ``sleeping`` / ``waiting`` | `Parked` | the supervisor, as an attempt parks on ``ctx.sleep`` / ``ctx.wait_for`` |
+| ``signal`` | `Signalled` | the supervisor, once per (workflow, name), as an operator signals a workflow |
+| ``event`` | `EventSet` | the runner, at each ``ctx.set_event`` (a replay journals it again) |
 | ``expired`` | `Expired` | the supervisor, as a parked command's deadline passes |
 | ``cancel`` | `Cancel` | the supervisor, as an operator cancels or terminates a workflow |
 | ``cancelled`` / ``terminated`` | `Stopped` | the runner, as a cancelled attempt ends (or the supervisor) |
@@ -40,6 +43,11 @@ from actors.messages import Known as Known
 from actors.messages import Report as Report
 from actors.messages import Steps as Steps
 from actors.messages import pickled_as_call
+from actors.side_records import Deployed as Deployed
+from actors.side_records import Epoch as Epoch
+from actors.side_records import EventSet as EventSet
+from actors.side_records import ModeChanged as ModeChanged
+from actors.side_records import Signalled as Signalled
 from workflows.context import Outcome
 
 VERSION = 1
@@ -62,6 +70,10 @@ class Kind(enum.StrEnum):
     DELAYED = "delayed"
     BLOCKED = "blocked"
     PAUSED = "paused"
+    SLEEPING = "sleeping"
+    WAITING = "waiting"
+    SIGNAL = "signal"
+    EVENT = "event"
     EXPIRED = "expired"
     CANCEL = "cancel"
     CANCELLED = "cancelled"
@@ -76,18 +88,7 @@ class Kind(enum.StrEnum):
 
 KINDS = frozenset(k.value for k in Kind)
 TERMINAL = frozenset({Kind.COMPLETED, Kind.FAILED, Kind.COMPENSATED, Kind.CANCELLED, Kind.TERMINATED})
-PARKED = frozenset({Kind.DELAYED, Kind.BLOCKED, Kind.PAUSED})
-
-
-@dataclass(frozen=True, slots=True)
-class Epoch:  # written by the journal as it opens: a new writer's epoch
-
-    epoch: int
-    owner: str = ""
-    kind: ClassVar[Kind] = Kind.EPOCH
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"k": "epoch", "epoch": self.epoch, "owner": self.owner}
+PARKED = frozenset({Kind.DELAYED, Kind.BLOCKED, Kind.PAUSED, Kind.SLEEPING, Kind.WAITING})
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +166,9 @@ class Parked:
     `Blocked`): its retry time. ``reason`` is the error's message (empty in journals
     written before it was kept). ``paused``: the workflow waits, with no retry time,
     for an operator's ``resume_workflow`` (its retry policy ran out, or a replay met
-    `NonDeterminism`); the resume is journaled as a ``delayed`` record due at once."""
+    `NonDeterminism`); the resume is journaled as a ``delayed`` record due at once.
+    ``wait``: ``"sleeping"`` (``ctx.sleep``, due at its wake time) or ``"waiting"``
+    (``ctx.wait_for``; ``reason`` is the signal's name, due at its timeout or 0)."""
 
     workflow_id: str
     blocked: bool
@@ -174,9 +177,12 @@ class Parked:
     t: float
     reason: str = ""
     paused: bool = False
+    wait: str = ""
 
     @property
     def kind(self) -> Kind:
+        if self.wait:
+            return Kind(self.wait)
         return Kind.PAUSED if self.paused else Kind.BLOCKED if self.blocked else Kind.DELAYED
 
     def to_wire(self) -> dict[str, Any]:
@@ -269,38 +275,9 @@ class Compensated:
         return {"k": "compensated", "w": self.workflow_id, "t": self.t, "error": self.error}
 
 
-@dataclass(frozen=True, slots=True)
-class ModeChanged:
-    """Written by the supervisor: its suspension mode, and whether an operator holds it."""
-
-    mode: str
-    held: bool
-    t: float
-    kind: ClassVar[Kind] = Kind.MODE
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"k": "mode", "mode": self.mode, "held": self.held, "t": self.t}
-
-
-@dataclass(frozen=True, slots=True)
-class Deployed:
-    """Written by the supervisor: a deployment (a CommandActor pool with one runtime_env)
-    it created, or (``retired``) drained; a restart recreates the pools of those not retired."""
-
-    deployment: str
-    runtime_env: dict[str, Any] | None
-    t: float
-    retired: bool = False
-    kind: ClassVar[Kind] = Kind.DEPLOYED
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"k": "deployed", "deployment": self.deployment, "runtime_env": self.runtime_env, "t": self.t,
-                "retired": self.retired}
-
-
 Ending = Completed | Failed | Compensated | Stopped
 WorkflowRecord = Submitted | Started | Step | Compensating | Parked | Expired | Cancel | Ending
-Record = WorkflowRecord | Epoch | ModeChanged | Deployed
+Record = WorkflowRecord | Signalled | EventSet | Epoch | ModeChanged | Deployed
 
 
 def to_wire(record: Record, seq: int) -> dict[str, Any]:
@@ -333,6 +310,12 @@ _READERS: dict[str, Any] = {
     "blocked": lambda d: _parked(d, True),
     "paused": lambda d: Parked(d["w"], False, d.get("attempt", 0), 0.0, d.get("t", 0.0), d.get("reason", ""),
                                paused=True),
+    "sleeping": lambda d: Parked(d["w"], False, d.get("attempt", 0), d.get("next_retry_at") or 0.0, d["t"],
+                                 d.get("reason", ""), wait="sleeping"),
+    "waiting": lambda d: Parked(d["w"], False, d.get("attempt", 0), d.get("next_retry_at") or 0.0, d["t"],
+                                d.get("reason", ""), wait="waiting"),
+    "signal": lambda d: Signalled(d["w"], d["name"], d.get("payload"), d["t"]),
+    "event": lambda d: EventSet(d["w"], d["key"], d.get("value"), d["t"]),
     "expired": lambda d: Expired(d["w"], d["error"], d["t"]),
     "cancel": lambda d: Cancel(d["w"], bool(d["terminate"]), d.get("reason", ""), d["t"]),
     "cancelled": lambda d: Stopped(d["w"], d.get("error") or {}, d.get("t", 0.0)),
@@ -346,5 +329,5 @@ _READERS: dict[str, Any] = {
 
 
 for _cls in (Epoch, Submitted, Started, Step, Compensating, Parked, Expired, Cancel, Stopped, Completed, Failed,
-             Compensated, ModeChanged, Deployed):
+             Compensated, ModeChanged, Deployed, Signalled, EventSet):
     pickled_as_call(_cls)

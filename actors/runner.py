@@ -35,6 +35,7 @@ from actors.records import (
     Ended,
     Ending,
     Error,
+    EventSet,
     Failed,
     Kind,
     Record,
@@ -45,7 +46,7 @@ from actors.records import (
     Stopped,
 )
 from workflows.command import Command, decode_command
-from workflows.context import Context, Outcome
+from workflows.context import Context, Outcome, Suspend
 from workflows.errors import (
     Blocked,
     Cancelled,
@@ -179,6 +180,10 @@ class Runner:
             self._step_since[workflow_id] = (since[0], now)
         return answer
 
+    async def event(self, workflow_id: str, key: str, value: Any) -> None:
+        self._check_payload(value, f"event {key!r} of {workflow_id}")
+        await self._journal(EventSet(workflow_id, key, value, self._clock()))
+
     async def _journal(self, record: Record) -> Any:
         """Append one record; its answer, or `StaleAttempt` if the journal holds the workflow as ended."""
         answer = (await self._append([record]))[0]
@@ -237,7 +242,8 @@ class Runner:
             return
         started = asyncio.ensure_future(self._append([Started(wid, item.attempt, self._clock())]))
         outcomes, compensations = list(entry[0]), list(entry[1])
-        ctx = Context(wid, item.attempt, outcomes, self, self._gateway, boundary=partial(self._boundary, wid, False))
+        ctx = Context(wid, item.attempt, outcomes, self, self._gateway, boundary=partial(self._boundary, wid, False),
+                      clock=self._clock, signals=item.signals)
         if item.stop:
             self._stops[wid] = (item.stop, item.error or cancel_error("", item.stop == "terminate"))
         done: Report | None = None
@@ -269,7 +275,10 @@ class Runner:
 
     async def _exec(self, cmd: Command, ctx: Context, compensations: list[Outcome], report: Reporting) -> Report:
         try:
-            result = await cmd.exec(ctx)
+            try:
+                result = await cmd.exec(ctx)
+            finally:
+                await ctx.flush()
             self._boundary(ctx.workflow_id, False)
             self._check_payload(result, f"result of {ctx.workflow_id}")
         except (asyncio.CancelledError, JournalError):
@@ -281,6 +290,8 @@ class Runner:
                 if stop[0] == "terminate":
                     return await self._terminal(report, Stopped(ctx.workflow_id, stop[1], self._clock(), True))
                 return await self._compensate(cmd, ctx, compensations, stop[1], exc, report)
+            if isinstance(exc, Suspend):  # ctx.sleep or ctx.wait_for: parked until its time or signal
+                return report(Kind(exc.wait), reason=exc.name, wake_at=exc.due)
             if diverged(exc):  # the code no longer replays its journal: an operator decides
                 ctx.log.error("attempt_diverged", error=repr(exc))
                 return report(Kind.PAUSED, reason=reason(exc))

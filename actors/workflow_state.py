@@ -18,12 +18,14 @@ from actors.records import (
     Completed,
     Deployed,
     Epoch,
+    EventSet,
     Expired,
     Failed,
     Kind,
     ModeChanged,
     Parked,
     Record,
+    Signalled,
     Started,
     Step,
     Stopped,
@@ -40,6 +42,8 @@ class State(enum.StrEnum):
     DELAYED = "delayed"
     BLOCKED = "blocked"
     PAUSED = "paused"
+    SLEEPING = "sleeping"
+    WAITING = "waiting"
     COMPLETED = "completed"
     FAILED = "failed"
     COMPENSATED = "compensated"
@@ -53,6 +57,10 @@ class State(enum.StrEnum):
     @property
     def parked(self) -> bool:
         return self in (State.DELAYED, State.BLOCKED)
+
+    @property
+    def timed(self) -> bool:  # parked on ctx.sleep or ctx.wait_for: out of the backlog
+        return self in (State.SLEEPING, State.WAITING)
 
 
 FINISHED = frozenset({State.COMPLETED, State.FAILED, State.COMPENSATED, State.CANCELLED, State.TERMINATED})
@@ -69,6 +77,8 @@ class Event(enum.StrEnum):
     COMPENSATE = "compensate"  # compensation finished with outcomes
     PAUSE = "pause"  # its retry policy ran out (on_exhausted="pause") or its replay diverged
     RESUME = "resume"  # an operator's resume_workflow
+    SLEEP = "sleep"  # ctx.sleep: parked until its wake time
+    WAIT = "wait"  # ctx.wait_for: parked until the signal or its timeout
     EXPIRE = "expire"  # its deadline passed: it goes back to run its compensation
     CANCEL = "cancel"  # a cancelled attempt ended (compensated or not)
     TERMINATE = "terminate"  # terminated: running, or by the supervisor while it waited
@@ -96,6 +106,10 @@ _EDGES: dict[tuple[State, Event], State] = {
     (State.RUNNING, Event.PAUSE): State.PAUSED,
     (State.PAUSED, Event.RESUME): State.PENDING,
     (State.PAUSED, Event.LOST): State.PAUSED,
+    (State.RUNNING, Event.SLEEP): State.SLEEPING,
+    (State.RUNNING, Event.WAIT): State.WAITING,
+    (State.SLEEPING, Event.RETRY_DUE): State.PENDING,
+    (State.WAITING, Event.RETRY_DUE): State.PENDING,
     # A parked command can fail without running again: its deadline passed.
     (State.DELAYED, Event.FAIL): State.FAILED,
     (State.BLOCKED, Event.FAIL): State.FAILED,
@@ -141,6 +155,10 @@ class Workflow:
     """Why the last attempt parked or paused (the error's type and message)."""
     stop: str = ""
     """``"cancel"`` or ``"terminate"`` once an operator's request is journaled."""
+    signals: dict[str, Any] = field(default_factory=dict)
+    """Journaled signals by name (the first payload of each)."""
+    events: dict[str, Any] = field(default_factory=dict)
+    """The last value ``ctx.set_event`` journaled, by key."""
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, msgpack-encodable: the snapshot form."""
@@ -150,7 +168,7 @@ class Workflow:
                 "error": self.error, "result": self.result, "next_retry_at": self.next_retry_at,
                 "finished_at": self.finished_at, "outcome_seqs": self.outcome_seqs,
                 "compensation_seqs": self.compensation_seqs, "deployment": self.deployment, "reason": self.reason,
-                "stop": self.stop}
+                "stop": self.stop, "signals": self.signals, "events": self.events}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Workflow:
@@ -162,6 +180,7 @@ class Workflow:
                  d["compensating"], d["error"], d["result"], d["next_retry_at"], d["finished_at"],
                  list(d.get("outcome_seqs", [])), list(d.get("compensation_seqs", [])), d.get("deployment", ""))
         wf.reason, wf.stop = d.get("reason", ""), d.get("stop", "")
+        wf.signals, wf.events = dict(d.get("signals") or {}), dict(d.get("events") or {})
         missing = len(wf.compensations) - len(wf.compensation_seqs)
         if missing > 0:
             wf.compensation_seqs += [wf.outcome_seqs[-1] if wf.outcome_seqs else -1] * missing
@@ -177,6 +196,8 @@ class Workflow:
             "error": self.error,
             "next_retry_at": self.next_retry_at,
             "reason": self.reason,
+            "wake_at": self.next_retry_at if self.state is State.SLEEPING else None,
+            "waiting_for": self.reason if self.state is State.WAITING else None,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
         }
@@ -298,7 +319,7 @@ _ENDS = {Kind.COMPLETED: State.COMPLETED, Kind.FAILED: State.FAILED, Kind.COMPEN
          Kind.CANCELLED: State.CANCELLED, Kind.TERMINATED: State.TERMINATED}
 
 
-def _fold(wf: Workflow, r: WorkflowRecord, seq: int) -> None:
+def _fold(wf: Workflow, r: WorkflowRecord | Signalled | EventSet, seq: int) -> None:
     if isinstance(r, Step):
         steps, seqs = (wf.compensations, wf.compensation_seqs) if r.compensation else (wf.outcomes, wf.outcome_seqs)
         if r.step == len(steps):
@@ -307,8 +328,9 @@ def _fold(wf: Workflow, r: WorkflowRecord, seq: int) -> None:
     elif isinstance(r, Started):
         wf.attempts = max(wf.attempts, r.attempt)  # a lost attempt's record may land after its successor's
     elif isinstance(r, Parked):
-        wf.state = State.PAUSED if r.paused else State.BLOCKED if r.blocked else State.DELAYED
-        wf.next_retry_at, wf.reason = (None if r.paused else r.next_retry_at), r.reason
+        wf.state = State(r.kind.value) if r.wait or r.paused else State.BLOCKED if r.blocked else State.DELAYED
+        wf.next_retry_at = None if r.paused or (r.wait and not r.next_retry_at) else r.next_retry_at
+        wf.reason = r.reason
         wf.attempts = max(wf.attempts, r.attempt)
     elif isinstance(r, Compensating | Expired):
         wf.compensating, wf.error = True, r.error
@@ -319,7 +341,9 @@ def _fold(wf: Workflow, r: WorkflowRecord, seq: int) -> None:
     elif isinstance(r, Cancel):  # a waiting one runs again, to compensate (or be ended, terminated)
         wf.stop, wf.error = "terminate" if r.terminate else "cancel", cancel_error(r.reason, r.terminate)
         wf.compensating = wf.compensating or not r.terminate
-        if wf.state in (State.DELAYED, State.BLOCKED, State.PAUSED):
+        if wf.state in (State.DELAYED, State.BLOCKED, State.PAUSED, State.SLEEPING, State.WAITING):
             wf.state, wf.next_retry_at = State.PENDING, None
+    elif isinstance(r, Signalled | EventSet):
+        r.note(wf.signals, wf.events)
     elif isinstance(r, Failed | Compensated | Stopped):
         wf.state, wf.finished_at, wf.next_retry_at, wf.error = _ENDS[r.kind], r.t, None, r.error

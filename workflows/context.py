@@ -21,6 +21,7 @@ import asyncio
 import contextvars
 import inspect
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NamedTuple, Protocol
 
@@ -56,6 +57,15 @@ class _Unjournaled(CoordinatorError):
     be journaled (the journal refuses a skipped index); the retry calls it again."""
 
 
+class Suspend(Exception):  # control flow, not an error of the command
+    """Raised by ``ctx.sleep`` and ``ctx.wait_for`` to park the attempt: ``wait`` is
+    ``"sleeping"`` or ``"waiting"`` (for the signal ``name``), until ``due`` (0: none)."""
+
+    def __init__(self, wait: str, due: float, name: str = "") -> None:
+        super().__init__(f"{wait} {name} until {due}".replace("  ", " "))
+        self.wait, self.due, self.name = wait, due, name
+
+
 class Context:
     """The running workflow's view: identity, attempt, outcomes, services, logger."""
 
@@ -70,6 +80,8 @@ class Context:
         compensations: list[Outcome] | None = None,
         compensating: bool = False,
         boundary: Callable[[], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        signals: dict[str, Any] | None = None,
     ) -> None:
         self.workflow_id = workflow_id
         self.attempt = attempt
@@ -91,6 +103,9 @@ class Context:
         self._settled: list[asyncio.Future[None]] = []
         self._boundary = boundary
         """Called before each step: raises `Cancelled` once the workflow is cancelled."""
+        self._clock = clock
+        self._signals = signals or {}
+        self._events: list[asyncio.Task[Any]] = []
 
     @property
     def log(self) -> Any:
@@ -253,3 +268,42 @@ class Context:
                 w.set_result(None)
         if not self._running and not self._unstarted and self._lost is not None:
             self._cursor, self._lost = self._lost, None
+
+    async def sleep(self, seconds: float) -> None:
+        """A durable timer, a step: its wake time is journaled as the step's outcome; the
+        attempt parks (state ``sleeping``) until then, and a later attempt returns at once."""
+        due = await self.step("coordinator.sleep", lambda: self._clock() + max(0.0, float(seconds)))
+        if self._clock() < due:
+            raise Suspend("sleeping", due)
+
+    async def wait_for(self, name: str, timeout_s: float | None = None) -> Any:
+        """The payload of the signal ``name``; the attempt parks (state ``waiting``) until it
+        is journaled. Two steps: the timeout's due time, then the signal (or the timeout,
+        which raises `TimeoutError` here, on every replay too)."""
+        due = await self.step("coordinator.wait_for",
+                              lambda: None if timeout_s is None else self._clock() + max(0.0, float(timeout_s)))
+
+        def arrived() -> dict[str, Any]:
+            if name in self._signals:
+                return {"signal": self._signals[name]}
+            if due is not None and self._clock() >= due:
+                return {"timeout": timeout_s}
+            raise Suspend("waiting", due or 0.0, name)
+
+        got = await self.step(f"coordinator.signal.{name}", arrived)
+        if "timeout" in got:
+            raise TimeoutError(f"no signal {name!r} within {got['timeout']}s")
+        return got["signal"]
+
+    def set_event(self, key: str, value: Any) -> None:
+        """Journal ``value`` under ``key`` (not a step: a replay journals it again); the
+        attempt ends or parks only once it is durable."""
+        journal = getattr(self._recorder, "event", None)
+        if journal is not None:
+            self._events.append(asyncio.get_running_loop().create_task(journal(self.workflow_id, key, value)))
+
+    async def flush(self) -> None:
+        """Wait until every ``set_event`` of this attempt is journaled."""
+        events, self._events = self._events, []
+        if events:
+            await asyncio.gather(*events)

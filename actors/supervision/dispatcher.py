@@ -130,7 +130,8 @@ class Dispatcher:
         fresh = wf.id in self.fresh
         self.fresh.discard(wf.id)
         return Dispatch(wf.id, wf.type, wf.fields, wf.attempts, self.incarnation,
-                        wf.error if wf.compensating or wf.stop else None, fresh and wf.attempts == 1, wf.stop)
+                        wf.error if wf.compensating or wf.stop else None, fresh and wf.attempts == 1, wf.stop,
+                        dict(wf.signals))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -237,7 +238,8 @@ class Dispatcher:
                 self.enqueue(wf.id, first=True)
             elif rep.end in PARKED:
                 blocked = blocked or rep.end is Kind.BLOCKED
-                self.metrics.count(BLOCKED if rep.end is Kind.BLOCKED else DELAYED, 1, wf.type)
+                if rep.end in (Kind.BLOCKED, Kind.DELAYED):
+                    self.metrics.count(BLOCKED if rep.end is Kind.BLOCKED else DELAYED, 1, wf.type)
                 if rep.error is not None:
                     wf.compensating, wf.error = True, rep.error
                 record = self.parking.park(wf, rep)

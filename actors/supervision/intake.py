@@ -63,6 +63,8 @@ class Intake:
         a parked one at its retry time, any other at once (its attempt was cut off)."""
         if wf.state.parked:
             self.parking.wait(wf.id, wf.next_retry_at or now)
+        elif wf.state.timed:  # a durable timer or wait: its due time, from the journal
+            self.parking.schedule(wf, now)
         else:
             wf.state = transition(wf.state, Event.LOST)
             self.dispatcher.enqueue(wf.id)

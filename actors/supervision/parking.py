@@ -71,6 +71,8 @@ class Parking:
         now = self.clock()
         if report.end is Kind.PAUSED:
             return self.pause(wf, report.reason, now)
+        if report.end in (Kind.SLEEPING, Kind.WAITING):
+            return self.suspend(wf, report, now)
         policy = report.retry or {}
         due = now + self._delay(wf, policy)
         exhausted = None if wf.compensating else self._exhausted(wf, policy, due)
@@ -114,6 +116,26 @@ class Parking:
         self.done(wf.id)
         log.warning("workflow_paused", workflow_id=wf.id, attempt=wf.attempts, reason=reason)
         return Parked(wf.id, False, wf.attempts, 0.0, now, reason, paused=True)
+
+    def suspend(self, wf: Workflow, report: Report, now: float) -> Parked:
+        """Park ``wf`` on ``ctx.sleep`` or ``ctx.wait_for``: out of the backlog (it does not
+        hold intake suspended), keeping its MaxCmds slot, on the timer heap at its due
+        time (a waiting one at once if its signal is journaled meanwhile)."""
+        waiting = report.end is Kind.WAITING
+        wf.state = transition(wf.state, Event.WAIT if waiting else Event.SLEEP)
+        wf.next_retry_at, wf.reason = report.wake_at or None, report.reason
+        self.done(wf.id)
+        self.schedule(wf, now)
+        return Parked(wf.id, False, wf.attempts, report.wake_at, now, report.reason, wait=report.end.value)
+
+    def schedule(self, wf: Workflow, now: float) -> None:
+        """Put a sleeping or waiting ``wf`` on the timer heap: at once if its signal is
+        journaled, else at its due time (none for a wait without a timeout)."""
+        if wf.state is State.WAITING and wf.reason in wf.signals:
+            self.timers.push(now, wf.id)
+        elif wf.next_retry_at is not None:
+            self.timers.push(wf.next_retry_at, wf.id)
+        self.wake.set()
 
     async def resume_workflow(self, workflow_id: str) -> bool:
         """Run a paused workflow again from its last outcome; False (nothing done) unless
@@ -192,9 +214,10 @@ class Parking:
             self.wake.clear()
             for wid in self.timers.pop_due(self.clock()):
                 wf = self.table.workflows.get(wid)
-                if wf is not None and wf.state.parked:
+                if wf is not None and (wf.state.parked or wf.state.timed):
+                    if wf.state.parked:
+                        self.metrics.count(RETRIES, 1, wf.type)
                     wf.state = transition(wf.state, Event.RETRY_DUE)
-                    self.metrics.count(RETRIES, 1, wf.type)
                     self.ready(wid)
 
 

@@ -39,6 +39,10 @@ EDGES: dict[tuple[State, Event], State] = {
     (S.RUNNING, E.CANCEL): S.CANCELLED,
     (S.RUNNING, E.TERMINATE): S.TERMINATED,
     (S.PENDING, E.TERMINATE): S.TERMINATED,
+    (S.RUNNING, E.SLEEP): S.SLEEPING,
+    (S.RUNNING, E.WAIT): S.WAITING,
+    (S.SLEEPING, E.RETRY_DUE): S.PENDING,
+    (S.WAITING, E.RETRY_DUE): S.PENDING,
 }
 
 
@@ -57,7 +61,7 @@ def test_every_other_pair_is_illegal(state: State, event: Event) -> None:
 
 
 def test_finished_states_have_no_way_out_and_parked_ones_are_delayed_or_blocked() -> None:
-    assert len(ILLEGAL) == len(State) * len(Event) - 21
+    assert len(ILLEGAL) == len(State) * len(Event) - 25
     assert {S.COMPLETED, S.FAILED, S.COMPENSATED, S.CANCELLED, S.TERMINATED} == FINISHED
     assert [s for s in State if s.finished] == [S.COMPLETED, S.FAILED, S.COMPENSATED, S.CANCELLED, S.TERMINATED]
     assert [s for s in State if s.parked] == [S.DELAYED, S.BLOCKED]
@@ -214,6 +218,7 @@ def test_status_has_the_documented_fields() -> None:
     assert table.workflows["w"].status() == {
         "id": "w", "type": "tests:T", "state": "completed", "attempts": 1, "outcomes": [[0, "svc0", "a"]],
         "error": None, "next_retry_at": None, "reason": "", "submitted_at": 1.5, "finished_at": 3.0,
+        "wake_at": None, "waiting_for": None,
     }
 
 
