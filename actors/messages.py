@@ -39,7 +39,8 @@ class Dispatch:
 class Report:
     """Sent by the runner to the supervisor: how an attempt ended. ``end`` is a terminal
     kind (journaled by the runner before it reports) or ``delayed``/``blocked``/``paused``
-    (the supervisor journals the `Parked` record); ``error`` is set for a failed workflow
+    (the supervisor journals the `Parked` record), or ``event`` (``ctx.set_event``, journaled:
+    ``reason`` is its key, ``result`` its value); ``error`` is set for a failed workflow
     and for a compensation that parked; ``reason`` for a parked attempt; ``retry``, for a
     parked attempt of ``exec``, its command's retry policy (`RetryPolicy.to_wire`) and
     ``deadline_s``, so the supervisor never imports the command's code. ``wake_at``: the

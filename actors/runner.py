@@ -183,6 +183,7 @@ class Runner:
     async def event(self, workflow_id: str, key: str, value: Any) -> None:
         self._check_payload(value, f"event {key!r} of {workflow_id}")
         await self._journal(EventSet(workflow_id, key, value, self._clock()))
+        await self._report(Report(workflow_id, 0, "", Kind.EVENT, value, reason=key))
 
     async def _journal(self, record: Record) -> Any:
         """Append one record; its answer, or `StaleAttempt` if the journal holds the workflow as ended."""

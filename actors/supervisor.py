@@ -188,6 +188,14 @@ class SupervisorActor:
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         return await self._ready().outcomes(service, since_seq, limit)
 
+    async def signal(self, workflow_id: str, name: str, payload: Any = None) -> bool:
+        """Journal the signal once per (workflow, name) and wake a ``ctx.wait_for`` of it."""
+        return await self._ready().signal(workflow_id, name, payload)
+
+    async def get_event(self, workflow_id: str, key: str) -> Any:
+        """The last value ``ctx.set_event(key, value)`` journaled, or None."""
+        return await self._ready().get_event(workflow_id, key)
+
     @hot
     async def report(self, reports: list[Report]) -> None:
         """From CommandActors: the ends of attempts."""

@@ -196,7 +196,7 @@ class Workflow:
             "error": self.error,
             "next_retry_at": self.next_retry_at,
             "reason": self.reason,
-            "wake_at": self.next_retry_at if self.state is State.SLEEPING else None,
+            "wake_at": self.next_retry_at if self.state.timed else None,
             "waiting_for": self.reason if self.state is State.WAITING else None,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,

@@ -157,3 +157,19 @@ class Stalls(Command):
     async def _key(self, ctx: Context, i: int) -> str:
         await asyncio.sleep(0.01 * (self.steps - i))  # the last step finishes first
         return ctx.key()
+
+
+@dataclass
+class AwaitsSignal(Command):
+    """Sleeps ``sleep_s`` (a durable timer), then waits for the signal ``name`` and returns
+    its payload; its event ``phase`` tells where it is."""
+
+    name: str = "go"
+    sleep_s: float = 0.1
+
+    async def exec(self, ctx: Context) -> Any:
+        await ctx.sleep(self.sleep_s)
+        ctx.set_event("phase", "waiting")
+        payload = await ctx.wait_for(self.name)
+        ctx.set_event("phase", "signalled")
+        return payload

@@ -229,6 +229,10 @@ class Dispatcher:
         blocked = succeeded = False
         for rep in reports:
             wf = self.table.workflows.get(rep.workflow_id)
+            if rep.end is Kind.EVENT:  # ctx.set_event, journaled by the runner
+                if wf is not None:
+                    wf.events[rep.reason] = rep.result
+                continue
             slot = self.running.get(rep.workflow_id)
             if rep.incarnation != self.incarnation or wf is None or slot is None or slot[1] != rep.attempt:
                 continue  # a stale or duplicate report

@@ -48,6 +48,10 @@ class Queries:
             raise UnknownWorkflow(f"no workflow with id {workflow_id!r}")
         return wf
 
+    async def get(self, workflow_id: str) -> Workflow:
+        """The workflow, held here or read back from the journal; `UnknownWorkflow`."""
+        return await self._get(workflow_id)
+
     def notify(self, workflow_id: str) -> None:
         """``workflow_id`` finished: it joins the table's cache of finished ones, and
         every call waiting for it wakes."""

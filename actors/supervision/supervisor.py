@@ -9,7 +9,8 @@ delegates to its state managers:
 - `Dispatcher` (`dispatcher`): the ready queue, free slots, running attempts, reports, requeues;
 - `Parking` (`parking`): retry timers, deadlines, the suspension mode;
 - `Queries` (`queries`): results, waiters, status, listings, replays;
-- `Cancels` (`cancels`): an operator's cancel or termination of one workflow.
+- `Cancels` (`cancels`): an operator's cancel or termination of one workflow;
+- `Signals` (`signals`): signals to waiting workflows, and their events.
 
 `start` rebuilds the table by folding the journal, then schedules each unfinished
 command again before any new one is admitted. What survives a crash: everything
@@ -39,6 +40,7 @@ from actors.supervision.modes import Mode, Signal
 from actors.supervision.parking import Parking
 from actors.supervision.ports import JournalPort, PoolPort
 from actors.supervision.queries import Queries
+from actors.supervision.signals import Signals
 from actors.workflow_state import State, Workflow, WorkflowTable
 
 __all__ = ["JournalPort", "PoolPort", "SupervisorCore"]
@@ -67,6 +69,7 @@ class SupervisorCore:
         self.intake = Intake(options, journal, self.table, self.admission, self.parking, self.dispatcher,
                              self.started, clock, self.metrics)
         self.cancels = Cancels(journal, pool, self.table, self.parking, self.dispatcher, clock)
+        self.signals = Signals(journal, self.table, self.parking, self.queries, clock, options.max_payload_bytes)
         self.metrics.source(self._sample)
         self._loops: list[asyncio.Task[Any]] = []
 
@@ -188,3 +191,14 @@ class SupervisorCore:
         """Stop a workflow without compensating it (end state ``terminated``); as `cancel`."""
         await self.started.wait()
         return await self.cancels.cancel(workflow_id, reason, terminate=True)
+
+    async def signal(self, workflow_id: str, name: str, payload: Any = None) -> bool:
+        """Journal the signal ``name`` once per workflow (the first payload wins) and wake a
+        workflow waiting for it; False (a no-op) for a repeat or a finished workflow."""
+        await self.started.wait()
+        return await self.signals.signal(workflow_id, name, payload)
+
+    async def get_event(self, workflow_id: str, key: str) -> Any:
+        """The last value ``ctx.set_event(key, value)`` journaled, or None."""
+        await self.started.wait()
+        return await self.signals.get_event(workflow_id, key)

@@ -147,6 +147,8 @@ def operate(args: argparse.Namespace) -> Answer:
         "deployments": (lambda: sup.deployments.remote(), render.deployments),
         "cancel": (lambda: sup.cancel.remote(args.id, args.reason), render.value),
         "terminate": (lambda: sup.terminate.remote(args.id, args.reason), render.value),
+        "signal": (lambda: sup.signal.remote(args.id, args.name, json.loads(args.payload)), render.value),
+        "event": (lambda: sup.get_event.remote(args.id, args.key), render.value),
         "suspend": (lambda: sup.suspend.remote(), render.stats),
         "resume": (lambda: sup.resume.remote(), render.stats),
         "outcomes": (lambda: sup.outcomes.remote(args.service, args.since_seq, args.limit), render.outcomes),

@@ -75,6 +75,7 @@ def status(s: Mapping[str, Any]) -> str:
         ("id", s["id"]), ("type", s["type"]), ("state", s["state"]), ("attempts", str(s["attempts"])),
         ("submitted", when(s.get("submitted_at"))), ("finished", when(s.get("finished_at"))),
         ("next retry", when(s.get("next_retry_at"))), ("last error", error_text(s.get("error"), 200)),
+        ("wake at", when(s.get("wake_at"))), ("waits for", s.get("waiting_for") or NONE),
     ])
     steps = s.get("outcomes") or []
     if not steps:

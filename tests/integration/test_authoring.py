@@ -1,4 +1,4 @@
-"""Authoring on a real Ray instance: parallel steps, a policy that pauses, resume_workflow, cancel."""
+"""Authoring on a real Ray instance: parallel steps, a policy that pauses, resume_workflow, cancel, signals."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import ray
 
 from tests.support import Coordinator, wait_for
 from workflows.errors import CommandFailed
-from workflows.testing import Stalls, Tracked, read_calls
+from workflows.testing import AwaitsSignal, Stalls, Tracked, read_calls
 
 pytestmark = pytest.mark.ray
 
@@ -44,4 +44,18 @@ def test_cancel_a_running_workflow_through_the_supervisor(coordinator: Callable[
     assert status["state"] == "cancelled" and len(status["outcomes"]) < 50
     assert len(read_calls(str(tmp_path))) == len(status["outcomes"])  # no step called after the boundary
     assert ray.get(sup.cancel.remote(wid)) is False and ray.get(sup.terminate.remote(wid)) is False
+    assert ray.get(sup.stats.remote())["in_flight"] == 0
+
+
+def test_a_signal_through_the_supervisor_wakes_a_waiting_workflow(coordinator: Callable[..., Coordinator]) -> None:
+    sup = coordinator().sup
+    wid = ray.get(sup.submit.remote(AwaitsSignal(), "signal-1"))
+    status = wait_for(lambda: (s := ray.get(sup.status.remote(wid)))["state"] == "waiting" and s,
+                      what="the workflow to wait for its signal")
+    assert status["waiting_for"] == "go"
+    assert ray.get(sup.get_event.remote(wid, "phase")) == "waiting"
+    assert ray.get(sup.signal.remote(wid, "go", {"ok": True})) is True
+    assert ray.get(sup.signal.remote(wid, "go", {"ok": False})) is False
+    assert ray.get(sup.result.remote(wid, 30)) == {"ok": True}
+    assert ray.get(sup.get_event.remote(wid, "phase")) == "signalled"
     assert ray.get(sup.stats.remote())["in_flight"] == 0

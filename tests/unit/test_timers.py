@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from actors.inprocess import LocalCoordinator
-from workflows import Command, Context
+from workflows import Command, Context, Delayed
+from workflows.errors import UnknownWorkflow
 
 CALLS: dict[str, int] = {}
 
@@ -105,3 +106,120 @@ async def test_a_zero_sleep_returns_at_once(coord: LocalCoordinator) -> None:
     assert "sleeping" not in kinds(coord, wid)
 
 
+
+
+@dataclass
+class Awaits(Command):
+    """Waits for the signal ``go`` (with a timeout), sets events around it."""
+
+    key: str
+    timeout_s: float | None = None
+
+    async def exec(self, ctx: Context) -> Any:
+        ctx.set_event("phase", "waiting")
+        await ctx.step("before", called, f"{self.key}/before")
+        try:
+            payload = await ctx.wait_for("go", self.timeout_s)
+        except TimeoutError:
+            ctx.set_event("phase", "timed out")
+            return await ctx.step("late", called, f"{self.key}/late") and "timeout"
+        ctx.set_event("phase", "signalled")
+        await ctx.step("after", called, f"{self.key}/after")
+        return payload
+
+
+async def test_a_signal_after_the_wait_wakes_the_workflow(coord: LocalCoordinator) -> None:
+    wid = await coord.core.submit(Awaits("after"))
+    status = await wait_state(coord, wid, "waiting")
+    assert status["waiting_for"] == "go" and status["wake_at"] is None
+    assert coord.core.parking.retrying == set() and coord.core.dispatcher.running == {}
+    assert await coord.core.get_event(wid, "phase") == "waiting"
+    assert await coord.core.signal(wid, "go", {"n": 1}) is True
+    assert await coord.core.result(wid, 5) == {"n": 1}
+    assert CALLS["after/before"] == 1 and CALLS["after/after"] == 1
+    assert await coord.core.get_event(wid, "phase") == "signalled"
+    assert await coord.core.get_event(wid, "missing") is None
+
+
+async def test_a_signal_before_the_wait_is_returned_at_once(coord: LocalCoordinator) -> None:
+    wid = await coord.core.submit(Naps("before-signal", seconds=0.3))
+    await wait_state(coord, wid, "sleeping")
+    assert await coord.core.signal(wid, "go", "early") is True
+    assert await coord.core.result(wid, 5) == "rested"
+    wid = await coord.core.submit(Awaits("before"), workflow_id="signalled-first")
+    assert await coord.core.signal(wid, "go", "early") is True
+    assert await coord.core.result(wid, 5) == "early"
+    assert "waiting" not in kinds(coord, wid)
+
+
+async def test_duplicate_signals_keep_the_first_payload(coord: LocalCoordinator) -> None:
+    wid = await coord.core.submit(Awaits("dup"))
+    await wait_state(coord, wid, "waiting")
+    first, second = await asyncio.gather(coord.core.signal(wid, "go", 1), coord.core.signal(wid, "go", 2))
+    assert sorted([first, second]) == [False, True]
+    won = 1 if first else 2
+    assert await coord.core.result(wid, 5) == won
+    assert kinds(coord, wid).count("signal") == 1
+    assert await coord.core.signal(wid, "go", 3) is False  # finished: a no-op
+    assert await coord.core.signal(wid, "other", 3) is False
+    with pytest.raises(UnknownWorkflow):
+        await coord.core.signal("nobody", "go", 1)
+    with pytest.raises(UnknownWorkflow):
+        await coord.core.get_event("nobody", "phase")
+
+
+async def test_a_signal_journaled_before_a_crash_wakes_the_workflow_after_restart(coord: LocalCoordinator) -> None:
+    wid = await coord.core.submit(Awaits("crash"))
+    await wait_state(coord, wid, "waiting")
+    coord.core.parking.schedule = lambda wf, now: None  # type: ignore[method-assign]  # crash before dispatch
+    assert await coord.core.signal(wid, "go", "kept") is True
+    await asyncio.sleep(0.05)
+    assert (await coord.core.status(wid))["state"] == "waiting"
+    await coord.close()
+    fresh = LocalCoordinator(coord.options)
+    await fresh.start()
+    try:
+        assert await fresh.core.result(wid, 5) == "kept"
+        assert CALLS["crash/before"] == 1 and CALLS["crash/after"] == 1
+        assert await fresh.core.get_event(wid, "phase") == "signalled"
+    finally:
+        await fresh.close()
+        coord.journal.open()
+
+
+async def test_a_wait_times_out_and_replays_the_timeout(coord: LocalCoordinator) -> None:
+    wid = await coord.core.submit(Awaits("timeout", timeout_s=0.2))
+    status = await wait_state(coord, wid, "waiting")
+    assert status["wake_at"] is not None and status["waiting_for"] == "go"
+    assert await coord.core.result(wid, 5) == "timeout"
+    assert await coord.core.get_event(wid, "phase") == "timed out"
+    assert await coord.core.signal(wid, "go", "too late") is False
+    steps = [o[2] for o in (await coord.core.status(wid))["outcomes"]]
+    assert steps[2] == {"timeout": 0.2}
+
+
+@dataclass
+class TimesOutThenDelays(Command):
+    """Times out, then needs another attempt: the replay raises TimeoutError again."""
+
+    async def exec(self, ctx: Context) -> Any:
+        try:
+            await ctx.wait_for("go", 0.05)
+        except TimeoutError:
+            got = "timeout"
+        else:
+            got = "signal"
+        if ctx.attempt < 3:
+            raise Delayed("once more")
+        return got
+
+
+async def test_a_timeout_is_raised_again_on_replay_even_once_signalled(coord: LocalCoordinator) -> None:
+    wid = await coord.core.submit(TimesOutThenDelays())
+    for _ in range(300):
+        status = await coord.core.status(wid)
+        if status["state"] == "delayed":
+            break
+        await asyncio.sleep(0.01)
+    await coord.core.signal(wid, "go", 1)
+    assert await coord.core.result(wid, 5) == "timeout"
