@@ -44,10 +44,10 @@ class LocalJournal:
         return self.journal.outcomes(service, since_seq, limit)
 
     async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
-        return self.journal.table.lookup(workflow_ids)
+        return self.journal.lookup(workflow_ids)
 
     async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
-        return self.journal.table.finished_page(state, limit, exclude)
+        return self.journal.finished_page(state, limit, exclude)
 
 
 class LocalPool:
@@ -92,7 +92,7 @@ class LocalCoordinator:
         self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
                                segment_bytes=options.segment_bytes, owner=f"{options.namespace}/local",
                                snapshot_records=options.snapshot_records, retention_s=options.retention_s,
-                               seal_idle_s=options.seal_idle_s, clock=clock)
+                               seal_idle_s=options.seal_idle_s, clock=clock, cache_size=options.result_cache_size)
         actors = options.command_actors or 1  # None: one per node, and here is one node
         self.pool = LocalPool(actors)
         self.core = SupervisorCore(options, LocalJournal(self.journal), self.pool, clock=clock)

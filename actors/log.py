@@ -90,7 +90,7 @@ class LogActor:
                 self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
                                        segment_bytes=options.segment_bytes, owner=owner,
                                        snapshot_records=options.snapshot_records, retention_s=options.retention_s,
-                                       seal_idle_s=options.seal_idle_s)
+                                       seal_idle_s=options.seal_idle_s, cache_size=options.result_cache_size)
                 if followers:
                     await self.journal.open_replicated(
                         Replicator(list(self._followers), timeout_s=options.replica_timeout_s))
@@ -169,10 +169,10 @@ class LogActor:
         return self._leader().outcomes(service, since_seq, limit)
 
     async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
-        return self._leader().table.lookup(workflow_ids)
+        return self._leader().lookup(workflow_ids)
 
     async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
-        return self._leader().table.finished_page(state, limit, exclude)
+        return self._leader().finished_page(state, limit, exclude)
 
     # --- follower ------------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from actors.records import (
     Submitted,
     WorkflowRecord,
 )
-from actors.workflow_state import WorkflowTable
+from actors.workflow_state import Workflow, WorkflowTable
 
 LATE = (Started, Parked, Compensating, Expired, Cancel)
 """Other records of an attempt: dropped once the workflow has ended."""
@@ -53,6 +53,8 @@ class Index:
 
     def __init__(self, table: WorkflowTable) -> None:
         self.table = table
+        # The fold of a finished workflow not held in ``table`` (read from storage).
+        self.load: Callable[[str], Workflow | None] = lambda wid: None
         self.live: dict[str, Steps] = {}
         self.finished: set[str] = set()
         # ``submitted`` records admitted but not yet durable, by id.
@@ -118,7 +120,7 @@ class Index:
     def submitted_answer(self, wid: str) -> Known:
         """What the journal holds for a known id: its type and fields, and its fold
         (``Workflow.to_dict()``) once its ``submitted`` record is durable, else None."""
-        wf = self.table.workflows.get(wid)
+        wf = self.table.workflows.get(wid) or (self.load(wid) if wid not in self.unwritten else None)
         if wf is not None:
             return Known(wf.type, wf.fields, wf.to_dict())
         r = self.unwritten[wid]
@@ -130,7 +132,7 @@ class Index:
         r = self.ending.get(wid)
         if r is not None:
             return Ended(r.kind, getattr(r, "result", None), getattr(r, "error", None))
-        wf = self.table.workflows.get(wid)
+        wf = self.table.workflows.get(wid) or (self.load(wid) if wid in self.finished else None)
         if wid in self.finished and wf is not None and wf.state.finished:
             return Ended(Kind(wf.state.value), wf.result, wf.error)
         return Ended(None)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from actors.journal.maintenance import Maintenance
 from actors.journal.replica import Replicator
 from actors.journal.segments import SegmentLog
 from actors.journal.startup import Startup
+from actors.journal.stored import Stored
 from actors.records import Ended, Record, Steps, from_wire, to_wire
 from actors.workflow_state import WorkflowTable
 from workflows.context import Outcome
@@ -80,14 +82,17 @@ class Journal(Startup):
     def __init__(self, backend: Backend, *, fsync: bool = True, segment_bytes: int = 64 << 20, owner: str = "",
                  snapshot_records: int = 100_000, retention_s: float = float("inf"), seal_idle_s: float = 60.0,
                  clock: Callable[[], float] = time.time, executor: concurrent.futures.Executor | None = None,
-                 retry_min_s: float = 0.05, retry_max_s: float = 30.0) -> None:
+                 retry_min_s: float = 0.05, retry_max_s: float = 30.0, cache_size: int | None = None) -> None:
         self.backend = backend
         self.owner = owner
         self.clock = clock
         self.log = SegmentLog(backend, fsync=fsync, segment_bytes=segment_bytes)
-        # The fold of every durable record: what a snapshot stores and start-up reads.
-        self.table = WorkflowTable()
+        # The fold of the durable records: every workflow, or with a ``cache_size`` the
+        # unfinished ones and the last ``cache_size`` to finish (`Stored` reads the others).
+        self.table = WorkflowTable(cache_size)
         self.index = Index(self.table)
+        self.stored = Stored(self)
+        self.index.load = lambda w: self.stored.folds([w]).get(w)
         self.snapshot_seq = -1
         self.epoch = 0
         self.next_seq = 0
@@ -263,12 +268,7 @@ class Journal(Startup):
 
     async def _frames_between(self, start: int, stop: int) -> bytes:
         """This log's records ``start <= q < stop``, framed (for a follower's catch-up)."""
-        out = []
-        for r in self.records(start):
-            if r["q"] >= stop:
-                break
-            out.append(codec.encode(r))
-        return b"".join(out)
+        return b"".join(codec.encode(r) for r in itertools.takewhile(lambda r: r["q"] < stop, self.records(start)))
 
     def _write_now(self, records: list[codec.Record]) -> None:
         """Write stamped wire maps at once, before any append (the epoch record of `Startup`)."""
@@ -289,8 +289,7 @@ class Journal(Startup):
         return await waiter
 
     def state(self, offset: int = 0, limit: int = 50_000) -> dict[str, Any]:
-        """A page of the fold: every workflow kept (unfinished, or finished within the
-        retention) as a dict, with the mode; what a supervisor starts from."""
+        """A page of the fold held in memory, as dicts, with the mode; what a supervisor starts from."""
         workflows = list(self.table.workflows.values())[offset:offset + limit]
         return {"mode": self.table.mode, "held": self.table.held, "total": len(self.table.workflows),
                 "deployments": self.table.deployments,
@@ -315,16 +314,17 @@ class Journal(Startup):
                     yield r
 
     def read(self, from_seq: int = 0, limit: int = 10_000) -> list[codec.Record]:
-        out: list[codec.Record] = []
-        for r in self.records(from_seq):
-            out.append(r)
-            if len(out) >= limit:
-                break
-        return out
+        return list(itertools.islice(self.records(from_seq), limit))
 
     def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         """Durable outcomes of ``service`` (of workflows kept), in journal order."""
-        return self.table.outcomes(service, since_seq, limit)
+        return self.stored.outcomes(service, since_seq, limit)
+
+    def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return self.stored.lookup(workflow_ids)
+
+    def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
+        return self.stored.finished_page(state, limit, exclude)
 
     def live_steps(self, workflow_ids: list[str]) -> dict[str, Steps | Ended]:
         """The journaled outcomes and compensations of unfinished workflows, and for
@@ -339,7 +339,7 @@ class Journal(Startup):
 
     def steps_of(self, workflow_ids: list[str]) -> dict[str, list[Outcome]]:
         """The durable outcomes of each workflow kept among ``workflow_ids`` (for status)."""
-        return {w: list(wf.outcomes) for w in workflow_ids if (wf := self.table.workflows.get(w)) is not None}
+        return self.stored.steps_of(workflow_ids)
 
     def close(self) -> None:
         if self._flusher is not None:

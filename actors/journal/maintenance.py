@@ -139,12 +139,13 @@ class Maintenance:
         j = self.journal
         kept = dict(j.table.workflows)
         gone = j.table.forget(j.clock() - self.retention_s) if math.isfinite(self.retention_s) else []
+        j.index.forget(gone)
         try:
             seq = await j.run(self._write)
         except BaseException:
             j.table.workflows = kept  # forgotten only once a snapshot without them is stored
+            j.index.finished.update(gone)
             raise
-        j.index.forget(gone)
         self.since_snapshot = 0
         log.info("snapshot_written", seq=seq, workflows=len(j.table.workflows), forgotten=len(gone))
         for waiter in self.waiters:
@@ -158,13 +159,18 @@ class Maintenance:
         if j.log.active_bytes > 0:
             j.log.rotate()
         seq = j.log.last_seq
+        evicted = [w for w in j.index.finished if w not in j.table.workflows]
         data = recovery.encode_snapshot(seq, j.epoch, j.table.mode, j.table.held,
-                                        [wf.to_dict() for wf in j.table.workflows.values()], j.table.deployments)
+                                        [wf.to_dict() for wf in j.table.workflows.values()], j.table.deployments,
+                                        evicted)
         name = f"{seq:020d}.snap"
         j.backend.put_snapshot(name, data)
         j.snapshot_seq = seq
         for old in j.backend.snapshots():
             if old != name:
                 j.backend.delete_snapshot(old)
-        j.log.delete_covered(seq)
+        # With a cache, the segments hold the workflows evicted from the fold: a segment
+        # goes once none of its workflows is kept (each unfinished, or finished and not
+        # yet forgotten by retention); one that mixes them stays until its last is forgotten.
+        j.log.delete_covered(seq, None if j.table.cache_size is None else j.index.knows)
         return seq

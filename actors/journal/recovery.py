@@ -67,10 +67,11 @@ class Snapshot:
     held: bool
     workflows: list[dict[str, Any]]
     deployments: dict[str, Any] | None = None
+    finished: list[str] | None = None  # ids of finished workflows kept but not held in memory
 
 
 def encode_snapshot(seq: int, epoch: int, mode: str, held: bool, workflows: list[dict[str, Any]],
-                    deployments: dict[str, Any] | None = None) -> bytes:
+                    deployments: dict[str, Any] | None = None, finished: list[str] | None = None) -> bytes:
     """A snapshot as a header record followed by one record per workflow.
 
     One record per workflow keeps every frame under `codec.MAX_RECORD_BYTES` however
@@ -80,6 +81,9 @@ def encode_snapshot(seq: int, epoch: int, mode: str, held: bool, workflows: list
             "count": len(workflows), "deployments": deployments or {}}
     frames = [codec.encode(head)]
     frames += [codec.encode({"v": codec.VERSION, "k": "snapshot", "q": seq, "wf": wf}) for wf in workflows]
+    ids = finished or []
+    frames += [codec.encode({"v": codec.VERSION, "k": "snapshot", "q": seq, "ids": ids[i:i + 100_000]})
+               for i in range(0, len(ids), 100_000)]
     return b"".join(frames)
 
 
@@ -96,11 +100,12 @@ def decode_snapshot(name: str, data: bytes) -> Snapshot:
                 raise JournalCorrupt(where, end, "snapshot is damaged")
             workflows = list(head["workflows"])
         else:
-            if len(rest) != head["count"] or any(r["k"] != "snapshot" or r["q"] != head["q"] for r in rest):
+            workflows = [r["wf"] for r in rest if "wf" in r]
+            if len(workflows) != head["count"] or any(r["k"] != "snapshot" or r["q"] != head["q"] for r in rest):
                 raise JournalCorrupt(where, end, f"snapshot is damaged: {len(rest)} of {head['count']} workflows")
-            workflows = [r["wf"] for r in rest]
+        finished = [w for r in rest if "ids" in r for w in r["ids"]]
         return Snapshot(name, head["q"], head["epoch"], head["mode"], bool(head["held"]), workflows,
-                        dict(head.get("deployments") or {}))
+                        dict(head.get("deployments") or {}), finished)
     except (KeyError, TypeError) as exc:
         raise JournalCorrupt(where, 0, f"snapshot is damaged: {exc!r}") from None
 
@@ -128,11 +133,13 @@ class Recovered:
 
 
 def walk(backend: Backend, *, repair: bool, on_snapshot: Callable[[Snapshot], None] | None = None,
-         on_record: Callable[[codec.Record], None] | None = None) -> Recovered:
+         on_record: Callable[[codec.Record], None] | None = None, keep_covered: bool = False) -> Recovered:
     """Check the stored journal by the rules of the module docstring.
 
     ``on_snapshot`` gets the snapshot (if any) first, then ``on_record`` every record
     past it, in order. Raises `JournalCorrupt` naming the first place that breaks a rule.
+    With ``keep_covered`` the sealed segments the snapshot covers are kept unread (they
+    hold the workflows not in it), else they are deleted (with ``repair``).
     """
     snapshot = load_snapshot(backend)
     if snapshot is not None and on_snapshot is not None:
@@ -141,6 +148,10 @@ def walk(backend: Backend, *, repair: bool, on_snapshot: Callable[[Snapshot], No
     out = Recovered(snapshot, next_seq=snapshot_seq + 1)
     refs = backend.segments()
     for i, ref in enumerate(refs):
+        after = refs[i + 1].first_seq if i + 1 < len(refs) else None
+        if keep_covered and ref.sealed and after is not None and after - 1 <= snapshot_seq:
+            out.segments.append((ref, after - 1))
+            continue
         seg = scan_segment(backend, ref, tail=i == len(refs) - 1)
         if seg.torn_bytes:
             out.torn_bytes += seg.torn_bytes
@@ -155,7 +166,7 @@ def walk(backend: Backend, *, repair: bool, on_snapshot: Callable[[Snapshot], No
                 if r["q"] > snapshot_seq:
                     on_record(r)
         out.next_seq = max(out.next_seq, expected)
-        if ref.sealed and expected - 1 <= snapshot_seq:
+        if ref.sealed and expected - 1 <= snapshot_seq and not keep_covered:
             out.covered.append(ref)
             if repair:
                 backend.delete(ref)

@@ -80,7 +80,8 @@ class Startup:
     def _recover_local(self) -> None:
         self._epochs, self._epochs_from, self._last_record = Epochs(), 0, None
         self.backend.lock(self.owner)
-        found = recovery.walk(self.backend, repair=True, on_snapshot=self._load_snapshot, on_record=self._index)
+        found = recovery.walk(self.backend, repair=True, on_snapshot=self._load_snapshot, on_record=self._index,
+                              keep_covered=self.table.cache_size is not None)
         self.next_seq, self.torn_bytes = found.next_seq, found.torn_bytes
         # Frames of the current format never follow old ones in a segment this writes.
         self.log.restore(found.segments, found.next_seq, fresh=found.legacy_tail)
@@ -88,11 +89,12 @@ class Startup:
     def _load_snapshot(self, snap: recovery.Snapshot) -> None:
         for d in snap.workflows:
             wf = Workflow.from_dict(d)
-            self.table.workflows[wf.id] = wf
+            self.table.put(wf)
             if wf.state.finished:
                 self.index.finished.add(wf.id)
             else:
                 self.index.live[wf.id] = (list(wf.outcomes), list(wf.compensations))
+        self.index.finished.update(snap.finished or ())  # evicted from memory, kept in storage
         self.table.mode, self.table.held = snap.mode, snap.held
         self.table.deployments = dict(snap.deployments or {})
         self.snapshot_seq = self.table.last_seq = snap.seq

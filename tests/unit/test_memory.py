@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from actors.inprocess import LocalCoordinator
-from actors.journal import MemoryBackend
+from actors.journal import Journal, MemoryBackend
+from actors.records import from_wire
 from actors.supervision.supervisor import SupervisorCore
 from actors.workflow_state import State, Workflow, WorkflowTable
 from tests.unit.local import opts
@@ -70,3 +71,49 @@ async def test_answers_from_the_journal_equal_those_from_memory(cache: int) -> N
     with pytest.raises(UnknownWorkflow):
         await core.result("nobody", 1)
     await small.close()
+
+
+# --- the journal's own fold -------------------------------------------------------------------
+
+
+async def journal_answers(j: Journal, ids: list[str]) -> list[Any]:
+    return [j.lookup(ids), j.steps_of(ids), j.outcomes("svc"), j.outcomes("svc", 5, 3),
+            j.finished_page(None, 100, []), j.finished_page("failed", 2, ["w0"])]
+
+
+async def fill(j: Journal, n: int) -> list[str]:
+    ids = [f"w{i}" for i in range(n)]
+    for i, w in enumerate(ids):
+        await j.append([from_wire({"k": "submitted", "w": w, "type": "tests:T", "fields": {"x": i}, "t": 1.0})])
+        await j.append([from_wire({"k": "outcome", "w": w, "step": 0, "service": "svc", "value": i})])
+        end = {"k": "completed", "result": i * 10} if i % 3 else {"k": "failed", "error": {"type": "E", "message": "m"}}
+        await j.append([from_wire({"w": w, "t": 2.0 + i, **end})])
+    return ids
+
+
+@pytest.mark.parametrize("cache", [0, 2])
+async def test_the_journal_holds_only_the_last_finished_and_reads_the_rest_from_storage(cache: int) -> None:
+    whole = Journal(MemoryBackend(f"whole-{cache}"), owner="a", segment_bytes=400)
+    whole.open()
+    ids = await fill(whole, 9)
+    remembered = await journal_answers(whole, [*ids, "nobody"])
+    whole.close()
+
+    j = Journal(MemoryBackend(f"evicting-{cache}"), owner="b", segment_bytes=400, cache_size=cache)
+    j.open()
+    await fill(j, 9)
+    assert sum(wf.state.finished for wf in j.table.workflows.values()) <= cache
+    assert await journal_answers(j, [*ids, "nobody"]) == remembered
+    # Reserved while kept: a duplicate submitted is answered with the fold read from storage.
+    (known,) = await j.append([from_wire({"k": "submitted", "w": "w1", "type": "tests:T", "fields": {}, "t": 9.0})])
+    assert known.workflow == remembered[0]["w1"]
+    for step in ("restart", "snapshot", "restart"):
+        if step == "snapshot":
+            await j.snapshot()
+        else:
+            j.close()
+            j = Journal(MemoryBackend(f"evicting-{cache}"), owner="b", segment_bytes=400, cache_size=cache)
+            j.open()
+        assert await journal_answers(j, [*ids, "nobody"]) == remembered, step
+        assert sum(wf.state.finished for wf in j.table.workflows.values()) <= cache
+    j.close()
