@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +31,8 @@ from actors.journal.backends import Backend, SegmentRef
 
 log = structlog.get_logger("journal")
 VERSION = 1
+CACHED = 4
+"""Sealed segments' indexes kept decoded in memory, the last read."""
 STEP_KINDS = frozenset({"outcome", "compensation"})
 
 
@@ -90,6 +93,18 @@ class Indexes:
         self.backend = backend
         self.active: dict[int, SegmentIndex] = {}
         self.rebuilt = 0
+        self._cache: OrderedDict[int, SegmentIndex] = OrderedDict()  # sealed indexes read lately
+        # Per sealed segment read or written here, the hashes of its workflow ids: a lookup
+        # reads only the indexes of the segments that may hold its ids.
+        self.ids: dict[int, set[int]] = {}
+
+    def _keep(self, first_seq: int, idx: SegmentIndex) -> SegmentIndex:
+        self.ids[first_seq] = {hash(w) for w in idx.workflows}
+        self._cache[first_seq] = idx
+        self._cache.move_to_end(first_seq)
+        while len(self._cache) > CACHED:
+            self._cache.popitem(last=False)
+        return idx
 
     def written(self, first_seq: int, frames: list[bytes], start: int) -> None:
         """``frames`` were appended at byte ``start`` of the unsealed segment ``first_seq``."""
@@ -106,6 +121,7 @@ class Indexes:
         if idx is None:
             idx = SegmentIndex.build(self.backend.read(ref), self.backend.describe(ref))
         self.backend.put_index(first_seq, idx.encode())
+        self._keep(first_seq, idx)
 
     def load(self, ref: SegmentRef) -> SegmentIndex:
         """``ref``'s index: from memory (unsealed) or the backend, else rebuilt from the segment."""
@@ -114,12 +130,16 @@ class Indexes:
             if idx is None:
                 idx = self.active[ref.first_seq] = SegmentIndex.build(self.backend.read(ref))
             return idx
+        cached = self._cache.get(ref.first_seq)
+        if cached is not None:
+            self._cache.move_to_end(ref.first_seq)
+            return cached
         try:
             found = SegmentIndex.decode(self.backend.get_index(ref.first_seq))
         except FileNotFoundError:
             found = None
         if found is not None:
-            return found
+            return self._keep(ref.first_seq, found)
         idx = SegmentIndex.build(self.backend.read(ref), self.backend.describe(ref))
         self.rebuilt += 1
         log.warning("segment_index_rebuilt", segment=self.backend.describe(ref))
@@ -127,7 +147,7 @@ class Indexes:
             self.backend.put_index(ref.first_seq, idx.encode())
         except Exception as exc:  # any storage error: rebuilt again next time
             log.warning("segment_index_write_failed", error=repr(exc))
-        return idx
+        return self._keep(ref.first_seq, idx)
 
     def fetch(self, ref: SegmentRef, offsets: Iterable[tuple[int, int]]) -> list[codec.Record]:
         """The records at ``offsets`` of ``ref``, each read by a ranged read."""
@@ -144,6 +164,8 @@ class Indexes:
 
     def deleted(self, ref: SegmentRef) -> None:
         self.active.pop(ref.first_seq, None)
+        self.ids.pop(ref.first_seq, None)
+        self._cache.pop(ref.first_seq, None)
         if ref.sealed:
             with contextlib.suppress(FileNotFoundError):
                 self.backend.delete_index(ref.first_seq)
@@ -153,7 +175,11 @@ class Indexes:
         journal order (ids with none are left out)."""
         wanted = set(workflow_ids)
         found: dict[str, list[codec.Record]] = {}
+        hashes = {hash(w) for w in wanted}
         for ref in refs:
+            seen = self.ids.get(ref.first_seq) if ref.sealed else None
+            if seen is not None and seen.isdisjoint(hashes):
+                continue
             idx = self.load(ref)
             for wid in wanted & idx.workflows.keys():
                 found.setdefault(wid, []).extend(self.fetch(ref, spans(idx.workflows[wid])))
