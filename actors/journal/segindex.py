@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import sys
+from array import array
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,18 +38,27 @@ CACHED = 4
 STEP_KINDS = frozenset({"outcome", "compensation"})
 
 
+def _offsets() -> array[int]:
+    return array("Q")
+
+
 @dataclass
 class SegmentIndex:
+    """Offsets and lengths as flat arrays of u64 (``[offset, length, offset, length, ...]``)."""
+
     size: int = 0
-    workflows: dict[str, list[int]] = field(default_factory=dict)
-    services: dict[str, list[int]] = field(default_factory=dict)
+    workflows: dict[str, array[int]] = field(default_factory=dict)
+    services: dict[str, array[int]] = field(default_factory=dict)
 
     def add(self, record: codec.Record, offset: int, length: int) -> None:
         wid = record.get("w")
         if isinstance(wid, str):
-            self.workflows.setdefault(wid, []).extend((offset, length))
+            found = self.workflows.get(wid)
+            if found is None:
+                found = self.workflows[sys.intern(wid)] = _offsets()
+            found.extend((offset, length))
         if record["k"] in STEP_KINDS:
-            self.services.setdefault(str(record.get("service")), []).extend((offset, length))
+            self.services.setdefault(str(record.get("service")), _offsets()).extend((offset, length))
         self.size = max(self.size, offset + length)
 
     def extend(self, buf: bytes, base: int = 0, path: str = "<buffer>") -> None:
@@ -62,8 +73,8 @@ class SegmentIndex:
         return idx
 
     def encode(self) -> bytes:
-        payload: bytes = msgpack.packb({"v": VERSION, "size": self.size, "w": self.workflows, "s": self.services},
-                                       use_bin_type=True)
+        payload: bytes = msgpack.packb({"v": VERSION, "size": self.size, "w": _packed(self.workflows),
+                                        "s": _packed(self.services)}, use_bin_type=True)
         return struct.pack("<I", crc32c.crc32c(payload)) + payload
 
     @classmethod
@@ -78,10 +89,38 @@ class SegmentIndex:
         if not isinstance(m, dict) or m.get("v") != VERSION or not isinstance(m.get("w"), dict) \
                 or not isinstance(m.get("s"), dict) or not isinstance(m.get("size"), int):
             return None
-        return cls(m["size"], m["w"], m["s"])
+        try:
+            return cls(m["size"], _unpacked(m["w"]), _unpacked(m["s"]))
+        except (TypeError, ValueError):
+            return None
 
 
-def spans(offsets: list[int]) -> list[tuple[int, int]]:
+def _packed(table: dict[str, array[int]]) -> dict[str, bytes]:
+    """Each array as little-endian u64 bytes."""
+    if sys.byteorder == "little":
+        return {k: a.tobytes() for k, a in table.items()}
+    out = {}
+    for k, a in table.items():
+        b = array("Q", a)
+        b.byteswap()
+        out[k] = b.tobytes()
+    return out
+
+
+def _unpacked(table: dict[str, bytes]) -> dict[str, array[int]]:
+    out = {}
+    for k, data in table.items():
+        a = array("Q")
+        a.frombytes(data)
+        if sys.byteorder != "little":
+            a.byteswap()
+        if len(a) % 2:
+            raise ValueError("odd offsets")
+        out[sys.intern(k)] = a
+    return out
+
+
+def spans(offsets: Sequence[int]) -> list[tuple[int, int]]:
     return list(zip(offsets[::2], offsets[1::2], strict=True))
 
 
@@ -150,16 +189,19 @@ class Indexes:
         return self._keep(ref.first_seq, idx)
 
     def fetch(self, ref: SegmentRef, offsets: Iterable[tuple[int, int]]) -> list[codec.Record]:
-        """The records at ``offsets`` of ``ref``, each read by a ranged read."""
+        """The records at ``offsets`` of ``ref``, by ranged reads (one per group of records
+        less than `GAP` bytes apart)."""
         out: list[codec.Record] = []
         path = self.backend.describe(ref)
-        for offset, length in offsets:
+        for start, stop, group in _groups(sorted(offsets)):
             try:
-                buf = self.backend.read_range(ref, offset, length)
+                buf = self.backend.read_range(ref, start, stop - start)
             except FileNotFoundError:  # sealed meanwhile: read the sealed copy
                 ref = SegmentRef(ref.first_seq, True)
-                buf = self.backend.read_range(ref, offset, length)
-            out += [r for _, _, r in codec.records_at(buf, f"{path}@{offset}")]
+                buf = self.backend.read_range(ref, start, stop - start)
+            for offset, length in group:
+                piece = buf[offset - start:offset - start + length]
+                out += [r for _, _, r in codec.records_at(piece, f"{path}@{offset}")]
         return out
 
     def deleted(self, ref: SegmentRef) -> None:
@@ -184,3 +226,22 @@ class Indexes:
             for wid in wanted & idx.workflows.keys():
                 found.setdefault(wid, []).extend(self.fetch(ref, spans(idx.workflows[wid])))
         return found
+
+
+GAP = 64 << 10
+
+
+def _groups(offsets: list[tuple[int, int]]) -> Iterator[tuple[int, int, list[tuple[int, int]]]]:
+    """Runs of (offset, length) whose gaps are under `GAP`, as (start, stop, members)."""
+    group: list[tuple[int, int]] = []
+    start = stop = 0
+    for offset, length in offsets:
+        if group and offset - stop >= GAP:
+            yield start, stop, group
+            group = []
+        if not group:
+            start = offset
+        group.append((offset, length))
+        stop = max(stop, offset + length)
+    if group:
+        yield start, stop, group

@@ -3,6 +3,8 @@ and read back with ranged reads that equal a full scan of the log."""
 
 from __future__ import annotations
 
+from array import array
+
 from actors.journal import Journal
 from actors.journal.segindex import SegmentIndex, spans
 from tests.unit.test_journal import Opener, journals, outcome, reopen, settled, submitted, terminal, uri
@@ -73,7 +75,7 @@ async def test_an_index_goes_with_its_segment(uri: str, journals: Opener) -> Non
 
 
 def test_an_index_round_trips_and_refuses_damage() -> None:
-    idx = SegmentIndex(10, {"a": [0, 10]}, {"svc": [0, 10]})
+    idx = SegmentIndex(10, {"a": array("Q", [0, 10])}, {"svc": array("Q", [0, 10])})
     assert SegmentIndex.decode(idx.encode()) == idx
     assert SegmentIndex.decode(b"") is None
     assert SegmentIndex.decode(idx.encode()[:-1]) is None
