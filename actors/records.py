@@ -95,19 +95,22 @@ PARKED = frozenset({Kind.DELAYED, Kind.BLOCKED, Kind.PAUSED, Kind.SLEEPING, Kind
 class Submitted:
     """Written by the supervisor at submit: the command as type name and msgpack fields,
     and the deployment it runs on (``""`` in journals written before deployments: the
-    coordinator's own)."""
+    coordinator's own). ``start_at``: the time its first attempt may start (0: at once)."""
 
     workflow_id: str
     type: str
     fields: dict[str, Any]
     t: float
     deployment: str = ""
+    start_at: float = 0.0
     kind: ClassVar[Kind] = Kind.SUBMITTED
 
     def to_wire(self) -> dict[str, Any]:
         wire = {"k": "submitted", "w": self.workflow_id, "type": self.type, "fields": self.fields, "t": self.t}
         if self.deployment:
             wire["deployment"] = self.deployment
+        if self.start_at:
+            wire["start_at"] = self.start_at
         return wire
 
 
@@ -301,7 +304,8 @@ def _parked(d: dict[str, Any], blocked: bool) -> Parked:
 
 _READERS: dict[str, Any] = {
     "epoch": lambda d: Epoch(d["epoch"], d.get("owner", "")),
-    "submitted": lambda d: Submitted(d["w"], d["type"], d["fields"], d["t"], d.get("deployment", "")),
+    "submitted": lambda d: Submitted(d["w"], d["type"], d["fields"], d["t"], d.get("deployment", ""),
+                                     d.get("start_at", 0.0)),
     "started": lambda d: Started(d["w"], d["attempt"], d.get("t", 0.0)),
     "outcome": lambda d: Step(d["w"], d["step"], d["service"], d["value"]),
     "compensation": lambda d: Step(d["w"], d["step"], d["service"], d["value"], compensation=True),

@@ -140,17 +140,18 @@ class SupervisorActor:
         return self._ready().stats()
 
     @hot
-    async def submit(self, cmd: Any, workflow_id: str | None = None) -> str:
-        return (await self.submit_many([cmd], [workflow_id]))[0]
+    async def submit(self, cmd: Any, workflow_id: str | None = None, start_at: float | None = None) -> str:
+        return (await self.submit_many([cmd], [workflow_id], start_at))[0]
 
     @hot
-    async def submit_many(self, cmds: list[Any], workflow_ids: list[str | None] | None = None) -> list[str]:
+    async def submit_many(self, cmds: list[Any], workflow_ids: list[str | None] | None = None,
+                          start_at: float | None = None) -> list[str]:
         # A default id comes from the Ray task id, which a retried call keeps: a submit
         # that Ray re-sends after a supervisor restart finds its command, not a twin.
         task = ray.get_runtime_context().get_task_id() or ""
         given: list[str | None] = list(workflow_ids) if workflow_ids is not None else [None] * len(cmds)
         ids: list[str | None] = [w if w is not None else f"{task[:40]}-{i}" for i, w in enumerate(given)]
-        return await self._ready().submit_many(cmds, ids)
+        return await self._ready().submit_many(cmds, ids, start_at)
 
     @hot
     async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:

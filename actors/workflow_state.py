@@ -155,10 +155,8 @@ class Workflow:
     """Why the last attempt parked or paused (the error's type and message)."""
     stop: str = ""
     """``"cancel"`` or ``"terminate"`` once an operator's request is journaled."""
-    signals: dict[str, Any] = field(default_factory=dict)
-    """Journaled signals by name (the first payload of each)."""
-    events: dict[str, Any] = field(default_factory=dict)
-    """The last value ``ctx.set_event`` journaled, by key."""
+    signals: dict[str, Any] = field(default_factory=dict)  # journaled signals by name (the first payload)
+    events: dict[str, Any] = field(default_factory=dict)  # the last value ctx.set_event journaled, by key
 
     def to_dict(self) -> dict[str, Any]:
         """Every field, msgpack-encodable: the snapshot form."""
@@ -196,7 +194,7 @@ class Workflow:
             "error": self.error,
             "next_retry_at": self.next_retry_at,
             "reason": self.reason,
-            "wake_at": self.next_retry_at if self.state.timed else None,
+            "wake_at": (self.next_retry_at or None) if self.state.timed else None,  # 0: a wait without a timeout
             "waiting_for": self.reason if self.state is State.WAITING else None,
             "submitted_at": self.submitted_at,
             "finished_at": self.finished_at,
@@ -260,6 +258,8 @@ class WorkflowTable:
             return None
         if isinstance(r, Submitted):
             wf = Workflow(r.workflow_id, r.type, r.fields, r.t, deployment=r.deployment)
+            if r.start_at > r.t:  # submitted with a start time: it sleeps until then
+                wf.state, wf.next_retry_at = State.SLEEPING, r.start_at
             self.workflows.setdefault(wf.id, wf)
             return wf
         found = self.workflows.get(r.workflow_id)
@@ -329,8 +329,7 @@ def _fold(wf: Workflow, r: WorkflowRecord | Signalled | EventSet, seq: int) -> N
         wf.attempts = max(wf.attempts, r.attempt)  # a lost attempt's record may land after its successor's
     elif isinstance(r, Parked):
         wf.state = State(r.kind.value) if r.wait or r.paused else State.BLOCKED if r.blocked else State.DELAYED
-        wf.next_retry_at = None if r.paused or (r.wait and not r.next_retry_at) else r.next_retry_at
-        wf.reason = r.reason
+        wf.next_retry_at, wf.reason = (None if r.paused else r.next_retry_at), r.reason
         wf.attempts = max(wf.attempts, r.attempt)
     elif isinstance(r, Compensating | Expired):
         wf.compensating, wf.error = True, r.error

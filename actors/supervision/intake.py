@@ -28,7 +28,7 @@ from actors.supervision.dispatcher import Dispatcher
 from actors.supervision.modes import Mode
 from actors.supervision.parking import Parking
 from actors.supervision.ports import JournalPort
-from actors.workflow_state import Event, Workflow, WorkflowTable, transition
+from actors.workflow_state import Event, State, Workflow, WorkflowTable, transition
 from workflows.command import check_workflow_id, encode_command, runtime_env_of
 from workflows.errors import InvalidCommand, Suspended
 
@@ -72,7 +72,8 @@ class Intake:
     async def submit(self, cmd: Any, workflow_id: str | None = None) -> str:
         return (await self.submit_many([cmd], [workflow_id]))[0]
 
-    async def submit_many(self, cmds: list[Any], workflow_ids: list[str | None] | None = None) -> list[str]:
+    async def submit_many(self, cmds: list[Any], workflow_ids: list[str | None] | None = None,
+                          start_at: float | None = None) -> list[str]:
         """Journal new commands as one batch once there is room; return their ids.
 
         Every command and id is checked first (`InvalidCommand`, nothing journaled). An
@@ -101,15 +102,22 @@ class Intake:
             if self.route is not None:
                 envs = {wid: runtime_env_of(cmd) for (wid, _), cmd in zip(checked, cmds, strict=True)}
                 placed = dict(zip(new, await self.route([(e[0], envs[w]) for w, e in new.items()]), strict=True))
-            await self._admit(new, placed)
+            await self._admit(new, placed, start_at or 0.0)
         for future in others:
             await asyncio.wait([future])
             if future.cancelled():  # its submitter went away before an answer: submit it here
-                return await self.submit_many(cmds, [wid for wid, _ in checked])
+                return await self.submit_many(cmds, [wid for wid, _ in checked], start_at)
             error = future.exception()
             if error is not None:
                 raise error
         return [wid for wid, _ in checked]
+
+    def _start(self, wf: Workflow | None) -> None:
+        """A new workflow: ready at once, or (``start_at``) sleeping until its start time."""
+        if wf is not None and wf.state is State.SLEEPING:
+            self.parking.schedule(wf, self.clock())
+        elif wf is not None:
+            self.dispatcher.enqueue(wf.id)
 
     def _check(self, cmd: Any, workflow_id: str | None) -> tuple[str, Encoded]:
         """The id and journal form of one command; `InvalidCommand` for anything the
@@ -139,7 +147,8 @@ class Intake:
             reason = "suspended by an operator" if self.parking.held else "a service is out (circuit breaker open)"
             raise Suspended(f"intake is closed: {reason}; mode {mode.value}")
 
-    async def _admit(self, new: dict[str, Encoded], placed: dict[str, str] | None = None) -> None:
+    async def _admit(self, new: dict[str, Encoded], placed: dict[str, str] | None = None,
+                     start_at: float = 0.0) -> None:
         self._check_intake()
         loop = asyncio.get_running_loop()
         futures = {w: loop.create_future() for w in new}
@@ -150,7 +159,7 @@ class Intake:
             try:
                 self._check_intake()
                 now = self.clock()
-                batch = [Submitted(w, e[0], e[1], now, (placed or {}).get(w, "")) for w, e in new.items()]
+                batch = [Submitted(w, e[0], e[1], now, (placed or {}).get(w, ""), start_at) for w, e in new.items()]
                 answers = await self.journal.append(list[Record](batch))
             except BaseException:
                 self.admission.release(len(new))
@@ -186,9 +195,8 @@ class Intake:
             wid = r.workflow_id
             if not isinstance(answer, Known):
                 self.metrics.count(SUBMITTED, 1, r.type)
-                self.table.apply(r)
+                self._start(self.table.apply(r))
                 self.dispatcher.fresh.add(wid)
-                self.dispatcher.enqueue(wid)
             elif (answer.type, answer.fields) != (r.type, r.fields):
                 self.admission.release(1)
                 conflicts[wid] = InvalidCommand(
@@ -209,8 +217,7 @@ class Intake:
         if wid in self.table.workflows:
             return False  # put there meanwhile
         if known is None:
-            self.table.apply(record)
-            self.dispatcher.enqueue(wid)
+            self._start(self.table.apply(record))
             return True
         wf = Workflow.from_dict(known)
         wf.outcomes, wf.compensations = [], []  # the journal holds them; attempts read them there

@@ -133,7 +133,7 @@ class Parking:
         journaled, else at its due time (none for a wait without a timeout)."""
         if wf.state is State.WAITING and wf.reason in wf.signals:
             self.timers.push(now, wf.id)
-        elif wf.next_retry_at is not None:
+        elif wf.next_retry_at:  # 0 or None: a wait without a timeout
             self.timers.push(wf.next_retry_at, wf.id)
         self.wake.set()
 

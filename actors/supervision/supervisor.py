@@ -132,12 +132,13 @@ class SupervisorCore:
 
     # --- the public methods ------------------------------------------------------------
 
-    async def submit(self, cmd: Any, workflow_id: str | None = None) -> str:
-        return (await self.intake.submit_many([cmd], [workflow_id]))[0]
+    async def submit(self, cmd: Any, workflow_id: str | None = None, start_at: float | None = None) -> str:
+        return (await self.intake.submit_many([cmd], [workflow_id], start_at))[0]
 
-    async def submit_many(self, cmds: builtins.list[Any],
-                          workflow_ids: builtins.list[str | None] | None = None) -> builtins.list[str]:
-        return await self.intake.submit_many(cmds, workflow_ids)
+    async def submit_many(self, cmds: builtins.list[Any], workflow_ids: builtins.list[str | None] | None = None,
+                          start_at: float | None = None) -> builtins.list[str]:
+        """``start_at`` (epoch seconds): the workflows are journaled now and sleep until then."""
+        return await self.intake.submit_many(cmds, workflow_ids, start_at)
 
     async def report(self, reports: builtins.list[Report]) -> None:
         await self.dispatcher.report(reports)

@@ -42,6 +42,8 @@ def parser() -> Parser:
     s.add_argument("--json", default="{}", dest="fields", help="the command's fields as a JSON object (default: {})")
     s.add_argument("--id", default=None, help="workflow id (default: a new one); the same id again runs nothing twice")
     s.add_argument("--wait", action="store_true", help="wait for the result and print it (exit 2 if it failed)")
+    s.add_argument("--start-at", type=float, default=None, metavar="EPOCH_S",
+                   help="start no earlier than this time (epoch seconds, UTC); journaled at once, sleeping until then")
     s = _add(sub, "result", "the result of a workflow, waiting for it (exit 2 if it failed)")
     s.add_argument("id", help="workflow id")
     s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",

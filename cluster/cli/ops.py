@@ -169,7 +169,7 @@ def _submit(sup: Any, args: argparse.Namespace) -> Answer:
     except json.JSONDecodeError as exc:
         raise InvalidCommand(f"--json is not valid JSON: {exc}") from None
     cmd = decode_command(args.type, fields)
-    wid = ray.get(sup.submit.remote(cmd, args.id))
+    wid = ray.get(sup.submit.remote(cmd, args.id, getattr(args, "start_at", None)))
     logs.bind_workflow(log, wid).debug("workflow_submitted", type=args.type)
     if not args.wait:
         return Answer(wid, lambda: str(wid))

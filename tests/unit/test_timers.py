@@ -223,3 +223,31 @@ async def test_a_timeout_is_raised_again_on_replay_even_once_signalled(coord: Lo
         await asyncio.sleep(0.01)
     await coord.core.signal(wid, "go", 1)
     assert await coord.core.result(wid, 5) == "timeout"
+
+
+async def test_start_at_journals_at_once_and_sleeps_until_then(coord: LocalCoordinator) -> None:
+    start = time.time() + 0.4
+    wid = await coord.core.submit(Naps("later", seconds=0), start_at=start)
+    status = await coord.core.status(wid)
+    assert status["state"] == "sleeping" and status["wake_at"] == start
+    assert kinds(coord, wid)[:1] == ["submitted"] and coord.core.stats()["in_flight"] == 1
+    assert "later/before" not in CALLS
+    assert await coord.core.result(wid, 5) == "rested"
+    assert time.time() >= start
+    past = await coord.core.submit_many([Naps("now", seconds=0)], start_at=time.time() - 10)
+    assert await coord.core.result(past[0], 5) == "rested"
+
+
+async def test_start_at_survives_a_restart(coord: LocalCoordinator) -> None:
+    start = time.time() + 0.4
+    wid = await coord.core.submit(Naps("later-restart", seconds=0), start_at=start)
+    await coord.close()
+    fresh = LocalCoordinator(coord.options)
+    await fresh.start()
+    try:
+        assert (await fresh.core.status(wid))["wake_at"] == start
+        assert await fresh.core.result(wid, 5) == "rested"
+        assert time.time() >= start and CALLS["later-restart/before"] == 1
+    finally:
+        await fresh.close()
+        coord.journal.open()
