@@ -251,3 +251,16 @@ async def test_start_at_survives_a_restart(coord: LocalCoordinator) -> None:
     finally:
         await fresh.close()
         coord.journal.open()
+
+
+async def test_a_waiting_or_sleeping_workflow_is_cancelled_at_once(coord: LocalCoordinator) -> None:
+    waiting = await coord.core.submit(Awaits("cancel-wait"))
+    sleeping = await coord.core.submit(Naps("cancel-sleep", seconds=30))
+    await wait_state(coord, waiting, "waiting")
+    await wait_state(coord, sleeping, "sleeping")
+    assert await coord.core.cancel(waiting) is True
+    assert await coord.core.terminate(sleeping) is True
+    await wait_state(coord, waiting, "cancelled")
+    await wait_state(coord, sleeping, "terminated")
+    assert coord.core.stats()["in_flight"] == 0
+    assert await coord.core.signal(waiting, "go", 1) is False
