@@ -29,11 +29,13 @@ from actors.records import (
     Cancel,
     Compensating,
     Ended,
+    EventSet,
     Expired,
     Kind,
     Known,
     Parked,
     Record,
+    Signalled,
     Started,
     Step,
     Steps,
@@ -42,7 +44,7 @@ from actors.records import (
 )
 from actors.workflow_state import Workflow, WorkflowTable
 
-LATE = (Started, Parked, Compensating, Expired, Cancel)
+LATE = (Started, Parked, Compensating, Expired, Cancel, Signalled, EventSet)
 """Other records of an attempt: dropped once the workflow has ended."""
 
 Undo = list[Callable[[], object]]
