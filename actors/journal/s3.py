@@ -90,6 +90,9 @@ class S3Backend(Backend):
         self._lease_client: Any = boto3.client("s3", endpoint_url=endpoint, config=Config(
             connect_timeout=self._request_s, read_timeout=self._request_s, retries={"total_max_attempts": 1},
             response_checksum_validation="when_required"))
+        # A ranged GET carries no checksum of its own bytes (the stored one is the whole object's).
+        self._range_client: Any = boto3.client("s3", endpoint_url=endpoint,
+                                               config=Config(response_checksum_validation="when_required"))
         digest = hashlib.sha1(f"{self.bucket}/{self.prefix}".encode()).hexdigest()[:16]
         wal = query.get("wal", [os.path.join(tempfile.gettempdir(), "coordinator-wal", digest)])[0]
         self.local = FileBackend(wal)
@@ -158,8 +161,8 @@ class S3Backend(Backend):
     def read_range(self, ref: SegmentRef, offset: int, length: int) -> bytes:
         if not ref.sealed:
             return self.local.read_range(ref, offset, length)
-        body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(f"segments/{ref.name}"),
-                                             Range=f"bytes={offset}-{offset + length - 1}")["Body"].read()
+        body: bytes = self._range_client.get_object(Bucket=self.bucket, Key=self._key(f"segments/{ref.name}"),
+                                                    Range=f"bytes={offset}-{offset + length - 1}")["Body"].read()
         return body
 
     def truncate(self, ref: SegmentRef, size: int) -> None:
