@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from actors.kinds import Error, Kind
 from workflows.context import Outcome
-
-if TYPE_CHECKING:
-    from actors.records import Error, Kind
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,10 +33,14 @@ held, so older journals read back into these classes.
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from actors.kinds import KINDS as KINDS
+from actors.kinds import PARKED as PARKED
+from actors.kinds import TERMINAL as TERMINAL
+from actors.kinds import Error as Error
+from actors.kinds import Kind as Kind
 from actors.messages import Dispatch as Dispatch
 from actors.messages import Ended as Ended
 from actors.messages import Known as Known
@@ -56,39 +60,6 @@ VERSION = 1
 MAX_RECORD_BYTES = 64 << 20
 """The largest record payload the journal writes or reads back."""
 
-Error = dict[str, Any]
-"""An error as journaled: ``{"type", "message", "traceback"}`` (and ``compensation_error``)."""
-
-
-class Kind(enum.StrEnum):
-    EPOCH = "epoch"
-    SUBMITTED = "submitted"
-    STARTED = "started"
-    OUTCOME = "outcome"
-    COMPENSATION = "compensation"
-    COMPENSATING = "compensating"
-    DELAYED = "delayed"
-    BLOCKED = "blocked"
-    PAUSED = "paused"
-    SLEEPING = "sleeping"
-    WAITING = "waiting"
-    SIGNAL = "signal"
-    EVENT = "event"
-    EXPIRED = "expired"
-    CANCEL = "cancel"
-    CANCELLED = "cancelled"
-    TERMINATED = "terminated"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    COMPENSATED = "compensated"
-    MODE = "mode"
-    SNAPSHOT = "snapshot"
-    DEPLOYED = "deployed"
-
-
-KINDS = frozenset(k.value for k in Kind)
-TERMINAL = frozenset({Kind.COMPLETED, Kind.FAILED, Kind.COMPENSATED, Kind.CANCELLED, Kind.TERMINATED})
-PARKED = frozenset({Kind.DELAYED, Kind.BLOCKED, Kind.PAUSED, Kind.SLEEPING, Kind.WAITING})
 
 
 @dataclass(frozen=True, slots=True)
