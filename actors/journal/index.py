@@ -58,7 +58,8 @@ class Index:
         # The fold of a finished workflow not held in ``table`` (read from storage).
         self.load: Callable[[str], Workflow | None] = lambda wid: None
         self.live: dict[str, Steps] = {}
-        self.finished: set[str] = set()
+        # Ids of ended workflows kept, with the time each ended (for the retention).
+        self.finished: dict[str, float] = {}
         # ``submitted`` records admitted but not yet durable, by id.
         self.unwritten: dict[str, Submitted] = {}
         # Terminal records admitted but not yet durable, by id.
@@ -81,7 +82,7 @@ class Index:
         elif r.kind in TERMINAL:
             wid = r.workflow_id  # type: ignore[union-attr]  # every terminal record has one
             self.live.pop(wid, None)
-            self.finished.add(wid)
+            self.finished[wid] = getattr(r, "t", 0.0)
 
     def admit(self, r: Record, undo: Undo) -> tuple[bool, Any]:
         """Whether to journal ``r``, and the value to answer its writer with; ``undo`` gets its reversal."""
@@ -99,7 +100,7 @@ class Index:
             if wid in self.finished:
                 return False, self.ended(wid)
             steps = self.live.pop(wid, None)
-            self.finished.add(wid)
+            self.finished[wid] = getattr(r, "t", 0.0)
             self.ending[wid] = r  # type: ignore[assignment]
             undo.append(lambda: self._reopen(wid, steps))
         elif isinstance(r, LATE) and r.workflow_id in self.finished:
@@ -156,14 +157,15 @@ class Index:
                 self.ending.pop(r.workflow_id, None)  # type: ignore[union-attr]
     def forget(self, ids: list[str]) -> None:
         """Ids compacted away by a snapshot: free again."""
-        self.finished.difference_update(ids)
+        for w in ids:
+            self.finished.pop(w, None)
 
     def _unsubmit(self, wid: str) -> None:
         self.live.pop(wid, None)
         self.unwritten.pop(wid, None)
 
     def _reopen(self, wid: str, steps: Steps | None) -> None:
-        self.finished.discard(wid)
+        self.finished.pop(wid, None)
         self.ending.pop(wid, None)
         if steps is not None:
             self.live[wid] = steps

@@ -139,12 +139,16 @@ class Maintenance:
         j = self.journal
         kept = dict(j.table.workflows)
         gone = j.table.forget(j.clock() - self.retention_s) if math.isfinite(self.retention_s) else []
+        if math.isfinite(self.retention_s):  # and those evicted from memory
+            watermark = j.clock() - self.retention_s
+            gone += [w for w, t in j.index.finished.items() if t < watermark and w not in kept]
+        ended = {w: j.index.finished[w] for w in gone if w in j.index.finished}
         j.index.forget(gone)
         try:
             seq = await j.run(self._write)
         except BaseException:
             j.table.workflows = kept  # forgotten only once a snapshot without them is stored
-            j.index.finished.update(gone)
+            j.index.finished.update(ended)
             raise
         self.since_snapshot = 0
         log.info("snapshot_written", seq=seq, workflows=len(j.table.workflows), forgotten=len(gone))
@@ -159,7 +163,7 @@ class Maintenance:
         if j.log.active_bytes > 0:
             j.log.rotate()
         seq = j.log.last_seq
-        evicted = [w for w in j.index.finished if w not in j.table.workflows]
+        evicted = [(w, t) for w, t in list(j.index.finished.items()) if w not in j.table.workflows]
         data = recovery.encode_snapshot(seq, j.epoch, j.table.mode, j.table.held,
                                         [wf.to_dict() for wf in j.table.workflows.values()], j.table.deployments,
                                         evicted)

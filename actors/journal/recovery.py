@@ -67,11 +67,12 @@ class Snapshot:
     held: bool
     workflows: list[dict[str, Any]]
     deployments: dict[str, Any] | None = None
-    finished: list[str] | None = None  # ids of finished workflows kept but not held in memory
+    finished: list[tuple[str, float]] | None = None  # finished workflows kept but not held in memory: (id, end)
 
 
 def encode_snapshot(seq: int, epoch: int, mode: str, held: bool, workflows: list[dict[str, Any]],
-                    deployments: dict[str, Any] | None = None, finished: list[str] | None = None) -> bytes:
+                    deployments: dict[str, Any] | None = None,
+                    finished: list[tuple[str, float]] | None = None) -> bytes:
     """A snapshot as a header record followed by one record per workflow.
 
     One record per workflow keeps every frame under `codec.MAX_RECORD_BYTES` however
@@ -103,7 +104,7 @@ def decode_snapshot(name: str, data: bytes) -> Snapshot:
             workflows = [r["wf"] for r in rest if "wf" in r]
             if len(workflows) != head["count"] or any(r["k"] != "snapshot" or r["q"] != head["q"] for r in rest):
                 raise JournalCorrupt(where, end, f"snapshot is damaged: {len(rest)} of {head['count']} workflows")
-        finished = [w for r in rest if "ids" in r for w in r["ids"]]
+        finished = [(w, t) for r in rest if "ids" in r for w, t in r["ids"]]
         return Snapshot(name, head["q"], head["epoch"], head["mode"], bool(head["held"]), workflows,
                         dict(head.get("deployments") or {}), finished)
     except (KeyError, TypeError) as exc:

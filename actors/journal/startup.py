@@ -91,7 +91,7 @@ class Startup:
             wf = Workflow.from_dict(d)
             self.table.put(wf)
             if wf.state.finished:
-                self.index.finished.add(wf.id)
+                self.index.finished[wf.id] = wf.finished_at or 0.0
             else:
                 self.index.live[wf.id] = (list(wf.outcomes), list(wf.compensations))
         self.index.finished.update(snap.finished or ())  # evicted from memory, kept in storage

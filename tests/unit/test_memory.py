@@ -117,3 +117,22 @@ async def test_the_journal_holds_only_the_last_finished_and_reads_the_rest_from_
         assert await journal_answers(j, [*ids, "nobody"]) == remembered, step
         assert sum(wf.state.finished for wf in j.table.workflows.values()) <= cache
     j.close()
+
+
+async def test_retention_forgets_workflows_evicted_from_the_journals_memory_and_their_segments() -> None:
+    now = [30.0]
+    j = Journal(MemoryBackend("retained"), owner="c", segment_bytes=400, cache_size=1, retention_s=50.0,
+                clock=lambda: now[0])
+    j.open()
+    ids = await fill(j, 9)  # ended at t = 2..10
+    assert j.lookup(ids).keys() == set(ids)
+    await j.snapshot()  # within the retention: all kept
+    assert j.lookup(ids).keys() == set(ids)
+    now[0] = 1000.0
+    await j.snapshot()
+    assert j.lookup(ids) == {} and not j.index.finished
+    assert [r.sealed for r in j.backend.segments()] == [False]  # every sealed segment held only forgotten ones
+    assert j.backend.indexes() == []
+    (answer,) = await j.append([from_wire({"k": "submitted", "w": "w1", "type": "tests:T", "fields": {}, "t": 1.0})])
+    assert answer is None  # the id is free again
+    j.close()
