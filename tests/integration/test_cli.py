@@ -156,3 +156,24 @@ def test_cli_usage_errors_are_one_line(ray_session: str) -> None:
     one_line_error(run("ls", "--since", "last week"), 1, "ISO 8601")
     one_line_error(run("report"), 1, "invalid choice")  # the actors' internal methods are not commands
     one_line_error(run("stats", "--address", "127.0.0.1:1"), 1, "no Ray cluster answers at 127.0.0.1:1")
+
+
+def test_cli_resumes_signals_and_reads_events(ray_session: str, coordinator: Callable[..., Coordinator]) -> None:
+    ns = coordinator().options.namespace
+    submitted = cli(ray_session, ns, "submit", "workflows.testing:Stalls", "--id", "cli-paused")
+    assert submitted.returncode == 0, submitted.stderr
+    deadline = time.monotonic() + 30
+    while json.loads(cli(ray_session, ns, "status", "cli-paused").stdout)["state"] != "paused":
+        assert time.monotonic() < deadline, "the workflow never paused"
+    assert json.loads(cli(ray_session, ns, "resume-workflow", "cli-paused").stdout) is True
+    assert json.loads(cli(ray_session, ns, "result", "cli-paused", "--timeout", "30").stdout) == [
+        f"cli-paused/{i}" for i in range(3)]
+    assert json.loads(cli(ray_session, ns, "resume-workflow", "cli-paused").stdout) is False  # not paused
+
+    assert cli(ray_session, ns, "submit", "workflows.testing:AwaitsSignal", "--id", "cli-waits").returncode == 0
+    while json.loads(cli(ray_session, ns, "status", "cli-waits").stdout)["state"] != "waiting":
+        assert time.monotonic() < deadline + 30, "the workflow never waited"
+    assert json.loads(cli(ray_session, ns, "signal", "cli-waits", "go", "--json", '{"by": "ops"}').stdout) is True
+    assert json.loads(cli(ray_session, ns, "signal", "cli-waits", "go").stdout) is False  # once per name
+    assert json.loads(cli(ray_session, ns, "result", "cli-waits", "--timeout", "30").stdout) == {"by": "ops"}
+    assert json.loads(cli(ray_session, ns, "event", "cli-waits", "phase").stdout) == "signalled"
