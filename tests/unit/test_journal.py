@@ -29,16 +29,6 @@ _owners = itertools.count()
 Opener = Callable[..., Journal]
 
 
-@pytest.fixture(params=["file", "mem"])
-def uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "file":
-        yield f"file://{tmp_path / 'journal'}"
-    else:
-        name = f"test-journal-{uuid.uuid4().hex}"
-        yield f"mem://{name}"
-        MemoryBackend.drop(name)
-
-
 @pytest.fixture
 def journals() -> Iterator[Opener]:
     """Opens journals (each with its own owner) and closes every one at the end."""

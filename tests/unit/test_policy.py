@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import pytest
 
 from actors.inprocess import LocalCoordinator
-from tests.unit.local import opts
+from tests.unit.local import kinds, opts, wait_state
 from workflows import Command, Context, Delayed, RetryPolicy
 from workflows.errors import Blocked, CommandFailed, UnknownWorkflow
 from workflows.testing import ServiceTimeout
@@ -74,17 +74,6 @@ class Diverges(Command):
         raise Delayed("once more")
 
 
-async def wait_state(c: LocalCoordinator, wid: str, state: str) -> dict[str, Any]:
-    for _ in range(500):
-        status = await c.core.status(wid)
-        if status["state"] == state:
-            return status
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{wid} never reached {state}: {status}")
-
-
-def kinds(c: LocalCoordinator, wid: str) -> list[str]:
-    return [r["k"] for r in c.journal.read() if r.get("w") == wid]
 
 
 @pytest.mark.parametrize(("kw", "match"), [

@@ -4,26 +4,14 @@ old frame format still open."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from actors.journal import Journal, MemoryBackend, codec, open_backend, tools
+from actors.journal import Journal, codec, open_backend, tools
 from actors.journal.backends import Backend, SegmentRef
 from actors.records import Parked, Record, Step, from_wire, to_wire
 from workflows.errors import JournalCorrupt
-
-
-@pytest.fixture(params=["file", "mem"])
-def uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "file":
-        yield f"file://{tmp_path / 'journal'}"
-    else:
-        name = f"test-recovery-{uuid.uuid4().hex}"
-        yield f"mem://{name}"
-        MemoryBackend.drop(name)
 
 
 def submitted(w: str) -> Record:

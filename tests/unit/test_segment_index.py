@@ -7,9 +7,9 @@ from array import array
 
 from actors.journal import Journal
 from actors.journal.segindex import SegmentIndex, spans
-from tests.unit.test_journal import Opener, journals, outcome, reopen, settled, submitted, terminal, uri
+from tests.unit.test_journal import Opener, journals, outcome, reopen, settled, submitted, terminal
 
-__all__ = ["journals", "uri"]  # fixtures
+__all__ = ["journals"]  # a fixture
 
 
 async def fill(j: Journal, n: int = 12) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from actors.inprocess import LocalCoordinator
+from tests.unit.local import kinds, wait_state
 from workflows import Command, Context, Delayed
 from workflows.errors import UnknownWorkflow
 
@@ -44,18 +45,6 @@ class Blocks(Command):
         return "late"
 
 
-async def wait_state(c: LocalCoordinator, wid: str, state: str) -> dict[str, Any]:
-    status: dict[str, Any] = {}
-    for _ in range(500):
-        status = await c.core.status(wid)
-        if status["state"] == state:
-            return status
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"{wid} never reached {state}: {status}")
-
-
-def kinds(c: LocalCoordinator, wid: str) -> list[str]:
-    return [r["k"] for r in c.journal.read() if r.get("w") == wid]
 
 
 async def test_a_sleep_parks_and_returns_after_its_due_time(coord: LocalCoordinator) -> None:
