@@ -119,4 +119,5 @@ class LocalCoordinator:
         await self.pool.reset("")
         for batcher in self._batchers:
             batcher.close()
+        await self.journal.drain()
         self.journal.close()

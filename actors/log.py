@@ -186,8 +186,9 @@ class LogActor:
     async def end(self) -> int:
         return self._follower().next_seq
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self.journal is not None:
+            await self.journal.drain()
             self.journal.close()
         if self.replica is not None:
             self.replica.close()

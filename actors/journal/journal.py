@@ -341,6 +341,13 @@ class Journal(Startup):
         """The durable outcomes of each workflow kept among ``workflow_ids`` (for status)."""
         return self.stored.steps_of(workflow_ids)
 
+    async def drain(self) -> None:
+        """Wait until every append made so far is written or has failed: a graceful
+        close calls it first, so what a caller saw in memory is not dropped at close."""
+        pending = [b.future for b in (self._inflight, self._open) if b is not None]
+        if pending:
+            await asyncio.wait(pending)
+
     def close(self) -> None:
         if self._flusher is not None:
             self._flusher.cancel()

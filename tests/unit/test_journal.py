@@ -185,6 +185,24 @@ async def test_an_append_is_acknowledged_only_after_its_batch_is_synced(uri: str
     assert await first == [None] and await second == [None]
 
 
+async def test_a_graceful_close_writes_what_was_appended_before_it(uri: str, journals: Opener,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    j = journals(uri)
+    entered, release = gate_sync(j, monkeypatch)
+    first = asyncio.ensure_future(j.append([submitted("a")]))
+    await wait_for(entered.is_set)
+    second = asyncio.ensure_future(j.append([submitted("b")]))  # still open when the close begins
+    await wait_for(lambda: j.next_seq == 3)
+    closing = asyncio.ensure_future(j.drain())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    release.set()
+    await closing
+    assert await first == [None] and await second == [None]
+    j = reopen(j, journals)
+    assert {r["w"] for r in user_records(j)} == {"a", "b"}
+
+
 async def test_a_failed_write_fails_the_journal(uri: str, journals: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
     j = journals(uri)
     assert j.log._active is not None
