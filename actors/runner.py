@@ -25,6 +25,7 @@ from typing import Any
 import msgpack
 import structlog
 
+from actors import logs
 from actors.gateways import build_gateway as build_gateway
 from actors.metrics import STEP_LATENCY, Metrics
 from actors.records import (
@@ -144,8 +145,10 @@ class Runner:
 
     def __init__(self, append: Append, live_steps: LiveSteps, report: Callable[[Report], Awaitable[Any]],
                  gateway: Any, max_payload_bytes: int, clock: Callable[[], float] = time.time,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, deployment: str = "") -> None:
         self._append = append
+        self._deployment = deployment
+        """The deployment this runner's actor serves (``""``: none), bound to each attempt's log lines."""
         self._metrics = metrics or Metrics.off()
         self._step_since: dict[str, tuple[str, float]] = {}
         """Per running workflow: its type, and when its current step began (the last one's end)."""
@@ -213,7 +216,9 @@ class Runner:
             if not item.fresh and item.workflow_id not in steps:
                 continue
             entry = steps.get(item.workflow_id, ([], []))
-            task = asyncio.get_running_loop().create_task(self._attempt(item, entry))
+            # A task copies the context it is created in: every line its attempt logs is bound.
+            with logs.scope(**self._fields(item)):
+                task = asyncio.get_running_loop().create_task(self._attempt(item, entry))
             self._tasks[item.workflow_id] = task
             if self._metrics.enabled:
                 self._step_since[item.workflow_id] = (item.type, time.perf_counter())
@@ -224,6 +229,12 @@ class Runner:
             if self._tasks.get(item.workflow_id) in tasks:
                 del self._tasks[item.workflow_id]
                 self._step_since.pop(item.workflow_id, None)
+
+    def _fields(self, item: Dispatch) -> dict[str, Any]:
+        fields: dict[str, Any] = {"workflow_id": item.workflow_id, "attempt": item.attempt}
+        if self._deployment:
+            fields["deployment"] = self._deployment
+        return fields
 
     def cancel_all(self) -> int:
         for task in self._tasks.values():
@@ -265,11 +276,14 @@ class Runner:
         except StaleAttempt as stale:
             end = stale.end
         held = (await started)[0]
+        late = isinstance(held, Ended) and end is None and done is not None
         end = held if isinstance(held, Ended) else end
         if end is not None:  # ended before or during this attempt: report the journal's end
             if end.kind is None:
                 return  # unknown to the journal: left to the supervisor, which asks it
-            ctx.log.info("attempt_stale", ended=end.kind.value)
+            # ``late``: this attempt ended the workflow and its own ``started`` landed after
+            # that end (a benign race of a short attempt), not news for an operator.
+            (ctx.log.debug if late else ctx.log.info)("attempt_stale", ended=end.kind.value)
             done = report(end.kind, end.result, end.error)
         if done is not None:
             await self._report(done)
