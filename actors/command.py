@@ -20,6 +20,7 @@ from actors import metrics as m
 from actors.batching import Batcher
 from actors.log import append_within
 from actors.options import Options
+from actors.placement import COMMAND_PREFIX
 from actors.records import Dispatch, Ended, Record, Report, Steps
 from actors.runner import Runner, build_gateway
 from actors.tuning import hot, tune_gc
@@ -47,7 +48,7 @@ class CommandActor:
         self.metrics = m.for_options(options.namespace, options.metrics)
         self._metrics_task: asyncio.Task[None] | None = None  # started by the first `run`, on the actor's loop
         self.runner = Runner(self._journal.submit, self._live_steps, self._report, gateway, options.max_payload_bytes,
-                             metrics=self.metrics)
+                             metrics=self.metrics, deployment=deployment_of(index))
 
     def ready(self) -> str | None:
         """None once this actor can run workflows; else why not (a gateway that cannot be built)."""
@@ -106,6 +107,13 @@ class CommandActor:
         if self._metrics_task is None and self.metrics.enabled:
             self._metrics_task = self.metrics.start()
         await self.runner.run(items)
+
+
+def deployment_of(name: int | str) -> str:
+    """The deployment of a pool actor named ``command-<deployment>-<n>`` (`actors.pools`); ``""`` otherwise."""
+    if not isinstance(name, str) or not name.startswith(COMMAND_PREFIX) or "-" not in name[len(COMMAND_PREFIX):]:
+        return ""
+    return name[len(COMMAND_PREFIX):].rsplit("-", 1)[0]
 
 
 RemoteCommandActor: Any = cast(Any, ray.remote)(num_cpus=0, max_restarts=-1, max_concurrency=100_000)(CommandActor)
