@@ -15,7 +15,9 @@ connected to Ray), bound once for the process; ``logger`` names the module's log
 (``structlog.get_logger("journal")``) when it has a name. Keys that belong to one unit
 of work are bound where that work is known: `bind_workflow` on a logger, `scope` for
 everything logged by the current task (contextvars, so concurrent tasks of one actor
-keep theirs apart); `namespace` and `deployment` go to `configure` with the process.
+keep theirs apart; the runner creates each attempt's task in a `scope` of its
+``workflow_id``, ``attempt`` and, on a CommandActor of a deployment, ``deployment``);
+`namespace` goes to `configure` with the process.
 """
 
 from __future__ import annotations

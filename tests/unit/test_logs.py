@@ -9,6 +9,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ import structlog
 
 from actors import logs
 from actors.options import Options
+from workflows import Command, Context
 
 
 class Terminal(io.StringIO):
@@ -137,3 +139,72 @@ def test_bad_level_or_format_is_refused() -> None:
     with pytest.raises(ValueError, match="log_format"):
         Options(log_format="xml")
     assert Options().log_format == "auto"
+
+
+async def test_a_healthy_run_at_info_prints_no_line_per_workflow() -> None:
+    """Hundreds of workflows, some without steps (their ``started`` append can land after
+    their end: a benign race), run at ``info`` by the in-process coordinator: a few lines
+    for the process, none for any one workflow."""
+    from actors.inprocess import LocalCoordinator
+    from tests.unit.local import opts
+    from workflows.testing import Echo
+
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out, component="supervisor")
+    c = LocalCoordinator(opts(command_actors=2, slots_per_actor=32, max_cmds=500))
+    await c.start()
+    try:
+        ids = await c.core.submit_many([Echo(i, steps=i % 3) for i in range(300)])
+        done: dict[str, Any] = {}
+        while len(done) < len(ids):
+            done.update(await c.core.wait([w for w in ids if w not in done], 10))
+        assert {d["state"] for d in done.values()} == {"completed"}
+    finally:
+        await c.close()
+    got = lines(out)
+    assert [line for line in got if "workflow_id" in line] == []
+    assert len(got) <= 5, got
+
+
+@dataclass
+class Chatty(Command):
+    """Logs one line from inside its attempt, through ``ctx.log`` and a module logger."""
+
+    async def exec(self, ctx: Context) -> str:
+        ctx.log.info("inside_attempt")
+        structlog.get_logger("gateway").info("service_called")
+        return "ok"
+
+
+async def test_an_attempt_on_a_deployment_logs_its_workflow_attempt_and_deployment() -> None:
+    from actors.records import Dispatch, Record, Report
+    from actors.runner import Runner
+
+    out = io.StringIO()
+    logs.configure("debug", "json", stream=out, component="command")
+    reports: list[Report] = []
+
+    async def append(records: list[Record]) -> list[Any]:
+        return [None] * len(records)
+
+    async def report(r: Report) -> None:
+        reports.append(r)
+
+    runner = Runner(append, None, report, None, 1 << 20, deployment="orders-v2")  # type: ignore[arg-type]
+    await runner.run([Dispatch("w-7", "tests.unit.test_logs:Chatty", {}, 3, "inc", fresh=True)])
+    assert [r.result for r in reports] == ["ok"]
+    inside = [line for line in lines(out) if line["event"] in ("inside_attempt", "service_called")]
+    assert len(inside) == 2
+    for line in inside:
+        assert (line["workflow_id"], line["attempt"], line["deployment"]) == ("w-7", 3, "orders-v2")
+    structlog.get_logger().info("between_attempts")
+    assert "deployment" not in lines(out)[-1]
+
+
+def test_a_command_actor_knows_its_deployment_from_its_name() -> None:
+    pytest.importorskip("ray")
+    from actors.command import deployment_of
+
+    assert deployment_of("command-d-3f2a-12") == "d-3f2a"
+    assert deployment_of("command-default-0") == "default"
+    assert deployment_of(0) == "" and deployment_of("other") == ""
