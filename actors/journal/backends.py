@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -169,8 +170,32 @@ class Backend(ABC):
     @abstractmethod
     def delete_index(self, first_seq: int) -> None: ...
 
+    # Blobs: whole objects under ``blobs/``, written by others than the journal (a
+    # deployment's code package, named by its content hash), so they are not fenced.
+    @abstractmethod
+    def put_blob(self, name: str, data: bytes) -> None:
+        """Store ``data`` durably under ``name`` (`check_blob_name`), all or nothing."""
+
+    @abstractmethod
+    def get_blob(self, name: str) -> bytes:
+        """The stored blob; `FileNotFoundError` if there is none."""
+
+    @abstractmethod
+    def delete_blob(self, name: str) -> None:
+        """Remove the blob; nothing if there is none."""
+
     def describe(self, ref: SegmentRef) -> str:
         return f"{self.uri.rstrip('/')}/{'segments' if ref.sealed else 'wal'}/{ref.name}"
+
+
+BLOB_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,200}")
+
+
+def check_blob_name(name: str) -> str:
+    """``name`` if it is a plain file name (letters, digits, ``._-``), else `ValueError`."""
+    if not BLOB_NAME.fullmatch(name):
+        raise ValueError(f"invalid blob name {name!r}")
+    return name
 
 
 def parse_names(names: list[str], suffix: str, sealed: bool) -> list[SegmentRef]:
@@ -243,6 +268,7 @@ class MemoryBackend(Backend):
     _stores: ClassVar[dict[str, dict[SegmentRef, bytearray]]] = {}
     _owners: ClassVar[dict[str, str]] = {}
     _snapshot_store: ClassVar[dict[str, dict[str, bytes]]] = {}
+    _blob_store: ClassVar[dict[str, dict[str, bytes]]] = {}
     _faults: ClassVar[dict[str, Faults]] = {}
     _guard: ClassVar[threading.Lock] = threading.Lock()
 
@@ -339,6 +365,21 @@ class MemoryBackend(Backend):
         with self._guard:
             return self._snapshot_store.setdefault(self.name, {})
 
+    def put_blob(self, name: str, data: bytes) -> None:
+        with self._guard:
+            self._blob_store.setdefault(self.name, {})[check_blob_name(name)] = bytes(data)
+
+    def get_blob(self, name: str) -> bytes:
+        with self._guard:
+            found = self._blob_store.get(self.name, {}).get(check_blob_name(name))
+        if found is None:
+            raise FileNotFoundError(errno.ENOENT, "no such blob", f"{self.uri}/blobs/{name}")
+        return found
+
+    def delete_blob(self, name: str) -> None:
+        with self._guard:
+            self._blob_store.get(self.name, {}).pop(check_blob_name(name), None)
+
     @classmethod
     def drop(cls, name: str) -> None:
         """Forget the store ``name``: its segments, snapshots, lock and faults."""
@@ -346,4 +387,5 @@ class MemoryBackend(Backend):
             cls._stores.pop(name, None)
             cls._owners.pop(name, None)
             cls._snapshot_store.pop(name, None)
+            cls._blob_store.pop(name, None)
             cls._faults.pop(name, None)

@@ -1,16 +1,17 @@
 """``file:///path``: active segments in ``path/wal``, sealed ones in ``path/segments``,
-snapshots in ``path/snapshots``, segment indexes in ``path/indexes``, fenced by an exclusive
+snapshots in ``path/snapshots``, segment indexes in ``path/indexes``, blobs in ``path/blobs``, fenced by an exclusive
 ``flock`` on ``path/LOCK``."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import socket
 from typing import IO
 
-from actors.journal.backends import ActiveSegment, Backend, SegmentRef, merge_refs, parse_names
+from actors.journal.backends import ActiveSegment, Backend, SegmentRef, check_blob_name, merge_refs, parse_names
 from workflows.errors import Fenced
 
 
@@ -165,3 +166,23 @@ class FileBackend(Backend):
 
     def delete_index(self, first_seq: int) -> None:
         os.unlink(self._index_path(first_seq))
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        folder = os.path.join(self.root, "blobs")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, check_blob_name(name))
+        tmp = f"{path}.{os.getpid()}.tmp"  # a writer of its own: two may store one blob at once
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+        _fsync_dir(folder)
+
+    def get_blob(self, name: str) -> bytes:
+        with open(os.path.join(self.root, "blobs", check_blob_name(name)), "rb") as f:
+            return f.read()
+
+    def delete_blob(self, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(self.root, "blobs", check_blob_name(name)))

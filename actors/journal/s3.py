@@ -50,7 +50,7 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 from botocore.config import Config
 
-from actors.journal.backends import ActiveSegment, Backend, GuardedSegment, SegmentRef, parse_names
+from actors.journal.backends import ActiveSegment, Backend, GuardedSegment, SegmentRef, check_blob_name, parse_names
 from actors.journal.files import FileBackend
 from actors.journal.s3lease import S3Lease
 
@@ -229,6 +229,20 @@ class S3Backend(Backend):
     def delete_index(self, first_seq: int) -> None:
         self.lease.verify()
         self.client.delete_object(Bucket=self.bucket, Key=self._key(f"indexes/{first_seq:020d}.idx"))
+
+    def put_blob(self, name: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(f"blobs/{check_blob_name(name)}"), Body=data)
+
+    def get_blob(self, name: str) -> bytes:
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=self._key(f"blobs/{check_blob_name(name)}"))
+        except self.client.exceptions.NoSuchKey:
+            raise FileNotFoundError(f"no blob {name}") from None
+        body: bytes = obj["Body"].read()
+        return body
+
+    def delete_blob(self, name: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(f"blobs/{check_blob_name(name)}"))
 
     def describe(self, ref: SegmentRef) -> str:
         if ref.sealed:

@@ -159,3 +159,19 @@ async def test_a_parked_commands_retry_prefers_another_node() -> None:
         assert all(a != b for w in ids for a, b in zip(ran[w], ran[w][1:], strict=False))  # never the same node twice
     finally:
         await c.close()
+
+
+def test_the_journal_storage_keeps_blobs_apart_from_snapshots_and_indexes(uri: str) -> None:
+    from actors.journal import open_backend
+
+    backend = open_backend(uri)
+    backend.put_blob("_ray_pkg_abc.zip", b"zip bytes")
+    backend.put_blob("_ray_pkg_abc.zip", b"zip bytes")  # idempotent: stored once by name
+    assert open_backend(uri).get_blob("_ray_pkg_abc.zip") == b"zip bytes"
+    assert backend.snapshots() == [] and backend.indexes() == []
+    backend.delete_blob("_ray_pkg_abc.zip")
+    backend.delete_blob("_ray_pkg_abc.zip")
+    with pytest.raises(FileNotFoundError):
+        backend.get_blob("_ray_pkg_abc.zip")
+    with pytest.raises(ValueError):
+        backend.put_blob("../escape", b"")
