@@ -157,6 +157,23 @@ class Parking:
         self.ready(wf.id)
         return True
 
+    async def retry_now(self, wf: Workflow) -> bool:
+        """Retry a ``delayed`` or ``blocked`` workflow at once instead of at its timer;
+        False (nothing done) in any other state. Journaled first, as a parked record due
+        now (as `resume_workflow`), so a restart retries it at once too. Idempotent: a
+        second call finds it retrying (or retried)."""
+        if not wf.state.parked:
+            return False
+        now = self.clock()
+        blocked = wf.state is State.BLOCKED
+        await self.journal.append([Parked(wf.id, blocked, wf.attempts, now, now, wf.reason)])
+        if not wf.state.parked:  # its timer ran it (or it ended) meanwhile
+            return False
+        wf.next_retry_at = now
+        log.info("workflow_retry_now", workflow_id=wf.id, attempt=wf.attempts)
+        self.wait(wf.id, now)
+        return True
+
     def wait(self, workflow_id: str, due: float) -> None:
         """Retry ``workflow_id`` at ``due``."""
         self.retrying.add(workflow_id)
