@@ -182,6 +182,13 @@ class SupervisorCore:
         await self.started.wait()
         return await self.parking.resume_workflow(workflow_id)
 
+    async def retry_now(self, workflow_id: str) -> bool:
+        """Retry a ``delayed`` or ``blocked`` workflow at once, not at its retry time;
+        journaled, idempotent; False (a no-op) in any other state; `UnknownWorkflow`."""
+        await self.started.wait()
+        wf = self.table.workflows.get(workflow_id) or await self.queries.get(workflow_id)
+        return await self.parking.retry_now(wf)
+
     async def cancel(self, workflow_id: str, reason: str = "") -> bool:
         """Stop a workflow and compensate it (end state ``cancelled``); journaled first.
         False (a no-op) once it finished or was cancelled already."""
