@@ -178,6 +178,10 @@ class SupervisorActor:
         """Run a ``paused`` workflow again from its last outcome (idempotent)."""
         return await self._ready().resume_workflow(workflow_id)
 
+    async def retry_now(self, workflow_id: str) -> bool:
+        """Retry a ``delayed`` or ``blocked`` workflow at once instead of at its retry time."""
+        return await self._ready().retry_now(workflow_id)
+
     async def cancel(self, workflow_id: str, reason: str = "") -> bool:
         """Stop a workflow and compensate it: end state ``cancelled`` (journaled; False once finished)."""
         return await self._ready().cancel(workflow_id, reason)
