@@ -64,6 +64,9 @@ def parser() -> Parser:
     s = _add(sub, "resume-workflow", "run a paused workflow again from its last outcome; print whether it was "
              "paused (false: nothing to do)")
     s.add_argument("id", help="workflow id")
+    s = _add(sub, "retry-now", "retry a delayed or blocked workflow at once instead of at its retry time; print "
+             "whether it was parked (false: nothing to do)")
+    s.add_argument("id", help="workflow id")
     s = _add(sub, "signal", "send a workflow the signal NAME (journaled once per name; ctx.wait_for gets it); "
              "print whether it was journaled (false: sent before, or the workflow finished)")
     s.add_argument("id", help="workflow id")
