@@ -299,7 +299,8 @@ _READERS: dict[str, Any] = {
     "failed": lambda d: Failed(d["w"], d.get("error") or {}, d.get("t", 0.0)),
     "compensated": lambda d: Compensated(d["w"], d.get("error") or {}, d.get("t", 0.0)),
     "mode": lambda d: ModeChanged(d["mode"], bool(d.get("held", False)), d.get("t", 0.0)),
-    "deployed": lambda d: Deployed(d["deployment"], d.get("runtime_env"), d.get("t", 0.0), bool(d.get("retired"))),
+    "deployed": lambda d: Deployed(d["deployment"], d.get("runtime_env"), d.get("t", 0.0), bool(d.get("retired")),
+                                   tuple(d.get("types", ())), tuple(dict(d.get("packages") or {}).items())),
 }
 
 

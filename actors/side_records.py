@@ -72,14 +72,24 @@ class ModeChanged:
 @dataclass(frozen=True, slots=True)
 class Deployed:
     """Written by the supervisor: a deployment (a CommandActor pool with one runtime_env)
-    it created, or (``retired``) drained; a restart recreates the pools of those not retired."""
+    it created, or (``retired``) drained; a restart recreates the pools of those not retired.
+    Written again when it serves a new type; the last record of a deployment wins."""
 
     deployment: str
     runtime_env: dict[str, Any] | None
     t: float
     retired: bool = False
+    types: tuple[str, ...] = ()
+    """The command types it has been given workflows of."""
+    packages: tuple[tuple[str, str], ...] = ()
+    """Its code packages kept in the journal's storage: (``gcs://`` URI, blob name)."""
     kind: ClassVar[str] = "deployed"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"k": "deployed", "deployment": self.deployment, "runtime_env": self.runtime_env, "t": self.t,
-                "retired": self.retired}
+        wire: dict[str, Any] = {"k": "deployed", "deployment": self.deployment, "runtime_env": self.runtime_env,
+                                "t": self.t, "retired": self.retired}
+        if self.types:
+            wire["types"] = list(self.types)
+        if self.packages:
+            wire["packages"] = {uri: blob for uri, blob in self.packages}
+        return wire

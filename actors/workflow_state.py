@@ -220,7 +220,7 @@ class WorkflowTable:
         self.held = False
         self.last_seq = -1
         self.deployments: dict[str, dict[str, Any]] = {}
-        """Deployments not retired, by id: ``{"runtime_env", "t"}`` (`Deployed` records)."""
+        """Deployments not retired, by id: ``{"runtime_env", "t", "types", "packages"}`` (`Deployed` records)."""
         self.cache_size = cache_size
         self._cached: OrderedDict[str, None] = OrderedDict()  # finished ids held, oldest first
 
@@ -254,7 +254,8 @@ class WorkflowTable:
             if r.retired:
                 self.deployments.pop(r.deployment, None)
             else:
-                self.deployments[r.deployment] = {"runtime_env": r.runtime_env, "t": r.t}
+                self.deployments[r.deployment] = {"runtime_env": r.runtime_env, "t": r.t, "types": list(r.types),
+                                                  "packages": dict(r.packages)}
             return None
         if isinstance(r, Submitted):
             wf = Workflow(r.workflow_id, r.type, r.fields, r.t, deployment=r.deployment)
