@@ -7,7 +7,9 @@ node; `respread` then brings the pool back to one actor per node as nodes join,
 creating actors on nodes without one and retiring (once idle) those on crowded nodes.
 Workers are indices that only grow: a retired worker's index is never reused, so the
 dispatcher's slot counts stay valid. Survives a supervisor restart: the actors (named
-``command-<deployment>-<n>``, detached), found again by `adopt`.
+``command-<deployment>-<n>``, detached), found again by `create`. Survives a
+whole-cluster restart: each deployment's code packages, kept with the journal
+(`actors.packages`) and uploaded again by `create` where the new cluster lacks them.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.command import RemoteCommandActor
+from actors.journal import open_backend
 from actors.messages import Dispatch
 from actors.options import Options
+from actors.packages import Packages
 from actors.placement import COMMAND_PREFIX, actor_options
 from actors.supervision.deployments import spread
 from workflows.errors import WorkerLost
@@ -59,6 +63,7 @@ class RayPools:
         self.incarnation = ""
         self.size = 0
         """Workers ever made: indices only grow."""
+        self.packages = Packages(lambda: open_backend(options.storage))
 
     def workers_of(self, deployment: str) -> list[int]:
         return [i for i, w in enumerate(self.workers) if w.deployment == deployment and not w.retired]
@@ -123,6 +128,7 @@ class RayPools:
     async def create(self, deployment: str, runtime_env: dict[str, Any] | None) -> None:
         """The pool of a deployment: its actors found again (after a restart) or created, spread over nodes."""
         self.envs[deployment] = runtime_env
+        await asyncio.to_thread(self.packages.restore, runtime_env)
         prefix = f"{COMMAND_PREFIX}{deployment}-"
         names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
                        if a["namespace"] == self.options.namespace and a["name"].startswith(prefix))
@@ -139,6 +145,12 @@ class RayPools:
         for handle in [w.handle for w in self.workers if w.deployment == deployment and self.incarnation]:
             with contextlib.suppress(RayActorError):
                 await handle.reset.remote(self.incarnation)
+
+    async def keep(self, runtime_env: dict[str, Any] | None) -> dict[str, str]:
+        return await asyncio.to_thread(self.packages.keep, runtime_env)
+
+    async def forget(self, blobs: list[str]) -> None:
+        await asyncio.to_thread(self.packages.forget, blobs)
 
     async def importable(self, deployment: str, types: list[str]) -> dict[str, str | None]:
         workers = self.workers_of(deployment)

@@ -11,11 +11,16 @@ deployments. `Deployments` decides, without Ray, where a new workflow goes:
    one has it and says no, the type is `InvalidCommand` with the remedy);
 3. a workflow stays on the deployment it started on for every attempt, retry and
    restart (`Submitted.deployment`); a deployment that has no unfinished workflow
-   left and is the newest for none of its types is drained after ``grace_s``.
+   left and is the newest for none of its types is drained after ``grace_s``;
+4. a deployment outlives its Ray cluster: its code packages (a job's ``gcs://``
+   working_dir and py_modules, which live in the cluster's GCS) are kept in the
+   journal's storage before its `Deployed` record is journaled, and uploaded again
+   by a cluster that lacks them before its pool is created; the types it serves are
+   journaled as they come, so a restart lists them.
 
-Its ports: ``pools`` creates, asks and removes CommandActor pools (`PoolsPort`);
-``journal`` appends the `Deployed` records a restart recreates the pools from.
-Idempotent: `adopt` (a restart re-adopts what the journal holds).
+Its ports: ``pools`` creates, asks and removes CommandActor pools and keeps their
+packages (`PoolsPort`); ``journal`` appends the `Deployed` records a restart recreates
+the pools from. Idempotent: `adopt` (a restart re-adopts what the journal holds).
 """
 
 from __future__ import annotations
@@ -45,6 +50,13 @@ class PoolsPort(Protocol):
 
     async def remove(self, deployment: str) -> None: ...
     def counts(self, deployment: str) -> dict[str, int]: ...
+    async def keep(self, runtime_env: Env | None) -> dict[str, str]:
+        """Store the runtime_env's code packages with the journal: ``gcs://`` URI -> blob name."""
+        ...
+
+    async def forget(self, blobs: list[str]) -> None:
+        """Delete kept packages no deployment uses any more."""
+        ...
 
 
 def env_key(env: Mapping[str, Any] | None) -> str:
@@ -69,6 +81,12 @@ class Deployment:
     answers: dict[str, str | None] = field(default_factory=dict)
     """Cached importability: type -> None (imports) or why not."""
     idle_since: float | None = None
+    packages: dict[str, str] = field(default_factory=dict)
+    """Its code packages kept with the journal: ``gcs://`` URI -> blob name."""
+
+    def record(self, retired: bool = False) -> Deployed:
+        return Deployed(self.id, self.runtime_env, self.created_at, retired, tuple(sorted(self.types)),
+                        tuple(sorted(self.packages.items())))
 
     def describe(self, live: int, counts: Mapping[str, int]) -> dict[str, Any]:
         return {"id": self.id, "runtime_env": env_summary(self.runtime_env), "types": sorted(self.types),
@@ -93,7 +111,7 @@ class Deployments:
         for dep_id, d in known.items():
             if dep_id not in self.by_id:
                 self.by_id[dep_id] = Deployment(dep_id, d.get("runtime_env"), d.get("t", 0.0),
-                                                set(d.get("types", [])))
+                                                set(d.get("types", [])), packages=dict(d.get("packages") or {}))
 
     def newest_first(self) -> list[Deployment]:
         return sorted(self.by_id.values(), key=lambda d: d.created_at, reverse=True)
@@ -106,7 +124,8 @@ class Deployments:
         """A new deployment with ``env`` (a new version: new submits of the types it
         imports go to it): journaled, then its pool created."""
         dep = Deployment(f"d-{uuid.uuid4().hex[:8]}", env, self.clock())
-        await self.append([Deployed(dep.id, env, dep.created_at)])
+        dep.packages = await self.pools.keep(env)  # kept before journaled: a journaled deployment can be rebuilt
+        await self.append([dep.record()])
         self.by_id[dep.id] = dep
         await self.pools.create(dep.id, env)
         log.info("deployment_created", deployment=dep.id, runtime_env=env_summary(env))
@@ -132,8 +151,14 @@ class Deployments:
             if key not in placed:
                 placed[key] = (await self._place(name, env)).id
         out = [placed[(name, env_key(env))] for name, env in items]
+        grown: dict[str, Deployment] = {}
         for (name, _), dep_id in placed.items():
-            self.by_id[dep_id].types.add(name)
+            dep = self.by_id[dep_id]
+            if name not in dep.types:
+                dep.types.add(name)
+                grown[dep_id] = dep
+        if grown:  # journaled before the submits that use it: a restart lists what it served
+            await self.append([dep.record() for dep in grown.values()])
         return out
 
     async def _place(self, name: str, env: Env | None) -> Deployment:
@@ -178,8 +203,10 @@ class Deployments:
         gone = self.drainable(live)
         for dep_id in gone:
             dep = self.by_id.pop(dep_id)
-            await self.append([Deployed(dep_id, dep.runtime_env, dep.created_at, retired=True)])
+            await self.append([dep.record(retired=True)])
             await self.pools.remove(dep_id)
+            used = {blob for d in self.by_id.values() for blob in d.packages.values()}
+            await self.pools.forget(sorted(set(dep.packages.values()) - used))
             log.info("deployment_drained", deployment=dep_id)
         return gone
 

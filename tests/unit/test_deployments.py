@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from actors.records import Deployed, Record
+from actors.packages import Packages, package_uris
+from actors.records import Deployed, Record, from_wire, to_wire
 from actors.supervision.deployments import Deployments, env_key, spread
 from workflows.command import CommandEnvelope, encode_command
 from workflows.errors import InvalidCommand
@@ -25,6 +26,7 @@ class FakePools:
         self.envs: dict[str, Any] = {}
         self.asked: list[tuple[str, str]] = []
         self.removed: list[str] = []
+        self.forgotten: list[str] = []
 
     async def create(self, deployment: str, runtime_env: Any) -> None:
         self.envs[deployment] = runtime_env
@@ -36,6 +38,12 @@ class FakePools:
 
     async def remove(self, deployment: str) -> None:
         self.removed.append(deployment)
+
+    async def keep(self, runtime_env: Any) -> dict[str, str]:
+        return {uri: uri[6:] for uri in package_uris(runtime_env)}
+
+    async def forget(self, blobs: list[str]) -> None:
+        self.forgotten += blobs
 
     def counts(self, deployment: str) -> dict[str, int]:
         return {"actors": 1, "nodes": 1}
@@ -67,7 +75,8 @@ async def test_a_type_goes_to_the_deployment_that_imports_it_and_answers_are_cac
     assert await d.route([("pkg:T", None), ("pkg:T", A)]) == [d.default, d.default]
     assert await d.route([("pkg:T", None)]) == [d.default]
     assert pools.asked == [(d.default, "pkg:T")]  # one question per (deployment, type)
-    assert [type(r) for r in journal] == [Deployed]
+    assert [type(r) for r in journal] == [Deployed, Deployed]  # created, then its first type
+    assert journal[-1].types == ("pkg:T",)
 
 
 async def test_a_type_only_the_job_has_gets_a_deployment_of_the_jobs_runtime_env() -> None:
@@ -75,7 +84,7 @@ async def test_a_type_only_the_job_has_gets_a_deployment_of_the_jobs_runtime_env
     [dep] = await d.route([("a:T", A)])
     assert dep != d.default and pools.envs[dep] == A
     assert await d.route([("a:T", A)]) == [dep]  # reused, not created again
-    assert [r.deployment for r in journal if isinstance(r, Deployed)] == [d.default, dep]
+    assert [r.deployment for r in journal if isinstance(r, Deployed) and not r.types] == [d.default, dep]
 
 
 async def test_a_type_nobody_imports_is_invalid_and_names_the_remedy() -> None:
@@ -175,3 +184,65 @@ def test_the_journal_storage_keeps_blobs_apart_from_snapshots_and_indexes(uri: s
         backend.get_blob("_ray_pkg_abc.zip")
     with pytest.raises(ValueError):
         backend.put_blob("../escape", b"")
+
+
+async def test_a_deployment_journals_its_packages_and_types_and_a_restart_adopts_them() -> None:
+    d, _, journal, _ = await registry({env_key(A): {"a:T", "a:U"}})
+    [dep] = await d.route([("a:T", A)])
+    await d.route([("a:T", A), ("a:U", A)])
+    mine = [r for r in journal if isinstance(r, Deployed) and r.deployment == dep]
+    assert [r.types for r in mine] == [(), ("a:T",), ("a:T", "a:U")]  # once per new type, none again
+    assert all(r.packages == (("gcs://_ray_pkg_a.zip", "_ray_pkg_a.zip"),) for r in mine)
+    assert from_wire(to_wire(mine[-1], 7)) == mine[-1]
+    from actors.workflow_state import WorkflowTable
+
+    table = WorkflowTable()
+    for seq, r in enumerate(journal):
+        table.apply(from_wire(to_wire(r, seq)), seq)
+    again, _, _, _ = await registry({})
+    again.adopt(table.deployments)
+    assert again.by_id[dep].types == {"a:T", "a:U"}
+    assert again.by_id[dep].packages == {"gcs://_ray_pkg_a.zip": "_ray_pkg_a.zip"}
+    assert {t for x in again.listing({}) if x["id"] == dep for t in x["types"]} == {"a:T", "a:U"}
+
+
+async def test_a_drained_deployment_forgets_the_packages_no_other_uses() -> None:
+    shared = {"working_dir": "gcs://_ray_pkg_a.zip", "py_modules": ["gcs://_ray_pkg_m.zip"]}
+    d, pools, _, clock = await registry({env_key(A): {"a:T"}, env_key(shared): {"a:T"}})
+    [old] = await d.route([("a:T", shared)])
+    await d.deploy(A)
+    await d.route([("a:T", A)])
+    await d.drain({})
+    clock.now += 11
+    assert await d.drain({}) == [old]
+    assert pools.forgotten == ["_ray_pkg_m.zip"]  # the working_dir is still the new one's
+
+
+class FakeGcs:
+    def __init__(self, held: dict[str, bytes]) -> None:
+        self.held = held
+
+    def get(self, uri: str) -> bytes | None:
+        return self.held.get(uri)
+
+    def exists(self, uri: str) -> bool:
+        return uri in self.held
+
+    def put(self, uri: str, data: bytes) -> None:
+        self.held[uri] = data
+
+
+def test_packages_are_kept_with_the_journal_and_restored_to_a_cluster_without_them(uri: str) -> None:
+    from actors.journal import open_backend
+
+    env = {"working_dir": "gcs://_ray_pkg_a.zip", "py_modules": ["gcs://_ray_pkg_m.zip", "/local/dir"], "pip": ["x"]}
+    old = Packages(lambda: open_backend(uri), FakeGcs({"gcs://_ray_pkg_a.zip": b"A", "gcs://_ray_pkg_m.zip": b"M"}))
+    assert old.keep(env) == {"gcs://_ray_pkg_a.zip": "_ray_pkg_a.zip", "gcs://_ray_pkg_m.zip": "_ray_pkg_m.zip"}
+    fresh = FakeGcs({})
+    new = Packages(lambda: open_backend(uri), fresh)
+    assert new.restore(env) == ["gcs://_ray_pkg_a.zip", "gcs://_ray_pkg_m.zip"]
+    assert fresh.held == {"gcs://_ray_pkg_a.zip": b"A", "gcs://_ray_pkg_m.zip": b"M"}
+    assert new.restore(env) == []  # present: nothing uploaded
+    new.forget(["_ray_pkg_m.zip"])
+    assert Packages(lambda: open_backend(uri), FakeGcs({})).restore(env) == ["gcs://_ray_pkg_a.zip"]
+    assert Packages(lambda: open_backend(uri), FakeGcs({})).keep({"working_dir": "gcs://_ray_pkg_gone.zip"}) == {}
