@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import hashlib
 import inspect
 import itertools
 import time
@@ -27,7 +28,8 @@ from typing import Any, NamedTuple, Protocol
 
 import structlog
 
-from workflows.errors import ConcurrentStep, CoordinatorError, NonDeterminism
+from workflows.command import check_workflow_id, encode_command
+from workflows.errors import CommandFailed, ConcurrentStep, CoordinatorError, InvalidCommand, NonDeterminism
 
 
 class Outcome(NamedTuple):
@@ -58,12 +60,32 @@ class _Unjournaled(CoordinatorError):
 
 
 class Suspend(Exception):  # control flow, not an error of the command
-    """Raised by ``ctx.sleep`` and ``ctx.wait_for`` to park the attempt: ``wait`` is
-    ``"sleeping"`` or ``"waiting"`` (for the signal ``name``), until ``due`` (0: none)."""
+    """Raised by ``ctx.sleep``, ``ctx.wait_for`` and ``ctx.child`` to park the attempt:
+    ``wait`` is ``"sleeping"`` or ``"waiting"`` (for the signal ``name``), until ``due``
+    (0: none). ``request``: the child workflow ``ctx.child`` asks the supervisor to submit
+    (``{"id", "type", "fields"}``)."""
 
-    def __init__(self, wait: str, due: float, name: str = "") -> None:
+    def __init__(self, wait: str, due: float, name: str = "", request: dict[str, Any] | None = None) -> None:
         super().__init__(f"{wait} {name} until {due}".replace("  ", " "))
-        self.wait, self.due, self.name = wait, due, name
+        self.wait, self.due, self.name, self.request = wait, due, name, request
+
+
+CHILD_SIGNAL = "coordinator.child:"
+"""The signal a parent waits for, ``CHILD_SIGNAL + child id``: the supervisor journals
+the child's end (``{"id", "state", "result", "error"}``) under it."""
+
+MAX_CHILD_FIELDS_BYTES = 16 << 20
+"""The largest child command encoded here; the supervisor applies its own limit."""
+
+
+def child_id(parent_id: str, step: int) -> str:
+    """The id of a parent's child made at ``step`` without an id: ``"{parent}/child/{step}"``,
+    or, for a parent id too long for that, one derived from its hash."""
+    wid = f"{parent_id}/child/{step}"
+    try:
+        return check_workflow_id(wid)
+    except InvalidCommand:
+        return f"child-{hashlib.sha256(parent_id.encode('utf-8', 'surrogatepass')).hexdigest()}/{step}"
 
 
 class Context:
@@ -294,6 +316,32 @@ class Context:
         if "timeout" in got:
             raise TimeoutError(f"no signal {name!r} within {got['timeout']}s")
         return got["signal"]
+
+    async def child(self, cmd: Any, workflow_id: str | None = None) -> Any:
+        """Run ``cmd`` as a child workflow; its result. Two steps: the child's id (by default
+        `child_id` of this workflow and the step), then the child's end. The attempt parks
+        (state ``waiting``) while the supervisor submits the child (once: a replay submits
+        the same id, answered by the journal) and until it ends; the end is journaled as
+        the second step's outcome. A child that did not complete raises `CommandFailed`
+        here, as a failed step does, on every replay too. For ``exec``, not ``compensate``."""
+        if self._compensating:
+            raise TypeError("ctx.child runs in exec, not in compensate")
+        name, fields = encode_command(cmd, MAX_CHILD_FIELDS_BYTES)
+        wanted = workflow_id if workflow_id is not None else child_id(self.workflow_id, self._cursor)
+        made = await self.step("coordinator.child", lambda: {"id": check_workflow_id(wanted), "type": name})
+        cid: str = made["id"]
+        signal = CHILD_SIGNAL + cid
+
+        def ended() -> Any:
+            if signal in self._signals:
+                return self._signals[signal]
+            raise Suspend("waiting", 0.0, signal, request={"id": cid, "type": name, "fields": fields})
+
+        end = await self.step("coordinator.child.end", ended)
+        if end["state"] == "completed":
+            return end["result"]
+        error = end.get("error") or {}
+        raise CommandFailed(cid, error.get("type", "unknown"), error.get("message", ""), error.get("traceback", ""))
 
     def set_event(self, key: str, value: Any) -> None:
         """Journal ``value`` under ``key`` (not a step: a replay journals it again); the

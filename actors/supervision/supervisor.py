@@ -10,7 +10,9 @@ delegates to its state managers:
 - `Parking` (`parking`): retry timers, deadlines, the suspension mode;
 - `Queries` (`queries`): results, waiters, status, listings, replays;
 - `Cancels` (`cancels`): an operator's cancel or termination of one workflow;
-- `Signals` (`signals`): signals to waiting workflows, and their events.
+- `Signals` (`signals`): signals to waiting workflows, and their events;
+- `Forks` (`forks`): new workflows that start from another one's outcomes;
+- `Children` (`children`): the child workflows of ``ctx.child``, and their ends to their parents.
 
 `start` rebuilds the table by folding the journal, then schedules each unfinished
 command again before any new one is admitted. What survives a crash: everything
@@ -34,7 +36,9 @@ from actors.options import Options
 from actors.records import Report
 from actors.supervision.admission import Admission
 from actors.supervision.cancels import Cancels
+from actors.supervision.children import Children
 from actors.supervision.dispatcher import Dispatcher
+from actors.supervision.forks import Forks
 from actors.supervision.intake import Intake
 from actors.supervision.modes import Mode, Signal
 from actors.supervision.parking import Parking
@@ -65,11 +69,14 @@ class SupervisorCore:
         self.parking = Parking(options, journal, self.table, lambda wid: self.dispatcher.enqueue(wid), clock,
                                self.metrics)
         self.dispatcher = Dispatcher(options, journal, pool, self.table, self.admission, self.parking,
-                                     self.queries.notify, self.incarnation, clock, self.metrics)
+                                     self._finished, self.incarnation, clock, self.metrics)
         self.intake = Intake(options, journal, self.table, self.admission, self.parking, self.dispatcher,
                              self.started, clock, self.metrics)
         self.cancels = Cancels(journal, pool, self.table, self.parking, self.dispatcher, clock)
         self.signals = Signals(journal, self.table, self.parking, self.queries, clock, options.max_payload_bytes)
+        self.forks = Forks(options, journal, self.table, self.admission, self.intake, clock, self.metrics)
+        self.children = Children(options, journal, self.table, self.admission, self.intake, self.signals, clock,
+                                 self.metrics)
         self.metrics.source(self._sample)
         self._loops: list[asyncio.Task[Any]] = []
 
@@ -104,6 +111,7 @@ class SupervisorCore:
         loop = asyncio.get_running_loop()
         self._loops = [loop.create_task(self.dispatcher.loop()), loop.create_task(self.parking.timer_loop()),
                        loop.create_task(self._forget_loop())]
+        await self.children.recover()
         self.started.set()
         self.dispatcher.wake.set()
         self.parking.wake.set()
@@ -116,9 +124,14 @@ class SupervisorCore:
         metrics.gauge(m.MAX_CMDS, self.options.max_cmds)
         metrics.gauge(m.MODE, m.MODES[self.mode.value])
 
+    def _finished(self, workflow_id: str) -> None:
+        self.queries.notify(workflow_id)
+        self.children.ended(workflow_id)
+
     def close(self) -> None:
         for task in self._loops:
             task.cancel()
+        self.children.close()
         self.dispatcher.close()
 
     async def _forget_loop(self) -> None:
@@ -141,7 +154,7 @@ class SupervisorCore:
         return await self.intake.submit_many(cmds, workflow_ids, start_at)
 
     async def report(self, reports: builtins.list[Report]) -> None:
-        await self.dispatcher.report(reports)
+        await self.dispatcher.report(await self.children.take(reports, self.incarnation))
 
     async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:
         return await self.queries.result(workflow_id, timeout_s)
@@ -188,6 +201,13 @@ class SupervisorCore:
         await self.started.wait()
         wf = self.table.workflows.get(workflow_id) or await self.queries.get(workflow_id)
         return await self.parking.retry_now(wf)
+
+    async def fork(self, workflow_id: str, from_step: int, new_workflow_id: str) -> str:
+        """A new workflow ``new_workflow_id``, with ``workflow_id``'s type and fields and its
+        outcomes ``[0, from_step)`` copied, that runs on from ``from_step``; journaled,
+        idempotent (a repeat answers the same id). See `actors.supervision.forks`."""
+        await self.started.wait()
+        return await self.forks.fork(workflow_id, from_step, new_workflow_id)
 
     async def cancel(self, workflow_id: str, reason: str = "") -> bool:
         """Stop a workflow and compensate it (end state ``cancelled``); journaled first.
