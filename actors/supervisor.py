@@ -190,6 +190,11 @@ class SupervisorActor:
         """Stop a workflow without compensating it: end state ``terminated``."""
         return await self._ready().terminate(workflow_id, reason)
 
+    async def fork(self, workflow_id: str, from_step: int, new_workflow_id: str) -> str:
+        """A new workflow with ``workflow_id``'s command and outcomes ``[0, from_step)``, run on
+        from ``from_step``: journaled, idempotent (a repeat answers the same id)."""
+        return await self._ready().fork(workflow_id, from_step, new_workflow_id)
+
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> list[dict[str, Any]]:
         return await self._ready().outcomes(service, since_seq, limit)
 

@@ -67,6 +67,12 @@ def parser() -> Parser:
     s = _add(sub, "retry-now", "retry a delayed or blocked workflow at once instead of at its retry time; print "
              "whether it was parked (false: nothing to do)")
     s.add_argument("id", help="workflow id")
+    s = _add(sub, "fork", "start a new workflow with ID's command and its first N outcomes copied, run on from "
+             "step N; print the new id (the same fork again answers it)")
+    s.add_argument("id", help="the workflow to fork")
+    s.add_argument("--from-step", type=_not_negative, required=True, metavar="N",
+                   help="copy outcomes 0..N-1; the new workflow runs from step N")
+    s.add_argument("--new-id", required=True, metavar="NEW", help="the new workflow's id")
     s = _add(sub, "signal", "send a workflow the signal NAME (journaled once per name; ctx.wait_for gets it); "
              "print whether it was journaled (false: sent before, or the workflow finished)")
     s.add_argument("id", help="workflow id")

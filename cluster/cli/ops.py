@@ -148,6 +148,7 @@ def operate(args: argparse.Namespace) -> Answer:
         "cancel": (lambda: sup.cancel.remote(args.id, args.reason), render.value),
         "terminate": (lambda: sup.terminate.remote(args.id, args.reason), render.value),
         "resume-workflow": (lambda: sup.resume_workflow.remote(args.id), render.value),
+        "fork": (lambda: sup.fork.remote(args.id, args.from_step, args.new_id), render.value),
         "retry-now": (lambda: sup.retry_now.remote(args.id), render.value),
         "signal": (lambda: sup.signal.remote(args.id, args.name, json.loads(args.payload)), render.value),
         "event": (lambda: sup.get_event.remote(args.id, args.key), render.value),
