@@ -100,13 +100,17 @@ class Started:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """Written by the runner: one step's outcome, of ``exec`` or (``compensation``) of ``compensate``."""
+    """Written by the runner: one step's outcome, of ``exec`` or (``compensation``) of ``compensate``.
+    ``t`` and ``attempt``: when, and by which attempt, it was recorded (None in records
+    journaled before they were kept)."""
 
     workflow_id: str
     step: int
     service: str
     value: Any
     compensation: bool = False
+    t: float | None = None
+    attempt: int | None = None
 
     @property
     def kind(self) -> Kind:
@@ -117,8 +121,13 @@ class Step:
         return Outcome(self.step, self.service, self.value)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"k": self.kind.value, "w": self.workflow_id, "step": self.step, "service": self.service,
+        wire = {"k": self.kind.value, "w": self.workflow_id, "step": self.step, "service": self.service,
                 "value": self.value}
+        if self.t is not None:
+            wire["t"] = self.t
+        if self.attempt is not None:
+            wire["attempt"] = self.attempt
+        return wire
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,8 +287,9 @@ _READERS: dict[str, Any] = {
     "submitted": lambda d: Submitted(d["w"], d["type"], d["fields"], d["t"], d.get("deployment", ""),
                                      d.get("start_at", 0.0)),
     "started": lambda d: Started(d["w"], d["attempt"], d.get("t", 0.0)),
-    "outcome": lambda d: Step(d["w"], d["step"], d["service"], d["value"]),
-    "compensation": lambda d: Step(d["w"], d["step"], d["service"], d["value"], compensation=True),
+    "outcome": lambda d: Step(d["w"], d["step"], d["service"], d["value"], t=d.get("t"), attempt=d.get("attempt")),
+    "compensation": lambda d: Step(d["w"], d["step"], d["service"], d["value"], compensation=True, t=d.get("t"),
+                                   attempt=d.get("attempt")),
     "compensating": lambda d: Compensating(d["w"], d["error"], d.get("t", 0.0)),
     "delayed": lambda d: _parked(d, False),
     "blocked": lambda d: _parked(d, True),
