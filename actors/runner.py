@@ -158,6 +158,7 @@ class Runner:
         self._max_payload = max_payload_bytes
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._attempts: dict[str, int] = {}  # the attempt each running workflow is on, for its step records
         self._stops: dict[str, tuple[str, Error]] = {}
         """Workflows an operator cancelled (``"cancel"``) or terminated, with their error."""
 
@@ -175,7 +176,8 @@ class Runner:
     # Recorder protocol, for Context
     async def record(self, workflow_id: str, kind: str, step: int, service: str, value: Any) -> Any:
         self._check_payload(value, f"{kind} {step} of {workflow_id}")
-        answer = await self._journal(Step(workflow_id, step, service, value, compensation=kind == "compensation"))
+        answer = await self._journal(Step(workflow_id, step, service, value, compensation=kind == "compensation",
+                                          t=self._clock(), attempt=self._attempts.get(workflow_id)))
         since = self._step_since.get(workflow_id)
         if since is not None:
             now = time.perf_counter()
@@ -220,6 +222,7 @@ class Runner:
             with logs.scope(**self._fields(item)):
                 task = asyncio.get_running_loop().create_task(self._attempt(item, entry))
             self._tasks[item.workflow_id] = task
+            self._attempts[item.workflow_id] = item.attempt
             if self._metrics.enabled:
                 self._step_since[item.workflow_id] = (item.type, time.perf_counter())
             tasks.append(task)
@@ -228,6 +231,7 @@ class Runner:
             self._stops.pop(item.workflow_id, None)
             if self._tasks.get(item.workflow_id) in tasks:
                 del self._tasks[item.workflow_id]
+                self._attempts.pop(item.workflow_id, None)
                 self._step_since.pop(item.workflow_id, None)
 
     def _fields(self, item: Dispatch) -> dict[str, Any]:
@@ -241,6 +245,7 @@ class Runner:
             task.cancel()
         n = len(self._tasks)
         self._tasks.clear()
+        self._attempts.clear()
         self._step_since.clear()
         self._stops.clear()
         return n
