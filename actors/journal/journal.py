@@ -323,6 +323,10 @@ class Journal(Startup):
     def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self.stored.lookup(workflow_ids)
 
+    def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        """The durable records of a workflow's last run, in journal order (`Stored.history`)."""
+        return self.stored.history(workflow_id)
+
     def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
         return self.stored.finished_page(state, limit, exclude)
 

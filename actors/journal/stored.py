@@ -83,6 +83,16 @@ class Stored:
                         return out
         return out
 
+    def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        """The stored records of ``workflow_id``'s last run, in journal order, as maps
+        (``q`` its sequence number, ``k`` its kind); read through the segment indexes.
+        Records in segments a snapshot deleted (a journal without a cache) are left out."""
+        j = self.journal
+        records = j.log.indexes.records_of([s.ref for s in j.log.segments], [workflow_id]).get(workflow_id, [])
+        last = max((i for i, r in enumerate(records) if r["k"] == "submitted"), default=0)
+        durable = j.log.last_seq
+        return [r for r in records[last:] if r["q"] <= durable]
+
     def outcomes(self, service: str, since_seq: int, limit: int) -> list[dict[str, Any]]:
         """Durable steps of ``service`` (of workflows kept) from ``since_seq``, in journal order."""
         j = self.journal
