@@ -171,6 +171,9 @@ class LogActor:
     async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self._leader().lookup(workflow_ids)
 
+    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        return self._leader().history(workflow_id)
+
     async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
         return self._leader().finished_page(state, limit, exclude)
 
