@@ -46,6 +46,9 @@ class LocalJournal:
     async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self.journal.lookup(workflow_ids)
 
+    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        return self.journal.history(workflow_id)
+
     async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
         return self.journal.finished_page(state, limit, exclude)
 

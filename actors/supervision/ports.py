@@ -37,6 +37,10 @@ class JournalPort(Protocol):
         the journal keeps among ``workflow_ids``, read from its storage if need be."""
         ...
 
+    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        """The durable records of ``workflow_id``'s last run, in journal order, as maps."""
+        ...
+
     async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
         """Up to ``limit`` folds of finished workflows the journal keeps (in ``state``),
         the last to finish first, leaving out ``exclude``."""
