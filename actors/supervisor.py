@@ -85,6 +85,10 @@ class RayJournal:
         found: dict[str, dict[str, Any]] = await self.handle.lookup.remote(workflow_ids)
         return found
 
+    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = await self.handle.history.remote(workflow_id)
+        return records
+
     async def finished_page(self, state: str | None, limit: int, exclude: list[str]) -> list[dict[str, Any]]:
         page: list[dict[str, Any]] = await self.handle.finished_page.remote(state, limit, exclude)
         return page
@@ -181,6 +185,10 @@ class SupervisorActor:
     async def retry_now(self, workflow_id: str) -> bool:
         """Retry a ``delayed`` or ``blocked`` workflow at once instead of at its retry time."""
         return await self._ready().retry_now(workflow_id)
+
+    async def history(self, workflow_id: str) -> list[dict[str, Any]]:
+        """The journaled records of a workflow's last run, in order (each step with its time and attempt)."""
+        return await self._ready().queries.history(workflow_id)
 
     async def cancel(self, workflow_id: str, reason: str = "") -> bool:
         """Stop a workflow and compensate it: end state ``cancelled`` (journaled; False once finished)."""

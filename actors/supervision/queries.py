@@ -137,6 +137,12 @@ class Queries:
             out.append(status)
         return out
 
+    async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        """The journaled records of ``workflow_id``'s last run, in journal order (`UnknownWorkflow`)."""
+        await self.started.wait()
+        await self._get(workflow_id)
+        return await self.journal.history(workflow_id)
+
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> builtins.list[dict[str, Any]]:
         """The journaled steps of ``service``, outcomes and compensations, in journal order."""
         return await self.journal.outcomes(service, since_seq, limit)
