@@ -14,6 +14,11 @@ off between retries (its `RetryPolicy`, never exhausted):
   reopens;
 - one trip charges more than payments accepts (422): it fails and compensates,
   cancelling its hotel and its flight;
+- a few trips are held for their customer's confirmation (`HeldTrip`: reserved,
+  then waiting for the signal ``confirm``): one customer confirms (``signal``), the
+  others change their minds mid-run (``cancel``): those trips compensate, cancelling
+  their hotel and flight, and end ``cancelled``; the check at the end looks for
+  their undone reservations in the services' ledgers;
 - once the first half of the trips finished, hotels loses its data (its idempotency
   ledger) and is rebuilt from the journal by `cluster.replay.replay`, the code of
   ``coordinator replay``: its ledger must equal the one before, and the second half
@@ -40,6 +45,7 @@ import structlog
 import cluster
 from actors.options import Options
 from cluster.demo.services import ServiceHost
+from cluster.demo.trips import CONFIRM, HeldTrip, undone
 from cluster.replay import replay
 from workflows.errors import AtCapacity, CommandFailed, Suspended
 from workflows.examples import BookTrip
@@ -56,6 +62,8 @@ CHUNK = 10
 """Trips submitted concurrently at a time (one ``submit`` call each)."""
 BACKOFF_S = 0.05
 """The driver's pause after intake refused a submit (`Suspended`, `AtCapacity`)."""
+HELD = {2: "cancel", 3: "confirm", 4: "cancel", 5: "cancel"}
+"""Trips held for their customer (`HeldTrip`), by index, and what the customer does."""
 
 
 def demo_options(storage: str, namespace: str | None = None) -> Options:
@@ -124,6 +132,8 @@ def _run(opts: Options, host: ServiceHost, n: int, out: TextIO) -> dict[str, Any
         print(f"submitting {n} trips; hotels goes out for {OUTAGE_S:.1f} s after {n // 3} and loses its data "
               f"after {half}", file=out, flush=True)
         intake = submit_all(supervisor, trips[:half], host, outage_at=n // 3, started=started)
+        held = {trips[i][0]: what for i, what in HELD.items() if i < half}
+        customers_act(supervisor, held, out)
         errors = collect(supervisor, intake.ids)
         rebuild = wipe_and_rebuild(supervisor, host, WIPED, out)
         later = submit_all(supervisor, trips[half:], host, outage_at=n, started=started)
@@ -136,8 +146,28 @@ def _run(opts: Options, host: ServiceHost, n: int, out: TextIO) -> dict[str, Any
         statuses = ray.get([supervisor.status.remote(wid) for wid in intake.ids])
     finally:
         cluster.stop(opts.namespace)
+    cancelled = [wid for wid, what in held.items() if what == "cancel"]
     return summarize(statuses, errors, intake, services=host.stats(), wall_s=wall_s, storage=opts.storage,
-                     rebuild=rebuild)
+                     rebuild=rebuild, cancelled={"workflows": len(cancelled),
+                                                 "undone": sum(undone(host.ledger, wid) for wid in cancelled)})
+
+
+def customers_act(supervisor: Any, held: dict[str, str], out: TextIO, timeout_s: float = 60.0) -> None:
+    """Once each held trip waits for its customer, confirm it (the signal) or cancel it."""
+    deadline = time.monotonic() + timeout_s
+    waiting: set[str] = set()
+    while len(waiting) < len(held) and time.monotonic() < deadline:
+        waiting = {wid for wid, status in zip(held, ray.get([supervisor.status.remote(w) for w in held]),
+                                              strict=True) if status["state"] == "waiting"}
+        time.sleep(0.02)
+    for wid, what in held.items():
+        if what == "cancel":
+            ray.get(supervisor.cancel.remote(wid, "the customer changed their mind"))
+        else:
+            ray.get(supervisor.signal.remote(wid, CONFIRM, {"by": "customer"}))
+    cancels = sum(what == "cancel" for what in held.values())
+    print(f"customers confirmed {len(held) - cancels} held trip(s) and cancelled {cancels} mid-run", file=out,
+          flush=True)
 
 
 def wipe_and_rebuild(supervisor: Any, host: ServiceHost, service: str, out: TextIO) -> dict[str, Any]:
@@ -154,9 +184,9 @@ def wipe_and_rebuild(supervisor: Any, host: ServiceHost, service: str, out: Text
 
 
 def trip(run_id: str, i: int) -> BookTrip:
-    """Trip ``i``; trip 1 asks for more than payments accepts."""
+    """Trip ``i``; trip 1 asks for more than payments accepts; the `HELD` ones wait for their customer."""
     amount = REJECT_OVER * 10 if i == 1 else 100 + (i * 37) % 900
-    return BookTrip(f"{run_id}-t{i}", amount)
+    return (HeldTrip if i in HELD else BookTrip)(f"{run_id}-t{i}", amount)
 
 
 def submit_all(
@@ -218,15 +248,19 @@ def summarize(
     wall_s: float,
     storage: str,
     rebuild: dict[str, Any] | None = None,
+    cancelled: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The demo's outcome as plain data; ``ok`` says whether it went as it must."""
+    """The demo's outcome as plain data; ``ok`` says whether it went as it must: one trip
+    compensated, the ``cancelled`` ones cancelled and undone, every other completed."""
     n = len(statuses)
     states = dict(Counter(status["state"] for status in statuses))
+    stopped = (cancelled or {}).get("workflows", 0)
+    expected = {"completed": n - 1 - stopped, "compensated": 1, **({"cancelled": stopped} if stopped else {})}
     attempts = sum(int(status["attempts"]) for status in statuses)
     duplicates = sum(counters["duplicates"] for counters in services.values())
     return {
-        "ok": states == {"completed": n - 1, "compensated": 1} and duplicates == 0
-        and (rebuild is None or bool(rebuild["matches"])),
+        "ok": states == expected and duplicates == 0 and (rebuild is None or bool(rebuild["matches"]))
+        and (cancelled is None or cancelled["undone"] == stopped),
         "workflows": n,
         "states": states,
         "attempts": attempts,
@@ -241,6 +275,7 @@ def summarize(
         "workflows_per_s": n / wall_s if wall_s > 0 else 0.0,
         "storage": storage,
         "rebuild": rebuild,
+        "cancelled": cancelled,
     }
 
 
@@ -263,12 +298,17 @@ def print_summary(summary: dict[str, Any], out: TextIO) -> None:
     lines += _table(("service", *columns), rows)
     for wid, error in summary["failures"].items():
         lines += ["", f"failed as planned: {wid}: {error}"]
+    cancelled = summary.get("cancelled")
+    if cancelled:
+        lines += ["", f"cancelled by their customers: {cancelled['workflows']} trips, {cancelled['undone']} with "
+                  "their flight and hotel cancelled and nothing charged"]
     rebuild = summary.get("rebuild")
     if rebuild:
         lines += ["", f"rebuilt {WIPED} from the journal: {rebuild['applied']} of {rebuild['wiped']} entries restored, "
                   f"ledger {'matches' if rebuild['matches'] else 'DIFFERS'}"]
     lines += ["", "result: " + ("OK" if summary["ok"] else
-                                "NOT OK: unexpected states, duplicate executions or a ledger not rebuilt")]
+                                "NOT OK: unexpected states, duplicate executions, a cancelled trip not undone "
+                                "or a ledger not rebuilt")]
     print("\n" + "\n".join(lines), file=out, flush=True)
 
 
