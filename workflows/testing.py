@@ -173,3 +173,81 @@ class AwaitsSignal(Command):
         payload = await ctx.wait_for(self.name)
         ctx.set_event("phase", "signalled")
         return payload
+
+
+@dataclass
+class Undoes(Command):
+    """``steps`` steps, each logging its key to ``dir`` and taking ``sleep_s``; its
+    compensation undoes each, newest first, with a step that logs its key and takes
+    ``undo_sleep_s``. Returns the keys."""
+
+    dir: str
+    steps: int = 3
+    sleep_s: float = 0.0
+    undo_sleep_s: float = 0.0
+
+    async def exec(self, ctx: Context) -> Any:
+        return [await ctx.step(f"svc{i}", self._call, ctx.key(), self.sleep_s) for i in range(self.steps)]
+
+    async def compensate(self, ctx: Context, error: BaseException) -> None:
+        for outcome in reversed(ctx.outcomes):
+            await ctx.step(f"undo-{outcome.service}", self._call, ctx.key(), self.undo_sleep_s)
+
+    async def _call(self, key: str, sleep_s: float) -> str:
+        log_call(self.dir, key)
+        if sleep_s:
+            await asyncio.sleep(sleep_s)
+        return key
+
+
+@dataclass
+class Phases(Command):
+    """``steps`` steps (run together with `Context.gather` if ``together``: step *i* takes
+    ``step_s * (steps - i)``, so the last finishes first), then a durable sleep of
+    ``sleep_s`` (if any), a wait for the signal ``go`` (if ``wait``), and a last step.
+    Each step logs its key to ``dir`` as it starts and ``done:<key>`` as it ends."""
+
+    dir: str
+    steps: int = 2
+    together: bool = False
+    step_s: float = 0.0
+    sleep_s: float = 0.0
+    wait: bool = False
+
+    async def exec(self, ctx: Context) -> Any:
+        if self.together:
+            values = await ctx.gather(*(ctx.step(f"svc{i}", self._call, ctx, i) for i in range(self.steps)))
+        else:
+            values = [await ctx.step(f"svc{i}", self._call, ctx, i) for i in range(self.steps)]
+        if self.sleep_s:
+            await ctx.sleep(self.sleep_s)
+        signal = await ctx.wait_for("go") if self.wait else None
+        last = await ctx.step("last", self._call, ctx, self.steps)
+        return {"steps": values, "signal": signal, "last": last}
+
+    async def _call(self, ctx: Context, i: int) -> str:
+        key = ctx.key()
+        log_call(self.dir, key)
+        await asyncio.sleep(self.step_s * (self.steps - i))
+        log_call(self.dir, f"done:{key}")
+        return key
+
+
+@dataclass
+class HasChild(Command):
+    """A step, the child ``Phases(dir, steps=1, wait=child_waits)`` (its id ``child_id``
+    if given), a step; returns the child's result."""
+
+    dir: str
+    child_waits: bool = True
+    child_id: str | None = None
+
+    async def exec(self, ctx: Context) -> Any:
+        await ctx.step("before", self._call, ctx.key())
+        got = await ctx.child(Phases(self.dir, steps=1, wait=self.child_waits), self.child_id)
+        await ctx.step("after", self._call, ctx.key())
+        return {"child": got}
+
+    def _call(self, key: str) -> str:
+        log_call(self.dir, key)
+        return key

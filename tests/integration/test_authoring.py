@@ -1,7 +1,9 @@
-"""Authoring on a real Ray instance: parallel steps, a policy that pauses, resume_workflow, cancel, signals."""
+"""Authoring on a real Ray instance: parallel steps, a policy that pauses, resume_workflow, cancel, signals,
+fork (also from the CLI) and child workflows."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,8 +11,8 @@ import pytest
 import ray
 
 from tests.support import Coordinator, wait_for
-from workflows.errors import CommandFailed
-from workflows.testing import AwaitsSignal, Stalls, Tracked, read_calls
+from workflows.errors import CommandFailed, InvalidCommand, UnknownWorkflow
+from workflows.testing import AwaitsSignal, HasChild, Stalls, Tracked, read_calls
 
 pytestmark = pytest.mark.ray
 
@@ -58,4 +60,46 @@ def test_a_signal_through_the_supervisor_wakes_a_waiting_workflow(coordinator: C
     assert ray.get(sup.signal.remote(wid, "go", {"ok": False})) is False
     assert ray.get(sup.result.remote(wid, 30)) == {"ok": True}
     assert ray.get(sup.get_event.remote(wid, "phase")) == "signalled"
+    assert ray.get(sup.stats.remote())["in_flight"] == 0
+
+
+def test_fork_through_the_supervisor_and_the_cli(ray_session: str, coordinator: Callable[..., Coordinator],
+                                                 tmp_path: Path) -> None:
+    from tests.integration.test_cli import cli
+
+    c = coordinator()
+    sup = c.sup
+    wid = ray.get(sup.submit.remote(Tracked(str(tmp_path), steps=3), "orig-1"))
+    assert ray.get(sup.result.remote(wid, 30)) == [f"{wid}/{i}:{i}" for i in range(3)]
+    assert ray.get(sup.fork.remote(wid, 2, "fork-1")) == "fork-1"
+    assert ray.get(sup.result.remote("fork-1", 30)) == [f"{wid}/0:0", f"{wid}/1:1", "fork-1/2:2"]
+    assert ray.get(sup.fork.remote(wid, 2, "fork-1")) == "fork-1"  # a repeat: the same id, nothing run
+    with pytest.raises(InvalidCommand, match="past them"):
+        ray.get(sup.fork.remote(wid, 4, "fork-2"))
+    with pytest.raises(UnknownWorkflow):
+        ray.get(sup.fork.remote("nobody", 0, "fork-3"))
+    proc = cli(ray_session, c.options.namespace, "fork", wid, "--from-step", "1", "--new-id", "fork-cli", "-o", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == "fork-cli"
+    assert ray.get(sup.result.remote("fork-cli", 30)) == [f"{wid}/0:0", "fork-cli/1:1", "fork-cli/2:2"]
+    proc = cli(ray_session, c.options.namespace, "fork", wid, "--from-step", "9", "--new-id", "fork-bad")
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("error: ")
+    calls = read_calls(str(tmp_path))
+    assert sorted(calls) == sorted([f"{wid}/0", f"{wid}/1", f"{wid}/2", "fork-1/2", "fork-cli/1", "fork-cli/2"])
+
+
+def test_a_child_through_the_supervisor(coordinator: Callable[..., Coordinator], tmp_path: Path) -> None:
+    sup = coordinator().sup
+    wid = ray.get(sup.submit.remote(HasChild(str(tmp_path)), "parent-1"))
+    child = "parent-1/child/1"
+    status = wait_for(lambda: (s := ray.get(sup.status.remote(wid)))["state"] == "waiting" and s,
+                      what="the parent to wait for its child")
+    assert status["waiting_for"] == f"coordinator.child:{child}"
+    wait_for(lambda: ray.get(sup.status.remote(child))["state"] == "waiting", what="the child to wait")
+    assert ray.get(sup.signal.remote(child, "go", "from-test")) is True
+    got = ray.get(sup.result.remote(wid, 30))
+    assert got == {"child": {"steps": [f"{child}/0"], "signal": "from-test", "last": f"{child}/3"}}
+    assert sorted(w["id"] for w in ray.get(sup.list.remote())) == sorted([wid, child])
+    assert sorted(read_calls(str(tmp_path))) == sorted(
+        [f"{wid}/0", f"{child}/0", f"done:{child}/0", f"{child}/3", f"done:{child}/3", f"{wid}/3"])
     assert ray.get(sup.stats.remote())["in_flight"] == 0
