@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from actors.journal.ends import EndLog
 from actors.records import (
     TERMINAL,
     Cancel,
@@ -64,6 +65,32 @@ class Index:
         self.unwritten: dict[str, Submitted] = {}
         # Terminal records admitted but not yet durable, by id.
         self.ending: dict[str, WorkflowRecord] = {}
+        # The order of the ends in ``finished``, for paging them newest first (`ends`).
+        self.ends = EndLog()
+
+    def current(self, wid: str, t: float) -> bool:
+        """Whether ``finished`` holds ``wid`` as ended at ``t`` (an `EndLog` entry is current)."""
+        return self.finished.get(wid) == t
+
+    def _end(self, wid: str, t: float, kind: str) -> None:
+        if wid in self.finished:
+            self.ends.forgotten()
+        self.finished[wid] = t
+        wf = self.table.workflows.get(wid) or self.unwritten.get(wid)  # submitted in the same batch
+        self.ends.add(wid, t, kind, wf.type if wf is not None else "")
+
+    def restore(self, ends: list[tuple[str, float, str, str]]) -> None:
+        """Take the ends a snapshot holds, (id, end time, kind, type): ``kind`` and ``type``
+        are ``""`` when the snapshot did not keep them."""
+        for wid, t, kind, type_ in sorted(ends, key=lambda e: e[1]):
+            if wid in self.finished:
+                self.ends.forgotten()
+            self.finished[wid] = t
+            self.ends.add(wid, t, kind, type_)
+
+    def compact(self) -> bool:
+        """Drop the stale entries of `ends` once they are half of them (after a snapshot forgot ids)."""
+        return self.ends.compact(self.current)
 
     def knows(self, wid: str) -> bool:
         return wid in self.live or wid in self.finished
@@ -82,7 +109,7 @@ class Index:
         elif r.kind in TERMINAL:
             wid = r.workflow_id  # type: ignore[union-attr]  # every terminal record has one
             self.live.pop(wid, None)
-            self.finished[wid] = getattr(r, "t", 0.0)
+            self._end(wid, getattr(r, "t", 0.0), Kind(r.kind).value)
 
     def admit(self, r: Record, undo: Undo) -> tuple[bool, Any]:
         """Whether to journal ``r``, and the value to answer its writer with; ``undo`` gets its reversal."""
@@ -100,7 +127,7 @@ class Index:
             if wid in self.finished:
                 return False, self.ended(wid)
             steps = self.live.pop(wid, None)
-            self.finished[wid] = getattr(r, "t", 0.0)
+            self._end(wid, getattr(r, "t", 0.0), Kind(r.kind).value)
             self.ending[wid] = r  # type: ignore[assignment]
             undo.append(lambda: self._reopen(wid, steps))
         elif isinstance(r, LATE) and r.workflow_id in self.finished:
@@ -158,14 +185,16 @@ class Index:
     def forget(self, ids: list[str]) -> None:
         """Ids compacted away by a snapshot: free again."""
         for w in ids:
-            self.finished.pop(w, None)
+            if self.finished.pop(w, None) is not None:
+                self.ends.forgotten()
 
     def _unsubmit(self, wid: str) -> None:
         self.live.pop(wid, None)
         self.unwritten.pop(wid, None)
 
     def _reopen(self, wid: str, steps: Steps | None) -> None:
-        self.finished.pop(wid, None)
+        if self.finished.pop(wid, None) is not None:
+            self.ends.forgotten()
         self.ending.pop(wid, None)
         if steps is not None:
             self.live[wid] = steps

@@ -151,6 +151,7 @@ class Maintenance:
             j.index.finished.update(ended)
             raise
         self.since_snapshot = 0
+        j.index.compact()
         log.info("snapshot_written", seq=seq, workflows=len(j.table.workflows), forgotten=len(gone))
         for waiter in self.waiters:
             if not waiter.done():
@@ -163,10 +164,11 @@ class Maintenance:
         if j.log.active_bytes > 0:
             j.log.rotate()
         seq = j.log.last_seq
-        evicted = [(w, t) for w, t in list(j.index.finished.items()) if w not in j.table.workflows]
+        held = j.table.workflows
+        ends = [e for e in j.index.ends.entries(j.index.current) if e[0] not in held]  # in the order they ended
         data = recovery.encode_snapshot(seq, j.epoch, j.table.mode, j.table.held,
                                         [wf.to_dict() for wf in j.table.workflows.values()], j.table.deployments,
-                                        evicted)
+                                        [(w, t) for w, t, _, _ in ends], [(k, ty) for _, _, k, ty in ends])
         name = f"{seq:020d}.snap"
         j.backend.put_snapshot(name, data)
         j.snapshot_seq = seq

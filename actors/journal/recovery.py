@@ -68,11 +68,13 @@ class Snapshot:
     workflows: list[dict[str, Any]]
     deployments: dict[str, Any] | None = None
     finished: list[tuple[str, float]] | None = None  # finished workflows kept but not held in memory: (id, end)
+    finished_meta: list[tuple[str, str]] | None = None  # their (end kind, type), when the snapshot kept them
 
 
 def encode_snapshot(seq: int, epoch: int, mode: str, held: bool, workflows: list[dict[str, Any]],
                     deployments: dict[str, Any] | None = None,
-                    finished: list[tuple[str, float]] | None = None) -> bytes:
+                    finished: list[tuple[str, float]] | None = None,
+                    finished_meta: list[tuple[str, str]] | None = None) -> bytes:
     """A snapshot as a header record followed by one record per workflow.
 
     One record per workflow keeps every frame under `codec.MAX_RECORD_BYTES` however
@@ -83,8 +85,11 @@ def encode_snapshot(seq: int, epoch: int, mode: str, held: bool, workflows: list
     frames = [codec.encode(head)]
     frames += [codec.encode({"v": codec.VERSION, "k": "snapshot", "q": seq, "wf": wf}) for wf in workflows]
     ids = finished or []
-    frames += [codec.encode({"v": codec.VERSION, "k": "snapshot", "q": seq, "ids": ids[i:i + 100_000]})
-               for i in range(0, len(ids), 100_000)]
+    for i in range(0, len(ids), 100_000):
+        chunk: dict[str, Any] = {"v": codec.VERSION, "k": "snapshot", "q": seq, "ids": ids[i:i + 100_000]}
+        if finished_meta is not None:  # ``meta``: each one's (end kind, type), beside ``ids``
+            chunk["meta"] = finished_meta[i:i + 100_000]
+        frames.append(codec.encode(chunk))
     return b"".join(frames)
 
 
@@ -104,9 +109,13 @@ def decode_snapshot(name: str, data: bytes) -> Snapshot:
             workflows = [r["wf"] for r in rest if "wf" in r]
             if len(workflows) != head["count"] or any(r["k"] != "snapshot" or r["q"] != head["q"] for r in rest):
                 raise JournalCorrupt(where, end, f"snapshot is damaged: {len(rest)} of {head['count']} workflows")
-        finished = [(w, t) for r in rest if "ids" in r for w, t in r["ids"]]
+        chunks = [r for r in rest if "ids" in r]
+        finished = [(w, t) for r in chunks for w, t in r["ids"]]
+        meta = None
+        if chunks and all("meta" in r and len(r["meta"]) == len(r["ids"]) for r in chunks):
+            meta = [(k, ty) for r in chunks for k, ty in r["meta"]]
         return Snapshot(name, head["q"], head["epoch"], head["mode"], bool(head["held"]), workflows,
-                        dict(head.get("deployments") or {}), finished)
+                        dict(head.get("deployments") or {}), finished, meta)
     except (KeyError, TypeError) as exc:
         raise JournalCorrupt(where, 0, f"snapshot is damaged: {exc!r}") from None
 

@@ -87,14 +87,18 @@ class Startup:
         self.log.restore(found.segments, found.next_seq, fresh=found.legacy_tail)
 
     def _load_snapshot(self, snap: recovery.Snapshot) -> None:
+        ends: list[tuple[str, float, str, str]] = []
         for d in snap.workflows:
             wf = Workflow.from_dict(d)
             self.table.put(wf)
             if wf.state.finished:
-                self.index.finished[wf.id] = wf.finished_at or 0.0
+                ends.append((wf.id, wf.finished_at or 0.0, wf.state.value, wf.type))
             else:
                 self.index.live[wf.id] = (list(wf.outcomes), list(wf.compensations))
-        self.index.finished.update(snap.finished or ())  # evicted from memory, kept in storage
+        meta = snap.finished_meta or [("", "")] * len(snap.finished or ())
+        # Evicted from memory, kept in storage: with their kinds and types where the snapshot kept them.
+        ends += [(w, t, kind, type_) for (w, t), (kind, type_) in zip(snap.finished or (), meta, strict=True)]
+        self.index.restore(ends)
         self.table.mode, self.table.held = snap.mode, snap.held
         self.table.deployments = dict(snap.deployments or {})
         self.snapshot_seq = self.table.last_seq = snap.seq

@@ -1,0 +1,132 @@
+"""The order in which workflows ended, kept by the journal's `Index` to page its
+finished workflows newest first by cursor, whatever their number.
+
+Per end: the workflow id, its end time, the terminal kind and the command type (both
+as small codes) and a position that only grows. A page starts below a position (the
+cursor) and walks down; with a state it walks that kind's entries only, so a page
+costs its length plus what a type filter skips, never the whole history. Nothing
+here reads storage: the caller folds the page's workflows.
+
+An entry is current while `Index.finished` holds the same end time for its id; one
+forgotten by retention, or ended again after its id was freed, stays as a stale
+entry until enough are stale that `compact` drops them (amortised O(1) per end).
+About 35 bytes an end, beside the ~180 of the id's reservation.
+"""
+
+from __future__ import annotations
+
+from array import array
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+KINDS = ("", "completed", "failed", "compensated", "cancelled", "terminated")
+"""Terminal kinds by code; 0: unknown (an end restored from a snapshot that did not keep it)."""
+_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
+COMPACT_MIN = 1024
+
+
+@dataclass
+class Page:
+    ids: list[str]
+    next: int | None
+    """The cursor of the next page (a position: the next page lists ends below it), or None at the end."""
+    scanned: int
+    """Entries looked at (the cost of the page)."""
+
+
+class EndLog:
+    """Ends in the order they were journaled; see the module docstring."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.times = array("d")
+        self.kinds = bytearray()
+        self.types = array("H")
+        self.pos = array("q")
+        self.by_kind: dict[int, array[int]] = {}  # per kind code, the indexes of its entries
+        self.type_names: list[str] = [""]
+        self._type_codes: dict[str, int] = {"": 0}
+        self.next_pos = 0
+        self.stale = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, workflow_id: str, t: float, kind: str, type_: str) -> None:
+        code = self._type_codes.get(type_)
+        if code is None:
+            if len(self.type_names) >= 0xFFFF:  # more types than codes: the rest count as unknown
+                code = 0
+            else:
+                code = self._type_codes[type_] = len(self.type_names)
+                self.type_names.append(type_)
+        k = _KIND_CODE.get(kind, 0)
+        self.by_kind.setdefault(k, array("q")).append(len(self.ids))
+        self.ids.append(workflow_id)
+        self.times.append(t)
+        self.kinds.append(k)
+        self.types.append(code)
+        self.pos.append(self.next_pos)
+        self.next_pos += 1
+
+    def entries(self, current: Callable[[str, float], bool]) -> Iterator[tuple[str, float, str, str]]:
+        """The current ends, oldest first, as (id, end time, kind, type). Safe to run in
+        another thread while ends are added: it reads the entries there were when it began."""
+        ids, times, kinds, types, names = self.ids, self.times, self.kinds, self.types, self.type_names
+        for i in range(len(ids)):
+            if current(ids[i], times[i]):
+                yield ids[i], times[i], KINDS[kinds[i]], names[types[i]]
+
+    def page(self, current: Callable[[str, float], bool], limit: int, before: int | None = None,
+             kind: str | None = None, type_part: str | None = None, budget: int = 100_000) -> Page:
+        """Up to ``limit`` current ends below position ``before`` (None: from the newest),
+        newest first, of ``kind`` and of a type containing ``type_part`` (case-folded);
+        looking at no more than ``budget`` entries."""
+        end = len(self.ids) if before is None else bisect_left(self.pos, before)
+        if kind is not None:
+            code = _KIND_CODE.get(kind)
+            if code is None:
+                raise ValueError(f"{kind!r} is not a finished state")
+            chosen: array[int] | range = self.by_kind.get(code, array("q"))
+            top = bisect_left(chosen, end)
+        else:
+            chosen, top = range(len(self.ids)), end
+        types = None
+        if type_part:
+            part = type_part.lower()
+            types = {c for c, name in enumerate(self.type_names) if c and part in name.lower()}
+        found: list[str] = []
+        scanned = 0
+        j = top - 1
+        while j >= 0 and len(found) < limit and scanned < budget:
+            i = chosen[j]
+            scanned += 1
+            j -= 1
+            if types is not None and self.types[i] not in types:
+                continue
+            if current(self.ids[i], self.times[i]):
+                found.append(self.ids[i])
+        more = j >= 0
+        return Page(found, self.pos[chosen[j + 1]] if more else None, scanned)
+
+    def forgotten(self, n: int = 1) -> None:
+        """``n`` entries went stale."""
+        self.stale += n
+
+    def compact(self, current: Callable[[str, float], bool]) -> bool:
+        """Drop stale entries once they are at least half of them; whether it did."""
+        if self.stale < COMPACT_MIN or self.stale * 2 < len(self.ids):
+            return False
+        keep = [i for i in range(len(self.ids)) if current(self.ids[i], self.times[i])]
+        ids, times, kinds, types, pos = self.ids, self.times, self.kinds, self.types, self.pos
+        self.ids = [ids[i] for i in keep]
+        self.times = array("d", (times[i] for i in keep))
+        self.kinds = bytearray(kinds[i] for i in keep)
+        self.types = array("H", (types[i] for i in keep))
+        self.pos = array("q", (pos[i] for i in keep))
+        self.by_kind = {}
+        for n, k in enumerate(self.kinds):
+            self.by_kind.setdefault(k, array("q")).append(n)
+        self.stale = 0
+        return True
