@@ -171,6 +171,10 @@ class LogActor:
     async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self._leader().lookup(workflow_ids)
 
+    async def page(self, state: str | None, type_part: str | None, before: int | None,
+                   limit: int) -> dict[str, Any]:
+        return self._leader().page(state, type_part, before, limit)
+
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         return self._leader().history(workflow_id)
 

@@ -323,6 +323,10 @@ class Journal(Startup):
     def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self.stored.lookup(workflow_ids)
 
+    def page(self, state: str | None, type_part: str | None, before: int | None, limit: int) -> dict[str, Any]:
+        """A page of finished workflows, the last to end first, by cursor (`Stored.page`)."""
+        return self.stored.page(state, type_part, before, limit)
+
     def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """The durable records of a workflow's last run, in journal order (`Stored.history`)."""
         return self.stored.history(workflow_id)

@@ -83,6 +83,16 @@ class Stored:
                         return out
         return out
 
+    def page(self, state: str | None, type_part: str | None, before: int | None, limit: int) -> dict[str, Any]:
+        """Finished workflows, the last to end first, from the `EndLog` cursor ``before``
+        (None: the newest), of ``state`` and a type containing ``type_part``: their folds
+        (``items``), the cursor of the next page (``next``, None at the end) and the ends
+        looked at (``scanned``). Reads only the page's workflows, from memory or storage."""
+        j = self.journal
+        found = j.index.ends.page(j.index.current, limit, before, state, type_part)
+        folds = self.lookup(found.ids)
+        return {"items": [folds[w] for w in found.ids if w in folds], "next": found.next, "scanned": found.scanned}
+
     def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """The stored records of ``workflow_id``'s last run, in journal order, as maps
         (``q`` its sequence number, ``k`` its kind); read through the segment indexes.
