@@ -46,6 +46,10 @@ class LocalJournal:
     async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self.journal.lookup(workflow_ids)
 
+    async def page(self, state: str | None, type_part: str | None, before: int | None,
+                   limit: int) -> dict[str, Any]:
+        return self.journal.page(state, type_part, before, limit)
+
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         return self.journal.history(workflow_id)
 

@@ -37,6 +37,12 @@ class JournalPort(Protocol):
         the journal keeps among ``workflow_ids``, read from its storage if need be."""
         ...
 
+    async def page(self, state: str | None, type_part: str | None, before: int | None,
+                   limit: int) -> dict[str, Any]:
+        """Finished workflows the journal keeps, the last to end first, from the cursor
+        ``before`` (None: the newest): ``{"items": folds, "next": cursor or None, "scanned": n}``."""
+        ...
+
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """The durable records of ``workflow_id``'s last run, in journal order, as maps."""
         ...
