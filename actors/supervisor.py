@@ -85,6 +85,11 @@ class RayJournal:
         found: dict[str, dict[str, Any]] = await self.handle.lookup.remote(workflow_ids)
         return found
 
+    async def page(self, state: str | None, type_part: str | None, before: int | None,
+                   limit: int) -> dict[str, Any]:
+        found: dict[str, Any] = await self.handle.page.remote(state, type_part, before, limit)
+        return found
+
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = await self.handle.history.remote(workflow_id)
         return records
@@ -185,6 +190,12 @@ class SupervisorActor:
     async def retry_now(self, workflow_id: str) -> bool:
         """Retry a ``delayed`` or ``blocked`` workflow at once instead of at its retry time."""
         return await self._ready().retry_now(workflow_id)
+
+    async def page(self, state: str | None = None, type_part: str | None = None, cursor: str | None = None,
+                   limit: int = 50) -> dict[str, Any]:
+        """A page of workflows by cursor, in flight first, then finished ones, the last to end
+        first: ``{"items", "next", "scanned"}`` (see `Queries.page`)."""
+        return await self._ready().queries.page(state, type_part, cursor, limit)
 
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """The journaled records of a workflow's last run, in order (each step with its time and attempt)."""

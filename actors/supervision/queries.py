@@ -19,6 +19,25 @@ from actors.supervision.ports import JournalPort
 from actors.workflow_state import State, Workflow, WorkflowTable
 from workflows.errors import CommandFailed, UnknownWorkflow
 
+PAGE_MAX = 500
+"""The most workflows one `Queries.page` answers."""
+
+
+def _cursor(cursor: str | None, state: str | None) -> tuple[str, int | None]:
+    """A page cursor as (phase, position): ``u<n>``, the ``n``-th unfinished workflow on;
+    ``f<pos>``, finished ones that ended before the journal's position ``pos``; ``f``,
+    finished ones from the newest."""
+    if not cursor:
+        return ("f", None) if state is not None and State(state).finished else ("u", 0)
+    kind, rest = cursor[0], cursor[1:]
+    if kind not in "uf" or (rest and not rest.isdigit()) or (kind == "u" and not rest):
+        raise ValueError(f"bad cursor {cursor!r}")
+    return kind, int(rest) if rest else None
+
+
+def _typed(type_: str, part: str | None) -> bool:
+    return not part or part.lower() in type_.lower()
+
 
 class Queries:
     """Results, waiters, status, listings and replays over ``table`` and the journal."""
@@ -136,6 +155,40 @@ class Queries:
             status["outcomes"] = [list(o) for o in steps.get(wf.id, wf.outcomes)]
             out.append(status)
         return out
+
+    async def page(self, state: str | None = None, type_part: str | None = None, cursor: str | None = None,
+                   limit: int = 50) -> dict[str, Any]:
+        """Workflows a page at a time, however many the journal keeps: the unfinished ones
+        (all held here), newest submitted first, then the finished ones, the last to end
+        first, paged from the journal's order of ends (`actors.journal.ends`), so a page
+        costs its length, not the history. Filters: ``state``, and ``type_part`` within the
+        type. ``cursor``: the ``next`` of the page before (opaque; None for the first).
+        Returns ``{"items": status dicts, "next": cursor or None, "scanned": ends looked at}``."""
+        await self.started.wait()
+        if state is not None and state not in {s.value for s in State}:
+            raise ValueError(f"unknown state {state!r}: one of {', '.join(s.value for s in State)}")
+        limit = max(1, min(limit, PAGE_MAX))
+        phase, n = _cursor(cursor, state)
+        items: builtins.list[dict[str, Any]] = []
+        following: str | None = None
+        if phase == "u":
+            n = n or 0
+            live = [wf for wf in reversed(self.table.workflows.values()) if not wf.state.finished
+                    and (state is None or wf.state.value == state) and _typed(wf.type, type_part)]
+            items = await self._with_outcomes(live[n:n + limit])
+            if n + limit < len(live):
+                return {"items": items, "next": f"u{n + limit}", "scanned": len(live)}
+            if state is not None:
+                return {"items": items, "next": None, "scanned": len(live)}
+            phase, n = "f", None
+            following = "f"
+        scanned = 0
+        if len(items) < limit:
+            found = await self.journal.page(state, type_part, n, limit - len(items))
+            items += [Workflow.from_dict(d).status() for d in found["items"]]
+            following = None if found["next"] is None else f"f{found['next']}"
+            scanned = found["scanned"]
+        return {"items": items, "next": following, "scanned": scanned}
 
     async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
         """The journaled records of ``workflow_id``'s last run, in journal order (`UnknownWorkflow`)."""
