@@ -33,6 +33,19 @@ class RaySupervisor:
     async def outcomes(self, service: str, since_seq: int, limit: int) -> builtins.list[dict[str, Any]]:
         return cast(builtins.list[dict[str, Any]], await self.handle.outcomes.remote(service, since_seq, limit))
 
+    async def page(self, state: str | None, type_part: str | None, cursor: str | None,
+                   limit: int) -> dict[str, Any]:
+        return cast(dict[str, Any], await self.handle.page.remote(state, type_part, cursor, limit))
+
+    async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        return cast(builtins.list[dict[str, Any]], await self.handle.history.remote(workflow_id))
+
+    async def deployments(self) -> builtins.list[dict[str, Any]]:
+        return cast(builtins.list[dict[str, Any]], await self.handle.deployments.remote())
+
+    async def retry_now(self, workflow_id: str) -> bool:
+        return bool(await self.handle.retry_now.remote(workflow_id))
+
     async def suspend(self) -> dict[str, Any]:
         return cast(dict[str, Any], await self.handle.suspend.remote())
 

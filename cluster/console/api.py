@@ -1,5 +1,6 @@
 """The console's JSON API: what the pages show, built from the SupervisorActor's
-public remote methods only (stats, list, status, outcomes, suspend, resume).
+public remote methods only (stats, list, page, status, history, outcomes, deployments,
+suspend, resume, retry_now).
 
 Nothing here knows about HTTP or Ray: `Supervisor` is any object with those
 methods as coroutines (`cluster.console.actor.RaySupervisor` wraps a Ray handle).
@@ -24,8 +25,8 @@ FINISHED = tuple(state.value for state in State if state.finished)
 ACTIVE = ("running", "pending", "delayed", "blocked")
 
 MAX_SCAN = 5000
-"""The most status entries one listing asks `list` for (it has no offset: a page at
-``offset`` costs ``offset + limit`` entries, and a type or id filter scans this many)."""
+"""The most status entries a search by a part of an id scans (`list`); pages without
+one come from the supervisor's cursor (`page`) and scan nothing."""
 PAGE_MAX = 200
 ACTIVE_ROWS = 25
 REPLAY_PAGE = 1000
@@ -41,6 +42,11 @@ class Supervisor(Protocol):
     async def outcomes(self, service: str, since_seq: int, limit: int) -> builtins.list[dict[str, Any]]: ...
     async def suspend(self) -> dict[str, Any]: ...
     async def resume(self) -> dict[str, Any]: ...
+    async def page(self, state: str | None, type_part: str | None, cursor: str | None,
+                   limit: int) -> dict[str, Any]: ...
+    async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]: ...
+    async def deployments(self) -> builtins.list[dict[str, Any]]: ...
+    async def retry_now(self, workflow_id: str) -> bool: ...
 
 
 def iso(t: float | None) -> str | None:
@@ -131,8 +137,11 @@ class ConsoleApi:
                 "in_flight": rows["running"] + rows["pending"], "parked": parked, "rows_max": ACTIVE_ROWS}
 
     async def workflows(self, state: str | None = None, type_: str | None = None, id_: str | None = None,
-                        limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """One page of workflows in the supervisor's order (oldest submitted first)."""
+                        limit: int = 50, cursor: str | None = None, offset: int = 0) -> dict[str, Any]:
+        """One page of workflows: in flight first, then finished ones, the last to end
+        first, paged by the supervisor's cursor from the journal's index (a page costs its
+        length, however many workflows the journal keeps). ``offset`` only numbers the
+        rows. A search by id part (not a whole id) scans the newest `MAX_SCAN`."""
         if state is not None and state not in STATES:
             raise ValueError(f"unknown state {state!r}: one of {', '.join(STATES)}")
         limit, offset = max(1, min(limit, PAGE_MAX)), max(0, offset)
@@ -140,18 +149,24 @@ class ConsoleApi:
         if id_:
             exact = await self._exact(id_, state)
             if exact is not None:
-                return self._page([summary(exact, now)], offset, limit, scanned=1, truncated=False, total=1)
-        filtered = bool(type_ or id_)
-        want = MAX_SCAN if filtered else min(MAX_SCAN, offset + limit + 1)
-        found = await self.sup.list(state, want)
-        truncated = len(found) >= want and (filtered or offset + limit >= MAX_SCAN)
-        rows = [summary(w, now) for w in found
-                if (not type_ or type_.lower() in w["type"].lower()) and (not id_ or id_ in w["id"])]
+                return self._page([summary(exact, now)], 0, limit, scanned=1, truncated=False, total=1)
+            return await self._search(state, type_, id_, limit, now)
+        found = await self.sup.page(state, type_, cursor, limit)
         total = None
-        if not filtered:
+        if not type_:
             counts = (await self.sample())["counts"]
             total = counts[state] if state else sum(counts.values())
-        return self._page(rows, offset, limit, scanned=len(found), truncated=truncated, total=total)
+        return {"items": [summary(w, now) for w in found["items"]], "offset": offset, "limit": limit,
+                "cursor": cursor, "next": found["next"], "more": found["next"] is not None, "total": total,
+                "scanned": found["scanned"], "truncated": False, "scan_max": None}
+
+    async def _search(self, state: str | None, type_: str | None, id_: str, limit: int,
+                      now: float) -> dict[str, Any]:
+        """Workflows whose id contains ``id_``, among the first `MAX_SCAN` the supervisor lists."""
+        found = await self.sup.list(state, MAX_SCAN)
+        rows = [summary(w, now) for w in found
+                if (not type_ or type_.lower() in w["type"].lower()) and id_ in w["id"]]
+        return self._page(rows, 0, limit, scanned=len(found), truncated=len(found) >= MAX_SCAN, total=None)
 
     async def _exact(self, workflow_id: str, state: str | None) -> dict[str, Any] | None:
         try:
@@ -163,22 +178,53 @@ class ConsoleApi:
     @staticmethod
     def _page(rows: list[dict[str, Any]], offset: int, limit: int, *, scanned: int, truncated: bool,
               total: int | None) -> dict[str, Any]:
-        return {"items": rows[offset:offset + limit], "offset": offset, "limit": limit,
-                "more": len(rows) > offset + limit or truncated, "total": total, "scanned": scanned,
-                "truncated": truncated, "scan_max": MAX_SCAN}
+        return {"items": rows[offset:offset + limit], "offset": offset, "limit": limit, "cursor": None,
+                "next": None, "more": False, "total": total, "scanned": scanned, "truncated": truncated,
+                "scan_max": MAX_SCAN}
+
+    async def deployments(self) -> dict[str, Any]:
+        """The deployments as ``coordinator deployments`` lists them, newest first."""
+        found = await self.sup.deployments()
+        return {"now": iso(self.clock()), "read_only": self.read_only,
+                "deployments": [{**d, "created_at": iso(d.get("created_at"))} for d in found]}
+
+    async def retry_now(self, workflow_id: str) -> dict[str, Any]:
+        """Retry a delayed or blocked workflow at once; ``retried`` False if it was not parked."""
+        if not workflow_id:
+            raise ValueError("id is required")
+        return {"id": workflow_id, "retried": await self.sup.retry_now(workflow_id)}
 
     async def workflow(self, workflow_id: str) -> dict[str, Any]:
-        """A workflow's status with ISO times and its steps as a timeline."""
+        """A workflow's status with ISO times and its steps as a timeline, each step with
+        the time and attempt its record carries (None in records journaled before they were)."""
         status = await self.sup.status(workflow_id)
-        timeline, complete = await self._timeline(status)
+        timeline, complete = await self._from_history(status)
+        if timeline is None:
+            timeline, complete = await self._timeline(status)
         now = self.clock()
         out = {k: v for k, v in status.items() if k != "outcomes"}
         out.update({"submitted_at": iso(status.get("submitted_at")), "finished_at": iso(status.get("finished_at")),
                     "next_retry_at": iso(status.get("next_retry_at")), "now": iso(now),
                     "next_retry_in_s": summary(status, now)["next_retry_in_s"],
                     "duration_s": _duration(status, now), "timeline": timeline, "timeline_complete": complete,
-                    "read_only": self.read_only})
+                    "read_only": self.read_only,
+                    "retry_offered": not self.read_only and status["state"] in ("delayed", "blocked")})
         return out
+
+    async def _from_history(self, status: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, bool]:
+        """The timeline from the workflow's journaled records: its outcomes in step order,
+        then its compensations in journal order. None when the journal no longer holds
+        every outcome record (segments compacted away): the caller falls back to `_timeline`."""
+        try:
+            records = await self.sup.history(status["id"])
+        except KeyError:  # forgotten meanwhile
+            return None, False
+        steps = {r["step"]: r for r in records if r["k"] == "outcome"}
+        if len(steps) != len(status.get("outcomes") or []):
+            return None, False
+        comps = [r for r in records if r["k"] == "compensation"]
+        entries = [_entry("outcome", steps[s]) for s in sorted(steps)] + [_entry("compensation", r) for r in comps]
+        return entries, True
 
     async def _timeline(self, status: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
         """The steps of `exec` (from `status`) and, once the workflow is compensating,
@@ -188,8 +234,8 @@ class ConsoleApi:
         if wid in self._timelines:
             self._timelines.move_to_end(wid)
             return self._timelines[wid], True
-        steps = [{"kind": "outcome", "step": s, "service": svc, "value": preview(v), "seq": None}
-                 for s, svc, v in status.get("outcomes") or []]
+        steps = [{"kind": "outcome", "step": s, "service": svc, "value": preview(v), "seq": None, "at": None,
+                  "attempt": None} for s, svc, v in status.get("outcomes") or []]
         if status.get("error") is None:
             return steps, True
         services = list(dict.fromkeys(s["service"] for s in steps))
@@ -201,7 +247,7 @@ class ConsoleApi:
         comps = sorted((e for entries, _ in found for e in entries if e["kind"] == "compensation"),
                        key=lambda e: (e["seq"], e["step"]))
         steps += [{"kind": "compensation", "step": e["step"], "service": e["service"], "value": preview(e["value"]),
-                   "seq": e["seq"]} for e in comps]
+                   "seq": e["seq"], "at": None, "attempt": None} for e in comps]
         complete = all(done for _, done in found)
         if status["state"] in FINISHED and complete:
             self._timelines[wid] = steps
@@ -229,6 +275,11 @@ class ConsoleApi:
         if action == "resume":
             return await self.sup.resume()
         raise ValueError(f"unknown action {action!r}")
+
+
+def _entry(kind: str, r: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": kind, "step": r["step"], "service": r["service"], "value": preview(r["value"]), "seq": r["q"],
+            "at": iso(r.get("t")), "attempt": r.get("attempt")}
 
 
 def _duration(status: dict[str, Any], now: float) -> float | None:

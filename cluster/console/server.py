@@ -94,7 +94,11 @@ def make_app(api: ConsoleApi, token: str | None) -> web.Application:
     async def workflows(request: web.Request) -> web.Response:
         q = request.query
         return _json(await api.workflows(q.get("state") or None, q.get("type") or None, q.get("id") or None,
-                                         _int(request, "limit", 50), _int(request, "offset", 0)))
+                                         _int(request, "limit", 50), q.get("cursor") or None,
+                                         _int(request, "offset", 0)))
+
+    async def deployments(_: web.Request) -> web.Response:
+        return _json(await api.deployments())
 
     async def workflow(request: web.Request) -> web.Response:
         wid = request.query.get("id", "")
@@ -102,20 +106,29 @@ def make_app(api: ConsoleApi, token: str | None) -> web.Application:
             raise ValueError("id is required")
         return _json(await api.workflow(wid))
 
-    async def action(request: web.Request) -> web.Response:
+    def refused(request: web.Request) -> web.Response | None:
+        """403 unless the request carries the operator token."""
         if expected is None:
             return _error(403, READ_ONLY)
         given = request.headers.get(TOKEN_HEADER, "").encode()
         if not hmac.compare_digest(given, expected):
             return _error(403, BAD_TOKEN)
-        return _json({"stats": await api.act(request.match_info["action"])})
+        return None
+
+    async def action(request: web.Request) -> web.Response:
+        return refused(request) or _json({"stats": await api.act(request.match_info["action"])})
+
+    async def retry_now(request: web.Request) -> web.Response:
+        return refused(request) or _json(await api.retry_now(request.query.get("id", "")))
 
     app = web.Application(middlewares=[_guard], client_max_size=4096)
     app.router.add_get("/", index)
     app.router.add_get("/api/overview", overview)
     app.router.add_get("/api/workflows", workflows)
     app.router.add_get("/api/workflow", workflow)
+    app.router.add_get("/api/deployments", deployments)
     app.router.add_post("/api/{action:suspend|resume}", action)
+    app.router.add_post("/api/retry-now", retry_now)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     return app
 

@@ -2,8 +2,9 @@
 
 A coordinator runs workflows (finishing, parked, compensated); the console serves it
 on 127.0.0.1; the test reads what a person would see on the page: counts moving,
-a workflow's timeline, a suspend refused without the operator token and accepted
-with it. It leaves a screenshot in tests/artifacts/console.png.
+a workflow's timeline with each step's time and attempt, the deployments, pages by
+cursor, a suspend and a retry-now refused without the operator token and done with
+it. It leaves a screenshot in tests/artifacts/console.png.
 """
 
 from __future__ import annotations
@@ -200,7 +201,8 @@ def count(state: str) -> str:
 async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp_path: Path) -> None:
     began = time.monotonic()
     # The read-only console is the coordinator's own (an actor); the operator's runs here.
-    c, port = with_console(coordinator, slow_retry_interval_s=0.5, command_actors=1, slots_per_actor=16)
+    # Parked workflows wait 30 s for their retry: one that runs sooner was retried now.
+    c, port = with_console(coordinator, slow_retry_interval_s=30.0, command_actors=1, slots_per_actor=16)
     sup, url = c.sup, f"http://127.0.0.1:{port}/"
     operator = ConsoleServer(RaySupervisor(sup), TOKEN)
     op_url = await operator.start("127.0.0.1", 0)
@@ -251,28 +253,68 @@ async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp
                           "document.getElementById('search').requestSubmit()")
             await page.until("document.querySelectorAll('#timeline li').length === 4", what="the timeline")
             items = await page.js("[...document.querySelectorAll('#timeline li')].map(li => "
-                                  "[li.className, li.dataset.service])")
-            assert items == [["outcome", "svc0"], ["outcome", "svc1"],
-                             ["compensation", "undo-svc1"], ["compensation", "undo-svc0"]]
+                                  "[li.className, li.dataset.service, li.querySelector('.tl-attempt').textContent, "
+                                  "li.querySelector('.tl-time').textContent])")
+            assert [i[:3] for i in items] == [["outcome", "svc0", "attempt 1"], ["outcome", "svc1", "attempt 1"],
+                                              ["compensation", "undo-svc1", "attempt 1"],
+                                              ["compensation", "undo-svc0", "attempt 1"]]
+            today = time.strftime("%Y-%m-%d", time.gmtime())
+            assert all(i[3].startswith(today) for i in items), items  # each step's own journaled time
             assert "ValueError" in await page.text("#error .etype")
             assert await page.text("#wf-id") == "trip-refused"
             assert "compensated" in await page.js("document.querySelector('dl.facts').textContent")
             await page.screenshot(ARTIFACTS / "console-workflow.png")
 
-            # Paging through the completed ones, two per page, is in the API the page uses.
+            # The deployments, as `coordinator deployments` lists them.
+            await page.goto(url + "#/deployments")
+            await page.until("[...document.querySelectorAll('tbody tr')].some(r => r.textContent.includes("
+                             "'workflows.testing:Echo'))", what="the deployment running Echo")
+            listed = await sup.deployments.remote()
+            row = await page.js("[...document.querySelectorAll('tbody tr')].map(r => "
+                                "[...r.querySelectorAll('td')].map(td => td.textContent))")
+            assert [r[0] for r in row] == [d["id"] for d in listed]
+            mine = next(r for r, d in zip(row, listed, strict=True) if "workflows.testing:Echo" in d["types"])
+            assert int(mine[4]) >= 1 and int(mine[5]) >= 1 and mine[6].startswith(time.strftime("%Y"))
+            await page.screenshot(ARTIFACTS / "console-deployments.png")
+            await page.goto(url)
+
+            # Pages follow the supervisor's cursor, newest first: two per page, none twice.
             async with aiohttp.ClientSession() as http:
-                async with http.get(url + "api/workflows?state=completed&limit=2&offset=2") as r:
-                    body = await r.json()
-                assert r.status == 200 and body["offset"] == 2 and len(body["items"]) == 2 and body["more"]
+                async with http.get(url + "api/workflows?state=completed&limit=2") as r:
+                    first = await r.json()
+                async with http.get(url + "api/workflows", params={"state": "completed", "limit": "2",
+                                                                   "cursor": first["next"]}) as r:
+                    second = await r.json()
+                assert r.status == 200 and len(first["items"]) == len(second["items"]) == 2 and second["more"]
+                ids = [w["id"] for w in first["items"] + second["items"]]
+                ends = [w["finished_at"] for w in first["items"] + second["items"]]
+                assert len(set(ids)) == 4 and ends == sorted(ends, reverse=True)  # the last to finish first
+                async with http.post(url + "api/retry-now", params={"id": "waits-for-payments"}) as r:
+                    assert r.status == 403 and "read-only" in (await r.json())["error"]
                 async with http.get(url + "api/workflow", params={"id": "no-such-workflow"}) as r:
                     assert r.status == 404 and "no-such-workflow" in (await r.json())["error"]
                 async with http.post(op_url + "api/suspend", headers={TOKEN_HEADER: "wrong"}) as r:
                     assert r.status == 403 and "token" in (await r.json())["error"]
 
+            # Read-only, a parked workflow's page offers no retry; with the token it does.
+            await page.goto(url + "#/workflow?id=waits-for-payments")
+            await page.until("document.getElementById('wf-id')?.textContent === 'waits-for-payments'",
+                             what="the parked workflow's page")
+            assert await page.js("!document.getElementById('retry-now')")
+            attempts = (await sup.status.remote("waits-for-payments"))["attempts"]
+            await page.goto(op_url + "#/workflow?id=waits-for-payments")
+            await page.js(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
+            await page.click("#retry-now")
+            await page.until("document.getElementById('flash').textContent.includes('retries now')",
+                             what="the retry accepted")
+            deadline = time.monotonic() + 15
+            while (await sup.status.remote("waits-for-payments"))["attempts"] <= attempts:
+                assert time.monotonic() < deadline, "retry-now did not run the parked workflow"
+                await asyncio.sleep(0.1)
+
             # With the operator token, in the second console: suspend, then resume.
             await page.goto(op_url)
             await page.until("document.getElementById('intake')?.textContent === 'open'", what="intake open")
-            await page.js(f"document.getElementById('token').value = {json.dumps(TOKEN)}")
             await page.click("#suspend")
             await page.until("document.getElementById('intake')?.textContent === 'closed'", what="intake closed")
             assert "held by the operator" in await page.text("#intake-note")

@@ -1,4 +1,4 @@
-// Ray Coordinator console: three views over the JSON API, refreshed every REFRESH_MS.
+// Ray Coordinator console: four views over the JSON API, refreshed every REFRESH_MS.
 // Every text reaches the page through textContent, never as HTML.
 "use strict";
 
@@ -66,7 +66,7 @@ function setAccess(readOnly) {
   const a = document.getElementById("access");
   a.textContent = readOnly ? "read-only" : "operator";
   a.title = readOnly ? "started without an operator token: suspend and resume are refused"
-    : "suspend and resume need the operator token";
+    : "suspend, resume and retry-now need the operator token";
   a.className = "access" + (readOnly ? " ro" : "");
 }
 
@@ -81,6 +81,19 @@ async function act(action) {
       : `Operator hold released (mode ${st.mode}).`);
   } catch (err) {
     flash("error", `${action[0].toUpperCase() + action.slice(1)} refused: ${err.message}`);
+  }
+  refresh();
+}
+
+async function retryNow(id) {
+  const token = document.getElementById("token").value;
+  sessionStorage.setItem("console-token", token);
+  try {
+    const body = await api("/api/retry-now?id=" + encodeURIComponent(id),
+      { method: "POST", headers: { "X-Console-Token": token } });
+    flash("ok", body.retried ? `Workflow ${id} retries now.` : `Workflow ${id} was not parked: nothing to retry.`);
+  } catch (err) {
+    flash("error", `Retry refused: ${err.message}`);
   }
   refresh();
 }
@@ -163,9 +176,15 @@ function renderOverview(d) {
   ];
 }
 
-function listHref(params, offset) {
+// Pages follow the supervisor's opaque cursor; ``offset`` only numbers the rows.
+function listHref(params, cursor, offset) {
   const p = new URLSearchParams(params);
-  p.set("offset", String(Math.max(0, offset)));
+  p.delete("cursor");
+  p.delete("offset");
+  if (cursor) {
+    p.set("cursor", cursor);
+    p.set("offset", String(offset));
+  }
   return "#/workflows?" + p.toString();
 }
 
@@ -174,15 +193,33 @@ function renderList(d, params) {
   const from = d.items.length ? d.offset + 1 : 0, to = d.offset + d.items.length;
   const of = d.total !== null ? ` of ${d.total}` : "";
   const scan = d.truncated ? ` — searched the first ${d.scanned} workflows only` : "";
+  const order = "in flight first, then finished ones, the last to end first";
   return [
     el("h1", { text: "Workflows" }),
-    el("div", { class: "filters", text: (filters.length ? "Filtered by " + filters.join(", ") : "All workflows, oldest first") + scan }),
+    el("div", { class: "filters", text: (filters.length ? `Filtered by ${filters.join(", ")}; ${order}` : `All workflows, ${order}`) + scan }),
     table([COLS.id, COLS.type, COLS.state, COLS.attempts, COLS.steps, COLS.submitted, COLS.finished, COLS.error],
-      d.items, "No workflow matches."),
+      d.items, d.more ? "None on this page: the search goes on on the next." : "No workflow matches."),
     el("div", { class: "pager" },
-      d.offset > 0 ? el("a", { href: listHref(params, d.offset - d.limit), id: "prev", text: "← Previous" }) : null,
+      d.cursor ? el("a", { href: listHref(params, null, 0), id: "first", text: "⇤ Newest" }) : null,
       el("span", { id: "range", text: `${from}–${to}${of}` }),
-      d.more ? el("a", { href: listHref(params, d.offset + d.limit), id: "next", text: "Next →" }) : null),
+      d.more ? el("a", { href: listHref(params, d.next, d.offset + d.items.length), id: "next", text: "Next →" }) : null),
+  ];
+}
+
+function renderDeployments(d) {
+  const cols = [
+    ["Deployment", (r) => el("span", { class: "mono", text: r.id }), "id"],
+    ["Runtime env", (r) => el("span", { class: "mono", text: r.runtime_env })],
+    ["Types", (r) => (r.types.length ? el("span", { class: "mono", text: r.types.join(", ") }) : el("span", { class: "muted", text: "—" }))],
+    ["Unfinished", (r) => r.unfinished, "num"],
+    ["Actors", (r) => r.actors, "num"],
+    ["Nodes", (r) => r.nodes, "num"],
+    ["Created", (r) => time(r.created_at)],
+  ];
+  return [
+    el("h1", { text: "Deployments" }),
+    el("div", { class: "filters", text: "CommandActor pools, each with its runtime_env, newest first: a workflow runs on the deployment it started on; one left with nothing unfinished is drained" }),
+    table(cols, d.deployments, "No deployment."),
   ];
 }
 
@@ -193,6 +230,8 @@ function renderTimeline(d) {
       el("div", { class: "tl-head" },
         el("span", { class: "tl-kind", text: t.kind === "compensation" ? `compensation ${t.step}` : `step ${t.step}` }),
         el("span", { class: "tl-service", text: t.service }),
+        el("span", { class: "tl-time mono", title: t.at || "not journaled with the step", text: t.at ? t.at.replace("T", " ") : "-" }),
+        el("span", { class: "tl-attempt", text: `attempt ${t.attempt ?? "-"}` }),
         el("span", { class: "tl-seq", text: t.seq !== null ? `journal seq ${t.seq}` : "" })),
       el("pre", { class: "tl-value", text: t.value }))));
 }
@@ -208,6 +247,9 @@ function renderWorkflow(d) {
   return [
     el("h1", { id: "wf-id", text: d.id }),
     el("dl", { class: "facts" }, facts.map(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)])),
+    d.retry_offered ? el("div", { class: "actions" },
+      el("button", { class: "btn", id: "retry-now", type: "button", onclick: () => retryNow(d.id), text: "Retry now" }),
+      el("span", { class: "note", text: " instead of waiting for the next retry" })) : null,
     e ? el("h2", { text: "Error" }) : null,
     e ? el("div", { class: "error-box", id: "error" },
       el("div", {}, el("span", { class: "etype", text: e.type || "error" }), ": ", e.message || ""),
@@ -225,7 +267,8 @@ async function refresh() {
   const mine = generation;
   const { path, params } = route();
   for (const a of document.querySelectorAll("[data-nav]")) {
-    a.classList.toggle("active", (path === "/" && a.dataset.nav === "overview") || path.startsWith("/workflow") && a.dataset.nav === "workflows");
+    a.classList.toggle("active", (path === "/" && a.dataset.nav === "overview") || (path.startsWith("/workflow") && a.dataset.nav === "workflows")
+      || (path === "/deployments" && a.dataset.nav === "deployments"));
   }
   try {
     let nodes;
@@ -233,6 +276,10 @@ async function refresh() {
       const d = await api("/api/workflow?id=" + encodeURIComponent(params.get("id") || ""));
       setAccess(d.read_only);
       nodes = renderWorkflow(d);
+    } else if (path === "/deployments") {
+      const d = await api("/api/deployments");
+      setAccess(d.read_only);
+      nodes = renderDeployments(d);
     } else if (path === "/workflows") {
       const q = new URLSearchParams(params);
       q.set("limit", String(PAGE));
