@@ -21,13 +21,16 @@ waits, so a child that waited for room could wait forever once every slot is hel
 a parent waiting on a child; new submits wait until ``in_flight`` is under the limit.
 A parent waiting on a child gives its CommandActor slot back. A child runs on its
 parent's deployment (the code that made the command has its type).
+
+Cancelling (terminating) a parent that waits for a child cancels (terminates) the
+child too (`stop_children`): the parent compensates what it did, the child what it did.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -149,6 +152,17 @@ class Children:
         end = {"id": workflow_id, "state": wf.state.value, "result": wf.result, "error": wf.error}
         for parent in parents:
             self._spawn(self._deliver(parent, workflow_id, end))
+
+    async def stop_children(self, parent_id: str, reason: str,
+                            stop: Callable[[str, str], Awaitable[bool]]) -> list[str]:
+        """``parent_id`` was cancelled or terminated: ``stop`` the children it waits for; their ids."""
+        kids = sorted(cid for cid, parents in self.parents.items() if parent_id in parents)
+        for cid in kids:
+            self.parents[cid].discard(parent_id)
+            child = self.table.workflows.get(cid)
+            if child is not None and not child.state.finished:
+                await stop(cid, f"its parent {parent_id} was stopped" + (f": {reason}" if reason else ""))
+        return kids
 
     async def recover(self) -> None:
         """After a restart: note the parents waiting for a child, and tell each whose

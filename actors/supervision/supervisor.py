@@ -211,14 +211,22 @@ class SupervisorCore:
 
     async def cancel(self, workflow_id: str, reason: str = "") -> bool:
         """Stop a workflow and compensate it (end state ``cancelled``); journaled first.
-        False (a no-op) once it finished or was cancelled already."""
+        False (a no-op) once it finished or was cancelled already. The children it waits
+        for (``ctx.child``) are cancelled too."""
         await self.started.wait()
-        return await self.cancels.cancel(workflow_id, reason)
+        done = await self.cancels.cancel(workflow_id, reason)
+        if done:
+            await self.children.stop_children(workflow_id, reason, lambda cid, why: self.cancels.cancel(cid, why))
+        return done
 
     async def terminate(self, workflow_id: str, reason: str = "") -> bool:
         """Stop a workflow without compensating it (end state ``terminated``); as `cancel`."""
         await self.started.wait()
-        return await self.cancels.cancel(workflow_id, reason, terminate=True)
+        done = await self.cancels.cancel(workflow_id, reason, terminate=True)
+        if done:
+            await self.children.stop_children(workflow_id, reason,
+                                              lambda cid, why: self.cancels.cancel(cid, why, terminate=True))
+        return done
 
     async def signal(self, workflow_id: str, name: str, payload: Any = None) -> bool:
         """Journal the signal ``name`` once per workflow (the first payload wins) and wake a

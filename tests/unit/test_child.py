@@ -168,3 +168,29 @@ async def test_children_pass_max_cmds_rather_than_deadlock() -> None:
         assert c.core.stats()["in_flight"] == 0
     finally:
         await c.close()
+
+
+async def test_cancelling_a_waiting_parent_cancels_its_child(coord: LocalCoordinator) -> None:
+    wid = await coord.core.submit(Parent("cascade", gated=True), "p-cascade")
+    await wait_state(coord, wid, "waiting")
+    await wait_state(coord, "p-cascade/child/1", "running")
+    assert await coord.core.cancel(wid, "no trip") is True
+    gate("cascade").set()
+    with pytest.raises(CommandFailed, match="Cancelled"):
+        await coord.core.result(wid, 5)
+    with pytest.raises(CommandFailed, match="parent p-cascade was stopped: no trip"):
+        await coord.core.result("p-cascade/child/1", 5)
+    assert (await coord.core.status("p-cascade/child/1"))["state"] == "cancelled"
+    assert CALLS["cascade/compensate:CommandFailed"] == 1 and CALLS["cascade/after"] == 0
+    assert coord.core.stats()["in_flight"] == 0
+
+
+async def test_terminating_a_waiting_parent_terminates_its_child(coord: LocalCoordinator) -> None:
+    wid = await coord.core.submit(Parent("term", gated=True), "p-term")
+    await wait_state(coord, wid, "waiting")
+    await wait_state(coord, "p-term/child/1", "running")
+    assert await coord.core.terminate(wid) is True
+    gate("term").set()
+    await wait_state(coord, "p-term/child/1", "terminated")
+    assert (await coord.core.status(wid))["state"] == "terminated"
+    assert not [k for k in CALLS if k.startswith("term/compensate")]
