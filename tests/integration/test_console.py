@@ -234,6 +234,17 @@ async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp
                              what="the list of completed workflows")
             assert await page.js("document.querySelectorAll('tbody .state.completed').length") == before + 5
             await page.screenshot(ARTIFACTS / "console-list.png")
+            # Three a page: the next link carries the cursor, and no row comes twice.
+            await page.goto(url + "#/workflows?state=completed&limit=3")
+            await page.until(f"document.getElementById('range')?.textContent === '1\u20133 of {before + 5}'",
+                             what="the first page of three")
+            shown = await page.js("[...document.querySelectorAll('tbody tr')].map(r => r.dataset.id)")
+            await page.click("#next")
+            await page.until(f"document.getElementById('range')?.textContent === '4\u20136 of {before + 5}'",
+                             what="the second page of three")
+            assert "cursor=" in await page.js("location.hash") and await page.js("!!document.getElementById('first')")
+            shown += await page.js("[...document.querySelectorAll('tbody tr')].map(r => r.dataset.id)")
+            assert len(set(shown)) == 6
             await page.goto(url)
 
             # A refused suspend: the read-only console answers 403 and the page says why.

@@ -282,7 +282,7 @@ async function refresh() {
       nodes = renderDeployments(d);
     } else if (path === "/workflows") {
       const q = new URLSearchParams(params);
-      q.set("limit", String(PAGE));
+      q.set("limit", params.get("limit") || String(PAGE));
       const d = await api("/api/workflows?" + q.toString());
       const id = params.get("id");
       if (id && d.items.length === 1 && d.items[0].id === id && !params.get("type")) {
