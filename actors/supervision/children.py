@@ -11,8 +11,8 @@ never waits for a child that is not journaled. When the child ends, its end
 Durable and submitted once: the child's id is journaled before it is submitted, and a
 submit of a known id is answered by the journal (`Known`), never run twice; a parent
 that runs again (a crash before its ``waiting`` record) asks again and finds the child,
-running or ended. A restart finds the waiting parents in the journal (`recover`) and
-delivers the end of a child that ended while no signal was journaled.
+running or ended. A restart runs each parent that waits for a child again (`recover`):
+its replay asks again, and so learns of an end that was not journaled to it.
 
 MaxCmds: a child is admitted at once, counted against MaxCmds but never waiting for
 room (``in_flight`` may pass ``max_cmds`` by the children of waiting parents), and
@@ -165,18 +165,15 @@ class Children:
         return kids
 
     async def recover(self) -> None:
-        """After a restart: note the parents waiting for a child, and tell each whose
-        child ended before its end was journaled to it."""
+        """After a restart: run again each parent that waits for a child's end not journaled
+        to it. Its replay asks for the child again (`take`): the journal answers whether it
+        knows the child, running or ended, and a child it refused is refused again."""
+        now = self.clock()
         for wf in self.table.unfinished():
             name = wf.reason
             if wf.state is State.WAITING and name.startswith(CHILD_SIGNAL) and name not in wf.signals:
-                self.parents.setdefault(name[len(CHILD_SIGNAL):], set()).add(wf.id)
-        ended = [cid for cid in self.parents if (c := self.table.workflows.get(cid)) is None or c.state.finished]
-        found = await self.journal.lookup([c for c in ended if c not in self.table.workflows]) if ended else {}
-        for cid in ended:
-            child = self.table.workflows.get(cid) or (Workflow.from_dict(found[cid]) if cid in found else None)
-            if child is not None:
-                self.ended(cid, child)
+                self.signals.parking.timers.push(now, wf.id)
+        self.signals.parking.wake.set()
 
     async def _deliver(self, parent: str, cid: str, end: dict[str, Any]) -> None:
         """Journal ``end`` as the parent's signal; retried while the journal cannot take it."""

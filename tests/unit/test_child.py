@@ -194,3 +194,35 @@ async def test_terminating_a_waiting_parent_terminates_its_child(coord: LocalCoo
     await wait_state(coord, "p-term/child/1", "terminated")
     assert (await coord.core.status(wid))["state"] == "terminated"
     assert not [k for k in CALLS if k.startswith("term/compensate")]
+
+
+@dataclass
+class BigChild(Command):
+    """A parent whose child's fields are over the supervisor's payload limit."""
+
+    async def exec(self, ctx: Context) -> Any:
+        return await ctx.child(Kid("x" * 4096))
+
+
+async def test_a_refused_child_is_refused_again_after_a_restart_that_lost_the_answer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    options = opts(max_payload_bytes=1024)
+    c = LocalCoordinator(options)
+
+    async def lost(self: Children, parent: str, cid: str, end: dict[str, Any]) -> None:
+        return None
+
+    monkeypatch.setattr(Children, "_deliver", lost)  # the refusal is lost with the process
+    await c.start()
+    wid = await c.core.submit(BigChild(), "p-big")
+    await wait_state(c, wid, "waiting")
+    await c.close()
+    monkeypatch.undo()
+    fresh = LocalCoordinator(options)
+    await fresh.start()
+    try:
+        with pytest.raises(CommandFailed, match="over the 1024-byte limit"):
+            await fresh.core.result(wid, 5)
+        assert "p-big/child/0" not in fresh.core.table.workflows
+    finally:
+        await fresh.close()
