@@ -195,11 +195,11 @@ class SupervisorActor:
                    limit: int = 50) -> dict[str, Any]:
         """A page of workflows by cursor, in flight first, then finished ones, the last to end
         first: ``{"items", "next", "scanned"}`` (see `Queries.page`)."""
-        return await self._ready().queries.page(state, type_part, cursor, limit)
+        return await self._ready().page(state, type_part, cursor, limit)
 
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """The journaled records of a workflow's last run, in order (each step with its time and attempt)."""
-        return await self._ready().queries.history(workflow_id)
+        return await self._ready().history(workflow_id)
 
     async def cancel(self, workflow_id: str, reason: str = "") -> bool:
         """Stop a workflow and compensate it: end state ``cancelled`` (journaled; False once finished)."""

@@ -171,6 +171,15 @@ class SupervisorCore:
     async def outcomes(self, service: str, since_seq: int = 0, limit: int = 1000) -> builtins.list[dict[str, Any]]:
         return await self.queries.outcomes(service, since_seq, limit)
 
+    async def page(self, state: str | None = None, type_part: str | None = None, cursor: str | None = None,
+                   limit: int = 50) -> dict[str, Any]:
+        """Workflows by cursor, in flight first, then finished ones, the last to end first (`Queries.page`)."""
+        return await self.queries.page(state, type_part, cursor, limit)
+
+    async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
+        """The journaled records of a workflow's last run, in journal order (`Queries.history`)."""
+        return await self.queries.history(workflow_id)
+
     def stats(self) -> dict[str, Any]:
         counts = {s.value: 0 for s in State}
         for wf in self.table.workflows.values():
