@@ -154,7 +154,7 @@ async def test_the_supervisor_pages_in_flight_first_then_finished_ones() -> None
         await wait_state(c, failed, "compensated")
         parked = await c.core.submit(Flaky(failures=5), "parked")
         await wait_state(c, parked, "delayed")
-        q = c.core.queries
+        q = c.core
         first = await q.page(limit=4)
         assert ids_of(first) == ["parked", "refused", "done-11", "done-10"]
         assert first["items"][0]["state"] == "delayed" and first["items"][2]["outcomes"] == [[0, "echo",

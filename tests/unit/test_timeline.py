@@ -42,11 +42,11 @@ async def test_the_runner_records_each_steps_time_and_attempt(coord: LocalCoordi
     assert (await coord.core.result(wid, 5))["attempts"] == 2
     other = await coord.core.submit(Echo("x", steps=2))
     await coord.core.result(other, 5)
-    history = await coord.core.queries.history(wid)
+    history = await coord.core.history(wid)
     kinds = [r["k"] for r in history]  # a ``started`` may land after the records of its attempt
     assert kinds[0] == "submitted" and kinds[-1] == "completed" and kinds.count("outcome") == 1
     step = history[kinds.index("outcome")]
     assert step["attempt"] == 1 and before <= step["t"] <= time.time()
-    assert [r["attempt"] for r in await coord.core.queries.history(other) if r["k"] == "outcome"] == [1, 1]
+    assert [r["attempt"] for r in await coord.core.history(other) if r["k"] == "outcome"] == [1, 1]
     with pytest.raises(UnknownWorkflow):
-        await coord.core.queries.history("no-such-workflow")
+        await coord.core.history("no-such-workflow")
