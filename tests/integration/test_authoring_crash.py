@@ -140,8 +140,10 @@ def test_a_child_across_a_restart(coordinator: Callable[..., Coordinator], tmp_p
     child = "parent/child/1"
     wait_for(lambda: state(c, wid) == "waiting", what="the parent to wait")
     wait_for(lambda: state(c, child) == "waiting", what="the child to wait")
-    c.restart()
-    assert state(c, wid) == "waiting" and state(c, child) == "waiting"
+    c.restart()  # the parent runs again, asks for its child, finds it running and waits again
+    wait_for(lambda: state(c, wid) == "waiting" and ray.get(c.sup.status.remote(wid))["attempts"] == 2,
+             what="the parent to wait again")
+    assert state(c, child) == "waiting"
     ray.get(c.sup.signal.remote(child, "go", "after-restart"))
     got = ray.get(c.sup.result.remote(wid, 60))
     assert got["child"]["signal"] == "after-restart"
