@@ -78,8 +78,9 @@ class Children:
         out = []
         for rep in reports:
             request = rep.result if rep.end is Kind.WAITING and rep.reason.startswith(CHILD_SIGNAL) else None
+            # A parent being cancelled runs again to stop: it asks for no new child.
             parent = self.table.workflows.get(rep.workflow_id)
-            if not isinstance(request, dict) or parent is None or rep.incarnation != incarnation:
+            if not isinstance(request, dict) or parent is None or parent.stop or rep.incarnation != incarnation:
                 out.append(rep)
                 continue
             try:
@@ -172,6 +173,7 @@ class Children:
         for wf in self.table.unfinished():
             name = wf.reason
             if wf.state is State.WAITING and name.startswith(CHILD_SIGNAL) and name not in wf.signals:
+                self.parents.setdefault(name[len(CHILD_SIGNAL):], set()).add(wf.id)  # for `stop_children`
                 self.signals.parking.timers.push(now, wf.id)
         self.signals.parking.wake.set()
 

@@ -17,6 +17,9 @@ original that compensated (some copied step may have been undone: fork it with
 ``from_step=0``), and a ``new_workflow_id`` that is invalid, the original's, or taken
 by another workflow.
 
+A copied ``ctx.child`` step names the original's child: the fork waits for that same
+child (its end, if it ended), never a second run of it.
+
 Idempotent: a repeat finds ``new_workflow_id`` holding the original's command and the
 same first ``from_step`` outcomes, and answers the id without journaling anything. A
 crash while the batch is written, before the call answered, can leave the fork with

@@ -226,3 +226,36 @@ async def test_a_refused_child_is_refused_again_after_a_restart_that_lost_the_an
         assert "p-big/child/0" not in fresh.core.table.workflows
     finally:
         await fresh.close()
+
+
+async def test_a_parent_being_cancelled_asks_for_no_child(coord: LocalCoordinator) -> None:
+    from actors.records import Kind, Report
+    from actors.workflow_state import Workflow
+
+    parent = Workflow("p-stopped", "tests.unit.test_child:Parent", {"key": "stopped"}, 0.0)
+    parent.stop = "cancel"
+    coord.core.table.put(parent)
+    request = {"id": "p-stopped/child/1", "type": "tests.unit.test_child:Kid", "fields": {"key": "stopped"}}
+    report = Report("p-stopped", 1, coord.core.incarnation, Kind.WAITING, request,
+                    reason="coordinator.child:p-stopped/child/1")
+    assert await coord.core.children.take([report], coord.core.incarnation) == [report]
+    assert "p-stopped/child/1" not in coord.core.table.workflows
+
+
+async def test_cancelling_a_parent_after_a_restart_cancels_its_child() -> None:
+    options = opts()
+    c = LocalCoordinator(options)
+    await c.start()
+    wid = await c.core.submit(Parent("later", gated=True), "p-later")
+    await wait_state(c, wid, "waiting")
+    await wait_state(c, "p-later/child/1", "running")
+    await c.close()
+    fresh = LocalCoordinator(options)
+    await fresh.start()
+    try:
+        assert await fresh.core.cancel(wid, "after restart") is True
+        gate("later").set()
+        await wait_state(fresh, "p-later/child/1", "cancelled")
+        await wait_state(fresh, wid, "cancelled")
+    finally:
+        await fresh.close()
