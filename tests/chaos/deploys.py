@@ -107,13 +107,18 @@ MODULE = "shipped"
 
 
 def ship(root: str, version: str) -> str:
-    """Write the code to a directory of its own and upload it as a job does: its ``gcs://`` URI."""
+    """The test code of version ``version``, shipped: its ``gcs://`` URI."""
+    return ship_code(root, MODULE, CODE.format(version=version), version)
+
+
+def ship_code(root: str, module: str, text: str, version: str = "") -> str:
+    """Write ``module`` to a directory of its own and upload it as a job does: its ``gcs://`` URI."""
     from ray._private.runtime_env.packaging import get_uri_for_directory, upload_package_if_needed
 
-    code = os.path.join(root, f"code-{version}")
+    code = os.path.join(root, f"code-{module}-{version}")
     os.makedirs(code, exist_ok=True)
-    with open(os.path.join(code, f"{MODULE}.py"), "w") as f:
-        f.write(textwrap.dedent(CODE.format(version=version)))
+    with open(os.path.join(code, f"{module}.py"), "w") as f:
+        f.write(textwrap.dedent(text))
     uri = str(get_uri_for_directory(code, include_gitignore=True))
     upload_package_if_needed(uri, tempfile.mkdtemp(dir=root), code, include_gitignore=True)
     return uri
