@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -111,6 +112,8 @@ def reason(exc: BaseException) -> str:
 MAX_ERROR_TEXT = 64 << 10
 """Characters kept of an error's message and of its traceback: a failure is journaled,
 and an error carrying megabytes must not make its record too big to be written."""
+RAN_MEMORY = 20_000
+"""Finished attempts a runner remembers, to skip them in a batch sent again."""
 
 
 def describe(exc: BaseException) -> Error:
@@ -158,6 +161,10 @@ class Runner:
         self._max_payload = max_payload_bytes
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._claimed: dict[tuple[str, int], asyncio.Future[None]] = {}
+        """Attempts of batches in progress, each with its batch's end."""
+        self._ran: OrderedDict[tuple[str, int], None] = OrderedDict()
+        """The last `RAN_MEMORY` attempts run to their end, oldest first."""
         self._attempts: dict[str, int] = {}  # the attempt each running workflow is on, for its step records
         self._stops: dict[str, tuple[str, Error]] = {}
         """Workflows an operator cancelled (``"cancel"``) or terminated, with their error."""
@@ -210,7 +217,32 @@ class Runner:
 
         Attempts that are not ``fresh`` get their journaled steps first, in one call
         for the batch. One the journal has no steps for (its end is not durable yet) is
-        not run nor reported: the supervisor requeues what a batch left unreported."""
+        not run nor reported: the supervisor requeues what a batch left unreported.
+
+        Idempotent per attempt: a batch sent again (Ray could not say whether the first
+        call ran) waits for the attempts of it this runner has started, and skips those
+        it has finished, instead of running them twice."""
+        loop = asyncio.get_running_loop()
+        mine = [i for i in items if (i.workflow_id, i.attempt) not in self._claimed
+                and (i.workflow_id, i.attempt) not in self._ran]
+        others = {self._claimed[(i.workflow_id, i.attempt)] for i in items
+                  if (i.workflow_id, i.attempt) in self._claimed}
+        done: asyncio.Future[None] = loop.create_future()
+        for i in mine:  # claimed before the first await: a second copy of the batch sees them
+            self._claimed[(i.workflow_id, i.attempt)] = done
+        try:
+            await self._run(mine)
+        finally:
+            for i in mine:
+                self._claimed.pop((i.workflow_id, i.attempt), None)
+                self._ran[(i.workflow_id, i.attempt)] = None
+            while len(self._ran) > RAN_MEMORY:
+                self._ran.popitem(last=False)
+            done.set_result(None)
+        if others:
+            await asyncio.gather(*others)
+
+    async def _run(self, items: list[Dispatch]) -> None:
         stale = [i.workflow_id for i in items if not i.fresh]
         steps: dict[str, Steps | Ended] = await self._live_steps(stale) if stale else {}
         tasks = []
