@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
 import ray
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.command import RemoteCommandActor
@@ -34,6 +36,9 @@ from actors.supervision.deployments import spread
 from workflows.errors import WorkerLost
 
 NODE_TIMEOUT_S = 60.0
+UNAVAILABLE_TIMEOUT_S = 120.0
+"""How long a batch is sent again to an actor being restarted before it counts as lost."""
+UNAVAILABLE_RETRY_S = 0.5
 
 
 @dataclass
@@ -82,10 +87,25 @@ class RayPools:
         return [self.workers[i].handle for i in self.live()]
 
     async def run(self, worker: int, items: list[Dispatch]) -> None:
-        try:
-            await self.workers[worker].handle.run.remote(items)
-        except RayActorError as exc:
-            raise WorkerLost(str(exc)) from exc
+        """Run a batch on a worker; `WorkerLost` once its actor is gone for good.
+
+        An actor that is being restarted raises `ActorUnavailableError`, and then Ray
+        cannot say whether the call ran (it may run on the restarted actor later). Sent
+        elsewhere, its attempts could run twice at once; so the batch is sent again to
+        the same actor once it is back (its runner runs each attempt once), with each
+        attempt reading its journaled steps."""
+        deadline = time.monotonic() + UNAVAILABLE_TIMEOUT_S
+        while True:
+            try:
+                await self.workers[worker].handle.run.remote(items)
+                return
+            except ActorUnavailableError as exc:
+                if time.monotonic() > deadline:
+                    raise WorkerLost(str(exc)) from exc
+                items = [dataclasses.replace(i, fresh=False) for i in items]
+                await asyncio.sleep(UNAVAILABLE_RETRY_S)
+            except RayActorError as exc:
+                raise WorkerLost(str(exc)) from exc
 
     async def stop(self, worker: int, items: list[tuple[str, str, dict[str, Any]]]) -> None:
         try:

@@ -47,7 +47,7 @@ def test_a_deployments_actors_killed_mid_step_finish_its_workflows_on_recreated_
     counts = _scenario(report, "actor_killed")
     assert counts["killed_actors"] >= 3
     assert counts["on_deployment"] == counts["workflows"] == 12  # the same deployment, on its own code
-    assert counts["retried"] >= 1 and counts["steps_on_new_actors"] >= 1 and counts["new_actor_pids"] >= 1
+    assert counts["steps_on_new_actors"] >= 1 and counts["new_actor_pids"] >= 1  # the recreated actors ran them
     assert counts["missing_calls"] == 0
     assert counts["over_repeated"] == 0, counts["over_detail"]  # no step again but the one in flight
     assert counts["types_listed"] == ["shipped:Steps"]
