@@ -31,6 +31,11 @@ HOLD_STEP = 1
 
 HOLD_POLL_S = 0.02
 
+KEY_WINDOW = 30_000
+"""Keys a service remembers, the oldest forgotten first: as a real service expires its
+idempotency keys, so a long run measures the coordinator's memory, not the services'.
+A retried step comes within seconds, far inside the window."""
+
 
 class KeyService:
     """An idempotent service: the first call under a key computes, later ones replay."""
@@ -49,6 +54,8 @@ class KeyService:
             self.executions += 1
             result = {"svc": self.name, "key": key, "ok": True}
             self.results[key] = result
+            if len(self.results) > KEY_WINDOW:
+                del self.results[next(iter(self.results))]
         if self._keylog is not None:
             self._keylog.write(key)
         return result

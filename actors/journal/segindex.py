@@ -19,6 +19,7 @@ import contextlib
 import struct
 import sys
 from array import array
+from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -133,12 +134,12 @@ class Indexes:
         self.active: dict[int, SegmentIndex] = {}
         self.rebuilt = 0
         self._cache: OrderedDict[int, SegmentIndex] = OrderedDict()  # sealed indexes read lately
-        # Per sealed segment read or written here, the hashes of its workflow ids: a lookup
-        # reads only the indexes of the segments that may hold its ids.
-        self.ids: dict[int, set[int]] = {}
+        # Per sealed segment read or written here, the sorted hashes of its workflow ids
+        # (8 bytes an id): a lookup reads only the indexes of the segments that may hold its ids.
+        self.ids: dict[int, array[int]] = {}
 
     def _keep(self, first_seq: int, idx: SegmentIndex) -> SegmentIndex:
-        self.ids[first_seq] = {hash(w) for w in idx.workflows}
+        self.ids[first_seq] = array("q", sorted(hash(w) for w in idx.workflows))
         self._cache[first_seq] = idx
         self._cache.move_to_end(first_seq)
         while len(self._cache) > CACHED:
@@ -220,12 +221,17 @@ class Indexes:
         hashes = {hash(w) for w in wanted}
         for ref in refs:
             seen = self.ids.get(ref.first_seq) if ref.sealed else None
-            if seen is not None and seen.isdisjoint(hashes):
+            if seen is not None and not any(_holds(seen, h) for h in hashes):
                 continue
             idx = self.load(ref)
             for wid in wanted & idx.workflows.keys():
                 found.setdefault(wid, []).extend(self.fetch(ref, spans(idx.workflows[wid])))
         return found
+
+
+def _holds(hashes: array[int], h: int) -> bool:
+    i = bisect_left(hashes, h)
+    return i < len(hashes) and hashes[i] == h
 
 
 GAP = 64 << 10
