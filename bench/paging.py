@@ -60,7 +60,7 @@ def timed(what: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 def pages(j: Journal) -> None:
     first = timed("first page", lambda: j.page(None, None, None, PAGE))
     timed("next page", lambda: j.page(None, None, first["next"], PAGE))
-    deep = j.index.ends.pos[len(j.index.ends) // 2]
+    deep = j.index.ends.log.next_pos // 2
     timed("a page at the middle of history", lambda: j.page(None, None, deep, PAGE))
     failed = timed("first page of failed", lambda: j.page("failed", None, None, PAGE))
     if failed["next"] is not None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from actors.journal.ends import EndLog
+from actors.journal.ends import Ends
 from actors.records import (
     TERMINAL,
     Cancel,
@@ -59,38 +59,39 @@ class Index:
         # The fold of a finished workflow not held in ``table`` (read from storage).
         self.load: Callable[[str], Workflow | None] = lambda wid: None
         self.live: dict[str, Steps] = {}
-        # Ids of ended workflows kept, with the time each ended (for the retention).
-        self.finished: dict[str, float] = {}
+        # Ids of ended workflows kept, with the time each ended (for the retention), in
+        # the order they ended (to page them newest first); older ones on storage.
+        self.finished = Ends()
         # ``submitted`` records admitted but not yet durable, by id.
         self.unwritten: dict[str, Submitted] = {}
         # Terminal records admitted but not yet durable, by id.
         self.ending: dict[str, WorkflowRecord] = {}
-        # The order of the ends in ``finished``, for paging them newest first (`ends`).
-        self.ends = EndLog()
+
+    @property
+    def ends(self) -> Ends:
+        return self.finished
 
     def current(self, wid: str, t: float) -> bool:
-        """Whether ``finished`` holds ``wid`` as ended at ``t`` (an `EndLog` entry is current)."""
-        return self.finished.get(wid) == t
+        """Whether ``finished`` holds ``wid`` as ended at ``t`` (an end entry is current)."""
+        return self.finished.current(wid, t)
 
     def _end(self, wid: str, t: float, kind: str) -> None:
-        if wid in self.finished:
-            self.ends.forgotten()
-        self.finished[wid] = t
         wf = self.table.workflows.get(wid) or self.unwritten.get(wid)  # submitted in the same batch
-        self.ends.add(wid, t, kind, wf.type if wf is not None else "")
+        self.finished.add(wid, t, kind, wf.type if wf is not None else "")
 
     def restore(self, ends: list[tuple[str, float, str, str]]) -> None:
-        """Take the ends a snapshot holds, (id, end time, kind, type): ``kind`` and ``type``
-        are ``""`` when the snapshot did not keep them."""
+        """Take the ends a snapshot holds in memory, (id, end time, kind, type): ``kind``
+        and ``type`` are ``""`` when the snapshot did not keep them."""
         for wid, t, kind, type_ in sorted(ends, key=lambda e: e[1]):
-            if wid in self.finished:
-                self.ends.forgotten()
-            self.finished[wid] = t
-            self.ends.add(wid, t, kind, type_)
+            self.finished.add(wid, t, kind, type_)
 
     def compact(self) -> bool:
-        """Drop the stale entries of `ends` once they are half of them (after a snapshot forgot ids)."""
-        return self.ends.compact(self.current)
+        """Drop the stale ends in memory once they are half of them (after a snapshot forgot ids)."""
+        return self.finished.compact()
+
+    def is_finished(self, wid: str) -> bool:
+        """Whether ``wid`` ended and is kept; a live id is not looked up among the ends."""
+        return wid not in self.live and wid in self.finished
 
     def knows(self, wid: str) -> bool:
         return wid in self.live or wid in self.finished
@@ -124,13 +125,13 @@ class Index:
             undo.append(lambda: self._unsubmit(wid))
         elif r.kind in TERMINAL:
             wid = r.workflow_id  # type: ignore[union-attr]  # every terminal record has one
-            if wid in self.finished:
+            if self.is_finished(wid):
                 return False, self.ended(wid)
             steps = self.live.pop(wid, None)
             self._end(wid, getattr(r, "t", 0.0), Kind(r.kind).value)
             self.ending[wid] = r  # type: ignore[assignment]
             undo.append(lambda: self._reopen(wid, steps))
-        elif isinstance(r, LATE) and r.workflow_id in self.finished:
+        elif isinstance(r, LATE) and self.is_finished(r.workflow_id):
             return False, self.ended(r.workflow_id)
         return True, None
 
@@ -182,19 +183,19 @@ class Index:
                 self.unwritten.pop(r.workflow_id, None)
             elif r.kind in TERMINAL:
                 self.ending.pop(r.workflow_id, None)  # type: ignore[union-attr]
+
     def forget(self, ids: list[str]) -> None:
-        """Ids compacted away by a snapshot: free again."""
+        """Ids compacted away by a snapshot, their ends in memory: free again (the
+        ends on storage are forgotten by ``finished.forgotten_before``)."""
         for w in ids:
-            if self.finished.pop(w, None) is not None:
-                self.ends.forgotten()
+            self.finished.pop(w)
 
     def _unsubmit(self, wid: str) -> None:
         self.live.pop(wid, None)
         self.unwritten.pop(wid, None)
 
     def _reopen(self, wid: str, steps: Steps | None) -> None:
-        if self.finished.pop(wid, None) is not None:
-            self.ends.forgotten()
+        self.finished.pop(wid)
         self.ending.pop(wid, None)
         if steps is not None:
             self.live[wid] = steps

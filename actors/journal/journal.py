@@ -91,6 +91,7 @@ class Journal(Startup):
         # unfinished ones and the last ``cache_size`` to finish (`Stored` reads the others).
         self.table = WorkflowTable(cache_size)
         self.index = Index(self.table)
+        self.index.finished.fetch = backend.get_blob
         self.stored = Stored(self)
         self.index.load = lambda w: self.stored.folds([w]).get(w)
         self.snapshot_seq = -1

@@ -22,7 +22,8 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from actors.journal import recovery
-from actors.journal.backends import Backend
+from actors.journal.backends import Backend, SegmentRef
+from actors.journal.ends import Chunk, EndLog, encode_hashes
 from actors.journal.index import Index
 from actors.journal.segments import SegmentLog
 from actors.workflow_state import WorkflowTable
@@ -65,6 +66,7 @@ class Maintenance:
         self.waiters: list[asyncio.Future[int]] = []  # explicit `Journal.snapshot` calls
         self.failures = 0
         self._last_write: float | None = None
+        self._newest: dict[int, float] = {}  # per sealed segment with no unfinished workflow, its newest end
         self._retry_at: float | None = None
 
     @staticmethod
@@ -78,7 +80,8 @@ class Maintenance:
         """Loop time at which background work is next due, backoff aside; None for none."""
         now = self._now()
         log_ = self.journal.log
-        if log_.pending or log_.full or self.since_snapshot >= self.snapshot_records:
+        if log_.pending or log_.full or self.since_snapshot >= self.snapshot_records \
+                or self.journal.index.finished.spill_due():
             return now
         if log_.active_bytes > 0:
             if self._last_write is None:
@@ -111,6 +114,8 @@ class Maintenance:
                               and now >= self._last_write + self.seal_idle_s):
                 await j.run(j.log.rotate)
                 log.info("segment_sealed", up_to=j.log.last_seq, idle=idle)
+            if j.index.finished.spill_due():
+                await self.spill()
             if self.waiters or self.since_snapshot >= self.snapshot_records:
                 await self.snapshot()
         except Fenced as exc:
@@ -131,25 +136,47 @@ class Maintenance:
                 waiter.set_exception(exc)
         self.waiters.clear()
 
+    async def spill(self) -> None:
+        """Store the oldest chunk of ends held in memory (`ends.Ends`) and let it go from
+        memory; a snapshot after it names the chunk."""
+        ends = self.journal.index.finished
+        part, spans = ends.take()
+        chunk = ends.chunk_of(part)
+        await self.journal.run(self._put_chunk, chunk, part)
+        ends.spilled(chunk, part, spans)
+        log.info("ends_spilled", chunk=chunk.name, ends=chunk.count, chunks=len(ends.chunks))
+
+    def _put_chunk(self, chunk: Chunk, part: EndLog) -> None:
+        backend = self.journal.backend
+        backend.put_blob(chunk.name + ".h", encode_hashes(chunk.hashes))
+        backend.put_blob(chunk.name, part.encode())
+
     async def snapshot(self) -> int:
         """Compact: forget workflows finished before the retention, seal the active
         segment, store the fold of every durable record as a snapshot, then delete the
         sealed segments and older snapshots it covers. Runs between two batches, so
         the fold is exactly the records up to the last durable one. Returns its seq."""
         j = self.journal
+        ends = j.index.finished
         kept = dict(j.table.workflows)
-        gone = j.table.forget(j.clock() - self.retention_s) if math.isfinite(self.retention_s) else []
-        if math.isfinite(self.retention_s):  # and those evicted from memory
+        before = ends.forgotten_before
+        gone: list[str] = []
+        if math.isfinite(self.retention_s):
             watermark = j.clock() - self.retention_s
-            gone += [w for w, t in j.index.finished.items() if t < watermark and w not in kept]
-        ended = {w: j.index.finished[w] for w in gone if w in j.index.finished}
-        j.index.forget(gone)
+            gone = j.table.forget(watermark)
+            gone += [w for w, t in ends.hot.items() if t < watermark and w not in kept]  # and those evicted
+            ends.forgotten_before = max(before, watermark)  # and those on storage
+        ended = {w: t for w in gone if (t := ends.hot.get(w)) is not None}
         try:
             seq = await j.run(self._write)
         except BaseException:
             j.table.workflows = kept  # forgotten only once a snapshot without them is stored
-            j.index.finished.update(ended)
+            ends.forgotten_before = before
             raise
+        j.index.forget([w for w in ended if ends.hot.get(w) == ended[w]])
+        dropped = ends.forget_chunks()
+        if dropped:
+            await j.run(self._delete_chunks, dropped)
         self.since_snapshot = 0
         j.index.compact()
         log.info("snapshot_written", seq=seq, workflows=len(j.table.workflows), forgotten=len(gone))
@@ -164,11 +191,14 @@ class Maintenance:
         if j.log.active_bytes > 0:
             j.log.rotate()
         seq = j.log.last_seq
-        held = j.table.workflows
-        ends = [e for e in j.index.ends.entries(j.index.current) if e[0] not in held]  # in the order they ended
+        held, kept = j.table.workflows, j.index.finished
+        # The ends in memory in the order they ended (those on storage by their chunks).
+        ends = [e for e in kept.log.entries(kept.current) if e[0] not in held]
         data = recovery.encode_snapshot(seq, j.epoch, j.table.mode, j.table.held,
                                         [wf.to_dict() for wf in j.table.workflows.values()], j.table.deployments,
-                                        [(w, t) for w, t, _, _ in ends], [(k, ty) for _, _, k, ty in ends])
+                                        [(w, t) for w, t, _, _ in ends], [(k, ty) for _, _, k, ty in ends],
+                                        [c.describe() for c in kept.chunks if c.max_t >= kept.forgotten_before],
+                                        kept.log.next_pos, kept.forgotten_before)
         name = f"{seq:020d}.snap"
         j.backend.put_snapshot(name, data)
         j.snapshot_seq = seq
@@ -178,5 +208,29 @@ class Maintenance:
         # With a cache, the segments hold the workflows evicted from the fold: a segment
         # goes once none of its workflows is kept (each unfinished, or finished and not
         # yet forgotten by retention); one that mixes them stays until its last is forgotten.
-        j.log.delete_covered(seq, None if j.table.cache_size is None else j.index.knows)
+        j.log.delete_covered(seq, None if j.table.cache_size is None else self._keeps)
+        for first_seq in [s for s in self._newest if s not in {g.ref.first_seq for g in j.log.segments}]:
+            del self._newest[first_seq]
         return seq
+
+    def _keeps(self, ref: SegmentRef) -> bool:
+        """Whether the sealed segment ``ref`` holds a workflow still kept. Once none of its
+        workflows is unfinished, the newest of their ends is noted: later snapshots
+        compare it with the retention and read neither its index nor the ends again."""
+        j = self.journal
+        newest = self._newest.get(ref.first_seq)
+        if newest is None:
+            ids = j.log.indexes.load(ref).workflows
+            if any(w in j.index.live for w in ids):
+                return True
+            newest = max((t for w in ids if (t := j.index.finished.get(w)) is not None), default=-math.inf)
+            self._newest[ref.first_seq] = newest
+        return newest >= j.index.finished.forgotten_before
+
+    def _delete_chunks(self, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            for name in (chunk.name, chunk.name + ".h"):
+                try:
+                    self.journal.backend.delete_blob(name)
+                except Exception as exc:  # an orphan chunk is harmless: no snapshot names it
+                    log.warning("end_chunk_delete_failed", chunk=name, error=repr(exc))

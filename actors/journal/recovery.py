@@ -21,6 +21,7 @@ segments are deleted; without it (the tools) they are only reported.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,12 +70,17 @@ class Snapshot:
     deployments: dict[str, Any] | None = None
     finished: list[tuple[str, float]] | None = None  # finished workflows kept but not held in memory: (id, end)
     finished_meta: list[tuple[str, str]] | None = None  # their (end kind, type), when the snapshot kept them
+    end_chunks: list[list[Any]] | None = None  # older ends on storage (`ends.Chunk.describe`)
+    end_pos: int = 0  # the position of the next end
+    forgotten_before: float = -math.inf  # ends before it are forgotten (the last retention watermark)
 
 
 def encode_snapshot(seq: int, epoch: int, mode: str, held: bool, workflows: list[dict[str, Any]],
                     deployments: dict[str, Any] | None = None,
                     finished: list[tuple[str, float]] | None = None,
-                    finished_meta: list[tuple[str, str]] | None = None) -> bytes:
+                    finished_meta: list[tuple[str, str]] | None = None,
+                    end_chunks: list[list[Any]] | None = None, end_pos: int = 0,
+                    forgotten_before: float = -math.inf) -> bytes:
     """A snapshot as a header record followed by one record per workflow.
 
     One record per workflow keeps every frame under `codec.MAX_RECORD_BYTES` however
@@ -90,6 +96,9 @@ def encode_snapshot(seq: int, epoch: int, mode: str, held: bool, workflows: list
         if finished_meta is not None:  # ``meta``: each one's (end kind, type), beside ``ids``
             chunk["meta"] = finished_meta[i:i + 100_000]
         frames.append(codec.encode(chunk))
+    if end_chunks or math.isfinite(forgotten_before):  # the ends spilled to storage, a few numbers each
+        frames.append(codec.encode({"v": codec.VERSION, "k": "snapshot", "q": seq, "end_chunks": end_chunks or [],
+                                    "end_pos": end_pos, "forgotten_before": forgotten_before}))
     return b"".join(frames)
 
 
@@ -114,8 +123,13 @@ def decode_snapshot(name: str, data: bytes) -> Snapshot:
         meta = None
         if chunks and all("meta" in r and len(r["meta"]) == len(r["ids"]) for r in chunks):
             meta = [(k, ty) for r in chunks for k, ty in r["meta"]]
+        spilled = [r for r in rest if "end_chunks" in r]
+        end_chunks = [list(c) for r in spilled for c in r["end_chunks"]]
+        end_pos = max((int(r["end_pos"]) for r in spilled), default=0)
+        forgotten_before = max((float(r["forgotten_before"]) for r in spilled), default=-math.inf)
         return Snapshot(name, head["q"], head["epoch"], head["mode"], bool(head["held"]), workflows,
-                        dict(head.get("deployments") or {}), finished, meta)
+                        dict(head.get("deployments") or {}), finished, meta, end_chunks, end_pos,
+                        forgotten_before)
     except (KeyError, TypeError) as exc:
         raise JournalCorrupt(where, 0, f"snapshot is damaged: {exc!r}") from None
 

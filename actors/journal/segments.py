@@ -184,11 +184,11 @@ class SegmentLog:
             self._index_sealed(seg.ref.first_seq)
             log.info("pending_segment_sealed", first_seq=seg.ref.first_seq)
 
-    def delete_covered(self, seq: int, kept: Callable[[str], bool] | None = None) -> None:
+    def delete_covered(self, seq: int, keeps: Callable[[SegmentRef], bool] | None = None) -> None:
         """Delete sealed segments whose records are all at or below ``seq`` (in a snapshot);
-        with ``kept``, only those holding no record of a workflow ``kept`` says is kept."""
+        with ``keeps``, only those it says hold no workflow still kept."""
         for seg in [s for s in self.segments[:-1] if s.ref.sealed and s.last_seq <= seq]:
-            if kept is not None and any(kept(w) for w in self.indexes.load(seg.ref).workflows):
+            if keeps is not None and keeps(seg.ref):
                 continue
             self.backend.delete(seg.ref)
             self.segments.remove(seg)

@@ -98,6 +98,8 @@ class Startup:
         meta = snap.finished_meta or [("", "")] * len(snap.finished or ())
         # Evicted from memory, kept in storage: with their kinds and types where the snapshot kept them.
         ends += [(w, t, kind, type_) for (w, t), (kind, type_) in zip(snap.finished or (), meta, strict=True)]
+        self.index.finished.forgotten_before = snap.forgotten_before
+        self.index.finished.restore_chunks(snap.end_chunks or [], snap.end_pos)
         self.index.restore(ends)
         self.table.mode, self.table.held = snap.mode, snap.held
         self.table.deployments = dict(snap.deployments or {})

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from actors.inprocess import LocalCoordinator
-from actors.journal import Journal, MemoryBackend
+from actors.journal import Journal, MemoryBackend, ends
 from actors.records import from_wire
 from actors.supervision.supervisor import SupervisorCore
 from actors.workflow_state import State, Workflow, WorkflowTable
 from tests.unit.local import opts
-from workflows.errors import CommandFailed, UnknownWorkflow
+from workflows.errors import CommandFailed, JournalCorrupt, UnknownWorkflow
 from workflows.testing import Echo, Fails
 
 
@@ -91,15 +91,24 @@ async def fill(j: Journal, n: int) -> list[str]:
     return ids
 
 
+@pytest.fixture(params=[None, 2], ids=["ends-in-memory", "ends-spilled"])
+def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int | None:
+    """The journal's ends in memory, or spilled to storage two at a time."""
+    if request.param:
+        monkeypatch.setattr(ends, "CHUNK", request.param)
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.mark.parametrize("cache", [0, 2])
-async def test_the_journal_holds_only_the_last_finished_and_reads_the_rest_from_storage(cache: int) -> None:
-    whole = Journal(MemoryBackend(f"whole-{cache}"), owner="a", segment_bytes=400)
+async def test_the_journal_holds_only_the_last_finished_and_reads_the_rest_from_storage(
+        cache: int, chunk: int | None) -> None:
+    whole = Journal(MemoryBackend(f"whole-{cache}-{chunk}"), owner="a", segment_bytes=400)
     whole.open()
     ids = await fill(whole, 9)
     remembered = await journal_answers(whole, [*ids, "nobody"])
     whole.close()
 
-    j = Journal(MemoryBackend(f"evicting-{cache}"), owner="b", segment_bytes=400, cache_size=cache)
+    j = Journal(MemoryBackend(f"evicting-{cache}-{chunk}"), owner="b", segment_bytes=400, cache_size=cache)
     j.open()
     await fill(j, 9)
     assert sum(wf.state.finished for wf in j.table.workflows.values()) <= cache
@@ -112,16 +121,17 @@ async def test_the_journal_holds_only_the_last_finished_and_reads_the_rest_from_
             await j.snapshot()
         else:
             j.close()
-            j = Journal(MemoryBackend(f"evicting-{cache}"), owner="b", segment_bytes=400, cache_size=cache)
+            j = Journal(MemoryBackend(f"evicting-{cache}-{chunk}"), owner="b", segment_bytes=400, cache_size=cache)
             j.open()
         assert await journal_answers(j, [*ids, "nobody"]) == remembered, step
         assert sum(wf.state.finished for wf in j.table.workflows.values()) <= cache
     j.close()
 
 
-async def test_retention_forgets_workflows_evicted_from_the_journals_memory_and_their_segments() -> None:
+async def test_retention_forgets_workflows_evicted_from_the_journals_memory_and_their_segments(
+        chunk: int | None) -> None:
     now = [30.0]
-    j = Journal(MemoryBackend("retained"), owner="c", segment_bytes=400, cache_size=1, retention_s=50.0,
+    j = Journal(MemoryBackend(f"retained-{chunk}"), owner="c", segment_bytes=400, cache_size=1, retention_s=50.0,
                 clock=lambda: now[0])
     j.open()
     ids = await fill(j, 9)  # ended at t = 2..10
@@ -135,4 +145,50 @@ async def test_retention_forgets_workflows_evicted_from_the_journals_memory_and_
     assert j.backend.indexes() == []
     (answer,) = await j.append([from_wire({"k": "submitted", "w": "w1", "type": "tests:T", "fields": {}, "t": 1.0})])
     assert answer is None  # the id is free again
+    j.close()
+
+
+async def test_ends_spill_to_storage_and_memory_holds_two_chunks_at_most(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ends, "CHUNK", 50)
+    store = MemoryBackend("spilling")
+
+    def opened() -> Journal:
+        j = Journal(store, owner="s", segment_bytes=4000, cache_size=5)
+        j.open()
+        return j
+
+    def all_pages(j: Journal, state: str | None = None) -> list[str]:
+        out: list[str] = []
+        cursor = None
+        while True:
+            page = j.page(state, None, cursor, 37)
+            out += [d["id"] for d in page["items"]]
+            cursor = page["next"]
+            if cursor is None:
+                return out
+
+    j = opened()
+    ids = await fill(j, 1000)
+    kept = j.index.finished
+    assert len(kept.hot) <= 2 * 50 and len(kept.chunks) >= 18 and len(kept) == 1000
+    remembered = j.lookup(ids)
+    assert remembered.keys() == set(ids) and all_pages(j) == ids[::-1]
+    assert all_pages(j, "failed") == [w for i, w in enumerate(ids) if i % 3 == 0][::-1]
+    (known,) = await j.append([from_wire({"k": "submitted", "w": "w7", "type": "tests:T", "fields": {}, "t": 9.0})])
+    assert known.workflow == remembered["w7"]  # reserved: its end is found in a chunk on storage
+    for step in ("restart", "snapshot", "damaged hashes", "restart"):
+        if step == "snapshot":
+            await j.snapshot()
+        else:
+            j.close()
+            if step == "damaged hashes":  # rebuilt from their chunk
+                store.put_blob(kept.chunks[0].name + ".h", b"junk")
+            j = opened()
+        assert len(j.index.finished) == 1000 and j.lookup(ids) == remembered, step
+        assert all_pages(j) == ids[::-1], step
+    first = j.index.finished.chunks[0]
+    j.index.finished._loaded.clear()
+    store.put_blob(first.name, b"junk")
+    with pytest.raises(JournalCorrupt, match=first.name):
+        j.lookup(["w0"])
     j.close()

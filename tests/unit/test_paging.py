@@ -137,7 +137,7 @@ def test_a_page_of_many_finished_workflows_reads_only_that_page(
 def test_a_cursor_deep_in_the_history_costs_the_same(big: tuple[Journal, list[str]],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     j, ids = big
-    cursor = j.index.ends.pos[1000]  # the page after the 48,999 newest
+    cursor = j.index.ends.position_of(ids[1000])  # the page after the 48,999 newest
     reads = Reads(monkeypatch)
     page = j.page(None, None, cursor, 50)
     assert ids_of(page) == ids[999:949:-1] and page["scanned"] == 50 and reads.records <= 100
