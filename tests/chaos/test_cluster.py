@@ -17,17 +17,18 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.ray
-
 ROOT = Path(__file__).parents[2]
+TIMEOUT_S = 600 + float(os.environ.get("COORDINATOR_CHAOS_S", "0"))
+"""The driver's whole run: a wedged cluster fails the test instead of hanging it."""
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(TIMEOUT_S + 60)]
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    timeout_s = 600 + float(os.environ.get("COORDINATOR_CHAOS_S", "0"))
     proc = subprocess.run([sys.executable, "-m", "tests.chaos.failures", str(tmp_path_factory.mktemp("failures"))],
-                          capture_output=True, text=True, timeout=timeout_s, env=env, cwd=ROOT)
+                          capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=ROOT)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     found = {line["scenario"]: line for line in lines}
     for line in lines:
