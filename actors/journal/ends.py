@@ -50,6 +50,9 @@ class Page:
     """The cursor of the next page (a position: the next page lists ends below it), or None at the end."""
     scanned: int
     """Entries looked at (the cost of the page)."""
+    unsure: dict[str, int]
+    """Ids among ``ids`` whose kind or type is unknown (restored from an older snapshot),
+    by entry: the caller checks them against their fold, and may `learn` them."""
 
 
 class EndLog:
@@ -70,14 +73,17 @@ class EndLog:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, workflow_id: str, t: float, kind: str, type_: str) -> None:
+    def _type_code(self, type_: str) -> int:
         code = self._type_codes.get(type_)
         if code is None:
             if len(self.type_names) >= 0xFFFF:  # more types than codes: the rest count as unknown
-                code = 0
-            else:
-                code = self._type_codes[type_] = len(self.type_names)
-                self.type_names.append(type_)
+                return 0
+            code = self._type_codes[type_] = len(self.type_names)
+            self.type_names.append(type_)
+        return code
+
+    def add(self, workflow_id: str, t: float, kind: str, type_: str) -> None:
+        code = self._type_code(type_)
         k = _KIND_CODE.get(kind, 0)
         self.by_kind.setdefault(k, array("q")).append(len(self.ids))
         self.ids.append(workflow_id)
@@ -99,33 +105,55 @@ class EndLog:
              kind: str | None = None, type_part: str | None = None, budget: int = 100_000) -> Page:
         """Up to ``limit`` current ends below position ``before`` (None: from the newest),
         newest first, of ``kind`` and of a type containing ``type_part`` (case-folded);
-        looking at no more than ``budget`` entries."""
+        looking at no more than ``budget`` entries. Ends of unknown kind or type may
+        match: they are in ``unsure``."""
         end = len(self.ids) if before is None else bisect_left(self.pos, before)
+        code = None
         if kind is not None:
             code = _KIND_CODE.get(kind)
-            if code is None:
+            if not code:
                 raise ValueError(f"{kind!r} is not a finished state")
-            chosen: array[int] | range = self.by_kind.get(code, array("q"))
-            top = bisect_left(chosen, end)
-        else:
-            chosen, top = range(len(self.ids)), end
         types = None
         if type_part:
             part = type_part.lower()
             types = {c for c, name in enumerate(self.type_names) if c and part in name.lower()}
         found: list[str] = []
+        unsure: dict[str, int] = {}
         scanned = 0
-        j = top - 1
-        while j >= 0 and len(found) < limit and scanned < budget:
-            i = chosen[j]
+        for i in self._descending(end, code):
+            if len(found) >= limit or scanned >= budget:
+                return Page(found, self.pos[i] + 1, scanned, unsure)  # this one on, on the next page
             scanned += 1
-            j -= 1
-            if types is not None and self.types[i] not in types:
+            k, ty = self.kinds[i], self.types[i]
+            if (code is not None and k not in (code, 0)) or (types is not None and ty and ty not in types):
                 continue
             if current(self.ids[i], self.times[i]):
                 found.append(self.ids[i])
-        more = j >= 0
-        return Page(found, self.pos[chosen[j + 1]] if more else None, scanned)
+                if (code is not None and not k) or (types is not None and not ty):
+                    unsure[self.ids[i]] = i
+        return Page(found, None, scanned, unsure)
+
+    def _descending(self, end: int, code: int | None) -> Iterator[int]:
+        """Entries below ``end``, newest first: all, or those of kind ``code`` and of unknown kind."""
+        if code is None:
+            yield from range(end - 1, -1, -1)
+            return
+        empty = array("q")
+        a, b = self.by_kind.get(code, empty), self.by_kind.get(0, empty)
+        i, k = bisect_left(a, end) - 1, bisect_left(b, end) - 1
+        while i >= 0 or k >= 0:
+            if k < 0 or (i >= 0 and a[i] > b[k]):
+                yield a[i]
+                i -= 1
+            else:
+                yield b[k]
+                k -= 1
+
+    def learn(self, entry: int, kind: str, type_: str) -> None:
+        """The kind and type of an entry that had none, read from its fold."""
+        if entry < len(self.ids):
+            self.kinds[entry] = _KIND_CODE.get(kind, 0)
+            self.types[entry] = self._type_code(type_)
 
     def forgotten(self, n: int = 1) -> None:
         """``n`` entries went stale."""

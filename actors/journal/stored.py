@@ -91,6 +91,13 @@ class Stored:
         j = self.journal
         found = j.index.ends.page(j.index.current, limit, before, state, type_part)
         folds = self.lookup(found.ids)
+        for w, entry in found.unsure.items():  # ended before their kind and type were kept: check, and keep them
+            d = folds.get(w)
+            if d is not None:
+                j.index.ends.learn(entry, d["state"], d["type"])
+                if (state is not None and d["state"] != state) or \
+                        (type_part and type_part.lower() not in d["type"].lower()):
+                    del folds[w]
         return {"items": [folds[w] for w in found.ids if w in folds], "next": found.next, "scanned": found.scanned}
 
     def history(self, workflow_id: str) -> list[dict[str, Any]]:

@@ -39,7 +39,7 @@ from actors.supervision.ports import JournalPort
 from actors.supervision.retry import TimerHeap, backoff_interval, retry_delay
 from actors.workflow_state import Event, State, Workflow, WorkflowTable, transition
 from workflows.command import resolve_type
-from workflows.errors import DeadlineExceeded, InvalidCommand, RetriesExhausted, UnknownWorkflow
+from workflows.errors import DeadlineExceeded, InvalidCommand, JournalError, RetriesExhausted, UnknownWorkflow
 
 log = structlog.get_logger("supervisor")
 
@@ -222,12 +222,27 @@ class Parking:
                     self.timers.push(due, wid)
         self.wake.set()
 
+    def _drained(self) -> bool:
+        """Nothing parked, no hold, and the mode still suspended: its `Signal.DRAINED` is due."""
+        return self.mode is not Mode.NORMAL and not self.retrying and not self.held
+
     async def timer_loop(self) -> None:
+        """Hand due workflows to dispatch. Also reopens intake when the backlog drained
+        but the mode change could not be journaled then (a report's `settle` failed):
+        no later report may come to move it on, so it is tried again here, at the slow
+        retry interval, until it is journaled."""
         while True:
             due = self.timers.next_due()
             timeout = None if due is None else max(0.0, due - self.clock())
-            with contextlib.suppress(TimeoutError):
+            if self.mode is not Mode.NORMAL:  # look again while suspended: the backlog may drain
+                again = max(self.options.slow_retry_interval_s, 0.05)
+                timeout = again if timeout is None else min(timeout, again)
+            try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                if self._drained():
+                    with contextlib.suppress(JournalError):  # tried again on the next round
+                        await self.signal(Signal.DRAINED)
             self.wake.clear()
             for wid in self.timers.pop_due(self.clock()):
                 wf = self.table.workflows.get(wid)

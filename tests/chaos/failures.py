@@ -118,6 +118,7 @@ def worker_node(nodes: Cluster, workers: list[Any], root: str, chaos_s: float) -
     results: dict[str, Any] = {}
     resume: list[float] = []
     redispatched = 0
+    unfinished_at_kill = 0
     rounds = 0
     hit: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -140,6 +141,7 @@ def worker_node(nodes: Cluster, workers: list[Any], root: str, chaos_s: float) -
         before = len(read_calls(calls))
         wait_for(lambda b=before: len(read_calls(calls)) - b >= 24, 60, "steps to run")  # type: ignore[misc]
         done, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=0)
+        unfinished_at_kill += len(refs) - len(done)
         nodes.remove_node(victim, allow_graceful=False)
         killed_at = time.monotonic()
         live.remove(victim)
@@ -163,6 +165,7 @@ def worker_node(nodes: Cluster, workers: list[Any], root: str, chaos_s: float) -
     out = counts(calls, ids, results)
     coordinator.stop(opts.namespace)
     return {"scenario": "worker_node", **out, "kills": rounds, "redispatched": redispatched,
+            "unfinished_at_kill": unfinished_at_kill,
             "killed_node_held": hit,
             "resume_s": round(max(resume), 2) if resume else None, "resume_each_s": [round(r, 2) for r in resume]}
 

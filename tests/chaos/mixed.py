@@ -101,8 +101,9 @@ class Saga(Command):
         return {"module": __name__, "tokens": tokens}
 
     async def call(self, service, key):
-        await asyncio.sleep(self.sleep_s)
-        return apply(self.root, service, key)
+        token = apply(self.root, service, key)
+        await asyncio.sleep(self.sleep_s)  # a kill meanwhile: the step is called again, answered the same token
+        return token
 '''
 
 

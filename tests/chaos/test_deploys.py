@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.ray
-
 ROOT = Path(__file__).parents[2]
 TIMEOUT_S = 420
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(TIMEOUT_S + 60)]
 
 
 @pytest.fixture(scope="module")

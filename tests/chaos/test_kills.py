@@ -51,7 +51,9 @@ def test_command_actor_killed_mid_step(coordinator: Callable[..., Coordinator], 
     _check_results(c.sup, [wid], 3, calls)
     counts = Counter(read_calls(str(calls)))
     assert counts[f"{wid}/0"] == 1  # journaled before the kill: replayed, not called again
-    assert ray.get(c.sup.status.remote(wid))["attempts"] >= 2
+    # The step in flight ran again, once: on the restarted actor (Ray cannot say whether a
+    # call to an actor being restarted ran, so its batch goes to it again, and runs once).
+    assert counts[f"{wid}/1"] == 2
 
 
 def test_supervisor_killed_mid_run(coordinator: Callable[..., Coordinator], tmp_path: Path) -> None:

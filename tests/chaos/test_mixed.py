@@ -21,17 +21,19 @@ import pytest
 
 from tests.chaos.mixed import KINDS, WINDOW_S
 
-pytestmark = pytest.mark.ray
-
 ROOT = Path(__file__).parents[2]
+WINDOW = max(WINDOW_S, float(os.environ.get("COORDINATOR_CHAOS_S", "0")))
+HARD_TIMEOUT_S = WINDOW + 420
+"""The driver's whole run: a wedged cluster fails the test instead of hanging it."""
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(HARD_TIMEOUT_S + 60)]
 
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    window_s = max(WINDOW_S, float(os.environ.get("COORDINATOR_CHAOS_S", "0")))
     proc = subprocess.run([sys.executable, "-m", "tests.chaos.mixed", str(tmp_path_factory.mktemp("mixed"))],
-                          capture_output=True, text=True, timeout=window_s + 420, env=env, cwd=ROOT)
+                          capture_output=True, text=True, timeout=HARD_TIMEOUT_S, env=env, cwd=ROOT)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     kills = [line for line in proc.stderr.splitlines() if line.startswith(("kill ", "mixed chaos"))]
     print("\n" + "\n".join(kills))

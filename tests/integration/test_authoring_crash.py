@@ -151,3 +151,19 @@ def test_a_child_across_a_restart(coordinator: Callable[..., Coordinator], tmp_p
     starts = Counter(k for k in read_calls(str(tmp_path)) if not k.startswith("done:"))
     assert starts == {f"{wid}/0": 1, f"{child}/0": 1, f"{child}/3": 1, f"{wid}/3": 1}
     assert ray.get(c.sup.stats.remote())["in_flight"] == 0
+
+
+def test_a_child_that_ends_while_the_supervisor_is_down(coordinator: Callable[..., Coordinator],
+                                                        tmp_path: Path) -> None:
+    c = coordinator()
+    wid = ray.get(c.sup.submit.remote(HasChild(str(tmp_path)), "parent-k"))
+    child = "parent-k/child/1"
+    wait_for(lambda: state(c, wid) == "waiting" and state(c, child) == "waiting", what="both to wait")
+    assert ray.get(c.sup.signal.remote(child, "go", "k")) is True
+    ray.kill(c.sup, no_restart=False)  # the child's end may reach the journal, not yet its parent
+    got = ray.get(c.sup.result.remote(wid, 60))
+    assert got["child"] == {"steps": [f"{child}/0"], "signal": "k", "last": f"{child}/3"}
+    assert sorted(w["id"] for w in ray.get(c.sup.list.remote())) == sorted([wid, child])
+    starts = Counter(k for k in read_calls(str(tmp_path)) if not k.startswith("done:"))
+    assert starts[f"{wid}/0"] == 1 and starts[f"{child}/0"] == 1 and starts[f"{wid}/3"] == 1
+    assert starts[f"{child}/3"] <= 2  # the child's last step may have been in flight at the kill
