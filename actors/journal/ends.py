@@ -424,6 +424,7 @@ class Ends:
              kind: str | None = None, type_part: str | None = None, budget: int = 100_000) -> Page:
         """As `EndLog.page`, across the ends in memory and then the chunks, newest first."""
         found: list[str] = []
+        unsure: dict[str, int] = {}
         scanned = 0
         sources: list[Chunk | None] = [None, *reversed(self.chunks)]
         for n, chunk in enumerate(sources):
@@ -433,12 +434,19 @@ class Ends:
             p = log.page(current, limit - len(found), before, kind, type_part, budget - scanned)
             found += p.ids
             scanned += p.scanned
+            # An entry of a chunk is learnt by no one (-1): a chunk is only ever read.
+            unsure.update(p.unsure if chunk is None else dict.fromkeys(p.unsure, -1))
             older = n + 1 < len(sources)
             if p.next is not None:
-                return Page(found, p.next, scanned)
+                return Page(found, p.next, scanned, unsure)
             if len(found) >= limit or scanned >= budget:
-                return Page(found, log.first_pos if older else None, scanned)
-        return Page(found, None, scanned)
+                return Page(found, log.first_pos if older else None, scanned, unsure)
+        return Page(found, None, scanned, unsure)
+
+    def learn(self, entry: int, kind: str, type_: str) -> None:
+        """The kind and type of an entry in memory that had none (see `EndLog.learn`)."""
+        if entry >= 0:
+            self.log.learn(entry, kind, type_)
 
     def position_of(self, wid: str) -> int | None:
         """The position of ``wid``'s kept end (a cursor lists the ends below it)."""

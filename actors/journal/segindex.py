@@ -34,8 +34,9 @@ from actors.journal.backends import Backend, SegmentRef
 
 log = structlog.get_logger("journal")
 VERSION = 1
-CACHED = 4
-"""Sealed segments' indexes kept decoded in memory, the last read."""
+CACHED = 2
+"""Sealed segments' indexes kept decoded in memory, the last read (each about 290
+bytes per workflow of its segment)."""
 STEP_KINDS = frozenset({"outcome", "compensation"})
 
 
@@ -139,7 +140,7 @@ class Indexes:
         self.ids: dict[int, array[int]] = {}
 
     def _keep(self, first_seq: int, idx: SegmentIndex) -> SegmentIndex:
-        self.ids[first_seq] = array("q", sorted(hash(w) for w in idx.workflows))
+        self.ids[first_seq] = _hashes(idx)
         self._cache[first_seq] = idx
         self._cache.move_to_end(first_seq)
         while len(self._cache) > CACHED:
@@ -161,7 +162,8 @@ class Indexes:
         if idx is None:
             idx = SegmentIndex.build(self.backend.read(ref), self.backend.describe(ref))
         self.backend.put_index(first_seq, idx.encode())
-        self._keep(first_seq, idx)
+        # Only its ids' hashes stay: a reader loads the index again when it needs it.
+        self.ids[first_seq] = _hashes(idx)
 
     def load(self, ref: SegmentRef) -> SegmentIndex:
         """``ref``'s index: from memory (unsealed) or the backend, else rebuilt from the segment."""
@@ -227,6 +229,10 @@ class Indexes:
             for wid in wanted & idx.workflows.keys():
                 found.setdefault(wid, []).extend(self.fetch(ref, spans(idx.workflows[wid])))
         return found
+
+
+def _hashes(idx: SegmentIndex) -> array[int]:
+    return array("q", sorted(hash(w) for w in idx.workflows))
 
 
 def _holds(hashes: array[int], h: int) -> bool:
