@@ -49,6 +49,8 @@ class Queries:
         self.table = table
         self.started = started
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.ended = 0
+        """Workflows that finished since this process started (counts by state hold only the cached ones)."""
 
     async def _find(self, workflow_ids: builtins.list[str]) -> dict[str, Workflow]:
         """The workflows of ``workflow_ids`` held here or, finished and out of this
@@ -75,6 +77,7 @@ class Queries:
         """``workflow_id`` finished: it joins the table's cache of finished ones, and
         every call waiting for it wakes."""
         self.table.ended(workflow_id)
+        self.ended += 1
         for future in self.waiters.pop(workflow_id, []):
             if not future.done():
                 future.set_result(None)

@@ -186,7 +186,8 @@ class SupervisorCore:
             counts[wf.state.value] += 1
         return {"mode": self.mode.value, "held": self.held, "in_flight": self.admission.admitted,
                 "max_cmds": self.options.max_cmds, "waiting_admission": self.admission.waiting,
-                "running": len(self.dispatcher.running), "parked": len(self.parking.timers), "counts": counts}
+                "running": len(self.dispatcher.running), "parked": len(self.parking.timers), "counts": counts,
+                "finished_since_start": self.queries.ended}
 
     async def suspend(self) -> dict[str, Any]:
         """Hold intake closed until `resume`; journaled before it takes effect."""
