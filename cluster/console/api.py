@@ -83,8 +83,11 @@ class Throughput:
         self.window_s, self.bucket_s = window_s, bucket_s
         self.samples: deque[tuple[float, int]] = deque()
 
-    def add(self, t: float, counts: dict[str, int]) -> None:
-        finished = sum(int(counts.get(s, 0)) for s in FINISHED)
+    def add(self, t: float, counts: dict[str, int], finished_since_start: int | None = None) -> None:
+        """A sample: the supervisor's count of workflows finished since it started (the
+        counts by state stop rising once its cache of finished ones is full), else the counts."""
+        finished = finished_since_start if finished_since_start is not None else \
+            sum(int(counts.get(s, 0)) for s in FINISHED)
         if self.samples and t <= self.samples[-1][0]:
             return
         self.samples.append((t, finished))
@@ -121,7 +124,7 @@ class ConsoleApi:
 
     async def sample(self) -> dict[str, Any]:
         stats = await self.sup.stats()
-        self.throughput.add(self.clock(), stats["counts"])
+        self.throughput.add(self.clock(), stats["counts"], stats.get("finished_since_start"))
         return stats
 
     async def overview(self) -> dict[str, Any]:

@@ -137,3 +137,24 @@ async def test_retry_now_needs_the_operator_token(consoles: Any) -> None:
         assert (await r.json())["retried"] is False  # finished: nothing to retry
     async with http.post(op_url + "api/retry-now", params={"id": "nobody"}, headers={TOKEN_HEADER: TOKEN}) as r:
         assert r.status == 404
+
+
+
+async def test_throughput_counts_finishes_past_the_cache_of_finished_ones(consoles: Any) -> None:
+    """The counts by state stop rising once the supervisor's cache (3 here) is full; the
+    throughput follows the finishes since it started."""
+    from cluster.console.api import ConsoleApi
+
+    c = consoles[0]
+    now = [100.0]
+    api = ConsoleApi(Core(c), read_only=True, clock=lambda: now[0])
+    await api.sample()
+    for i in range(8):
+        await c.core.result(await c.core.submit(Echo(i, steps=0)), 5)
+    now[0] = 101.0
+    stats = await api.sample()
+    assert stats["counts"]["completed"] == 3 and stats["finished_since_start"] == 8
+    assert sum(api.throughput.series(101.5)["per_s"]) * api.throughput.bucket_s == pytest.approx(8, abs=0.01)
+    now[0] = 102.0
+    api.throughput.add(now[0], stats["counts"], 2)  # a restarted supervisor counts from 0: nothing added
+    assert sum(api.throughput.series(102.5)["per_s"]) * api.throughput.bucket_s == pytest.approx(8, abs=0.01)
