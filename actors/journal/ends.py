@@ -52,6 +52,7 @@ class EndLog:
         self._type_codes: dict[str, int] = {"": 0}
         self.next_pos = 0
         self.stale = 0
+        self._counts: list[int] | None = [0] * len(KINDS)  # current ends by kind; None: count again
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,6 +69,8 @@ class EndLog:
     def add(self, workflow_id: str, t: float, kind: str, type_: str) -> None:
         code = self._type_code(type_)
         k = _KIND_CODE.get(kind, 0)
+        if self._counts is not None:
+            self._counts[k] += 1
         self.by_kind.setdefault(k, array("q")).append(len(self.ids))
         self.ids.append(workflow_id)
         self.times.append(t)
@@ -135,12 +138,32 @@ class EndLog:
     def learn(self, entry: int, kind: str, type_: str) -> None:
         """The kind and type of an entry that had none, read from its fold."""
         if entry < len(self.ids):
-            self.kinds[entry] = _KIND_CODE.get(kind, 0)
+            k = _KIND_CODE.get(kind, 0)
+            if self._counts is not None:
+                self._counts[self.kinds[entry]] -= 1
+                self._counts[k] += 1
+            self.kinds[entry] = k
             self.types[entry] = self._type_code(type_)
 
-    def forgotten(self, n: int = 1) -> None:
-        """``n`` entries went stale."""
+    def forgotten(self, n: int = 1, kind: str | None = None) -> None:
+        """``n`` entries went stale: of ``kind``, or of a kind not known here (then the
+        counts are counted again when next asked for)."""
         self.stale += n
+        if kind is None or self._counts is None:
+            self._counts = None
+        else:
+            self._counts[_KIND_CODE.get(kind, 0)] -= n
+
+    def counts(self, current: Callable[[str, float], bool]) -> dict[str, int]:
+        """Current ends by kind (``""``: unknown); kept up to date as ends are added, and
+        counted again (once, O(ends)) after retention forgot some."""
+        if self._counts is None:
+            counted = [0] * len(KINDS)
+            for i in range(len(self.ids)):
+                if current(self.ids[i], self.times[i]):
+                    counted[self.kinds[i]] += 1
+            self._counts = counted
+        return {KINDS[k]: n for k, n in enumerate(self._counts) if k or n}
 
     def compact(self, current: Callable[[str, float], bool]) -> bool:
         """Drop stale entries once they are at least half of them; whether it did."""

@@ -193,8 +193,8 @@ class Index:
         self.unwritten.pop(wid, None)
 
     def _reopen(self, wid: str, steps: Steps | None) -> None:
+        ending = self.ending.pop(wid, None)
         if self.finished.pop(wid, None) is not None:
-            self.ends.forgotten()
-        self.ending.pop(wid, None)
+            self.ends.forgotten(kind=None if ending is None else Kind(ending.kind).value)
         if steps is not None:
             self.live[wid] = steps
