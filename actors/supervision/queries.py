@@ -193,6 +193,12 @@ class Queries:
             scanned = found["scanned"]
         return {"items": items, "next": following, "scanned": scanned}
 
+    async def finished_counts(self) -> dict[str, int]:
+        """The finished workflows the journal keeps, by state: the counts by state of `stats`
+        hold only those cached here."""
+        await self.started.wait()
+        return await self.journal.finished_counts()
+
     async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
         """The journaled records of ``workflow_id``'s last run, in journal order (`UnknownWorkflow`)."""
         await self.started.wait()

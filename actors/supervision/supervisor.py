@@ -176,6 +176,10 @@ class SupervisorCore:
         """Workflows by cursor, in flight first, then finished ones, the last to end first (`Queries.page`)."""
         return await self.queries.page(state, type_part, cursor, limit)
 
+    async def finished_counts(self) -> dict[str, int]:
+        """The finished workflows the journal keeps, by state (`Queries.finished_counts`)."""
+        return await self.queries.finished_counts()
+
     async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
         """The journaled records of a workflow's last run, in journal order (`Queries.history`)."""
         return await self.queries.history(workflow_id)
