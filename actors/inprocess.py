@@ -50,6 +50,9 @@ class LocalJournal:
                    limit: int) -> dict[str, Any]:
         return self.journal.page(state, type_part, before, limit)
 
+    async def finished_counts(self) -> dict[str, int]:
+        return self.journal.finished_counts()
+
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         return self.journal.history(workflow_id)
 

@@ -175,6 +175,9 @@ class LogActor:
                    limit: int) -> dict[str, Any]:
         return self._leader().page(state, type_part, before, limit)
 
+    async def finished_counts(self) -> dict[str, int]:
+        return self._leader().finished_counts()
+
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         return self._leader().history(workflow_id)
 

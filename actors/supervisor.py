@@ -90,6 +90,10 @@ class RayJournal:
         found: dict[str, Any] = await self.handle.page.remote(state, type_part, before, limit)
         return found
 
+    async def finished_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = await self.handle.finished_counts.remote()
+        return counts
+
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = await self.handle.history.remote(workflow_id)
         return records
@@ -196,6 +200,10 @@ class SupervisorActor:
         """A page of workflows by cursor, in flight first, then finished ones, the last to end
         first: ``{"items", "next", "scanned"}`` (see `Queries.page`)."""
         return await self._ready().page(state, type_part, cursor, limit)
+
+    async def finished_counts(self) -> dict[str, int]:
+        """The finished workflows the journal keeps, by state (`stats` counts only those held here)."""
+        return await self._ready().finished_counts()
 
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """The journaled records of a workflow's last run, in order (each step with its time and attempt)."""

@@ -69,6 +69,7 @@ class EndLog:
         self._type_codes: dict[str, int] = {"": 0}
         self.next_pos = 0
         self.stale = 0
+        self._counts: list[int] | None = [0] * len(KINDS)  # current ends by kind; None: count again
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -85,6 +86,8 @@ class EndLog:
     def add(self, workflow_id: str, t: float, kind: str, type_: str) -> None:
         code = self._type_code(type_)
         k = _KIND_CODE.get(kind, 0)
+        if self._counts is not None:
+            self._counts[k] += 1
         self.by_kind.setdefault(k, array("q")).append(len(self.ids))
         self.ids.append(workflow_id)
         self.times.append(t)
@@ -152,12 +155,32 @@ class EndLog:
     def learn(self, entry: int, kind: str, type_: str) -> None:
         """The kind and type of an entry that had none, read from its fold."""
         if entry < len(self.ids):
-            self.kinds[entry] = _KIND_CODE.get(kind, 0)
+            k = _KIND_CODE.get(kind, 0)
+            if self._counts is not None:
+                self._counts[self.kinds[entry]] -= 1
+                self._counts[k] += 1
+            self.kinds[entry] = k
             self.types[entry] = self._type_code(type_)
 
-    def forgotten(self, n: int = 1) -> None:
-        """``n`` entries went stale."""
+    def forgotten(self, n: int = 1, kind: str | None = None) -> None:
+        """``n`` entries went stale: of ``kind``, or of a kind not known here (then the
+        counts are counted again when next asked for)."""
         self.stale += n
+        if kind is None or self._counts is None:
+            self._counts = None
+        else:
+            self._counts[_KIND_CODE.get(kind, 0)] -= n
+
+    def counts(self, current: Callable[[str, float], bool]) -> dict[str, int]:
+        """Current ends by kind (``""``: unknown); kept up to date as ends are added, and
+        counted again (once, O(ends)) after retention forgot some."""
+        if self._counts is None:
+            counted = [0] * len(KINDS)
+            for i in range(len(self.ids)):
+                if current(self.ids[i], self.times[i]):
+                    counted[self.kinds[i]] += 1
+            self._counts = counted
+        return {KINDS[k]: n for k, n in enumerate(self._counts) if k or n}
 
     def compact(self, current: Callable[[str, float], bool]) -> bool:
         """Drop stale entries once they are at least half of them; whether it did."""
@@ -200,6 +223,7 @@ class EndLog:
         for i, k in enumerate(self.kinds):
             self.by_kind.setdefault(k, array("q")).append(i)
         self.stale = min(self.stale, live)
+        self._counts = None  # counted again when next asked for
 
     @property
     def first_pos(self) -> int:
@@ -234,6 +258,7 @@ class EndLog:
         for i, k in enumerate(log.kinds):
             log.by_kind.setdefault(k, array("q")).append(i)
         log.next_pos = log.pos[-1] + 1 if log.pos else 0
+        log._counts = None
         return log
 
     def latest(self) -> dict[str, float]:
@@ -261,10 +286,13 @@ class Chunk:
     count: int
     min_t: float
     max_t: float
+    kinds: list[int] = field(default_factory=lambda: [0] * len(KINDS))  # its ends by kind code
     hashes: array[int] = field(default_factory=lambda: array("q"), repr=False)
+    kept: list[int] = field(default_factory=list, repr=False)  # by kind, those after `counted_at`
+    counted_at: float = math.nan
 
     def describe(self) -> list[Any]:
-        return [self.name, self.first_pos, self.last_pos, self.count, self.min_t, self.max_t]
+        return [self.name, self.first_pos, self.last_pos, self.count, self.min_t, self.max_t, self.kinds]
 
 
 @dataclass
@@ -310,7 +338,20 @@ class Ends:
         return isinstance(wid, str) and self.get(wid) is not None
 
     def __len__(self) -> int:
-        return len(self.hot) + sum(c.count for c in self.chunks)
+        return len(self.hot) + sum(sum(self._kept(c)) for c in self.chunks)
+
+    def _kept(self, chunk: Chunk) -> list[int]:
+        """``chunk``'s ends not forgotten, by kind code."""
+        if chunk.min_t >= self.forgotten_before:
+            return chunk.kinds
+        if chunk.counted_at != self.forgotten_before:
+            counted = [0] * len(KINDS)
+            log = self._chunk(chunk)[0]
+            for t, k in zip(log.times, log.kinds, strict=True):
+                if t >= self.forgotten_before:
+                    counted[k] += 1
+            chunk.kept, chunk.counted_at = counted, self.forgotten_before
+        return chunk.kept
 
     def current(self, wid: str, t: float) -> bool:
         """Whether ``wid``'s kept end is the one at ``t`` (an entry is current)."""
@@ -322,12 +363,23 @@ class Ends:
         self.hot[wid] = t
         self.log.add(wid, t, kind, type_)
 
-    def pop(self, wid: str) -> bool:
-        """Forget ``wid``'s end if it is in memory (an undone or forgotten one); whether it was."""
+    def pop(self, wid: str, kind: str | None = None) -> bool:
+        """Forget ``wid``'s end if it is in memory (an undone or forgotten one, of
+        ``kind`` when known); whether it was."""
         if self.hot.pop(wid, None) is None:
             return False
-        self.log.forgotten()
+        self.log.forgotten(kind=kind)
         return True
+
+    def counts(self, current: Callable[[str, float], bool]) -> dict[str, int]:
+        """Kept ends by kind (``""``: unknown): those in memory, and each chunk's as it was
+        spilled, counted again (once per retention watermark) for a chunk it cuts."""
+        out = dict(self.log.counts(current))
+        for chunk in self.chunks:
+            for k, n in enumerate(self._kept(chunk)):
+                if n:
+                    out[KINDS[k]] = out.get(KINDS[k], 0) + n
+        return out
 
     def compact(self) -> bool:
         return self.log.compact(lambda w, t: self.hot.get(w) == t)
@@ -368,8 +420,11 @@ class Ends:
 
     @staticmethod
     def chunk_of(part: EndLog) -> Chunk:
+        kinds = [0] * len(KINDS)
+        for k in part.kinds:
+            kinds[k] += 1
         return Chunk(f"ends-{part.first_pos:020d}.end", part.first_pos, part.next_pos - 1, len(part),
-                     min(part.times, default=0.0), max(part.times, default=0.0),
+                     min(part.times, default=0.0), max(part.times, default=0.0), kinds,
                      array("q", sorted(id_hash(w) for w in part.ids)))
 
     def spilled(self, chunk: Chunk, part: EndLog, spans: int) -> None:
@@ -409,8 +464,9 @@ class Ends:
     def restore_chunks(self, described: list[list[Any]], next_pos: int) -> None:
         """Take the chunks a snapshot names (their hashes read from storage, or
         computed from the chunk if that copy is missing or damaged)."""
-        for name, first, last, count, min_t, max_t in described:
-            chunk = Chunk(str(name), int(first), int(last), int(count), float(min_t), float(max_t))
+        for name, first, last, count, min_t, max_t, kinds in described:
+            chunk = Chunk(str(name), int(first), int(last), int(count), float(min_t), float(max_t),
+                          [int(n) for n in kinds])
             try:
                 chunk.hashes = decode_hashes(self.fetch(chunk.name + ".h"))
             except (FileNotFoundError, ValueError):

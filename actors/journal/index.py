@@ -195,7 +195,7 @@ class Index:
         self.unwritten.pop(wid, None)
 
     def _reopen(self, wid: str, steps: Steps | None) -> None:
-        self.finished.pop(wid)
-        self.ending.pop(wid, None)
+        ending = self.ending.pop(wid, None)
+        self.finished.pop(wid, None if ending is None else Kind(ending.kind).value)
         if steps is not None:
             self.live[wid] = steps

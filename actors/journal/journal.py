@@ -328,6 +328,10 @@ class Journal(Startup):
         """A page of finished workflows, the last to end first, by cursor (`Stored.page`)."""
         return self.stored.page(state, type_part, before, limit)
 
+    def finished_counts(self) -> dict[str, int]:
+        """The finished workflows the journal keeps (in memory or only on storage), by state."""
+        return self.index.ends.counts(self.index.current)
+
     def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """The durable records of a workflow's last run, in journal order (`Stored.history`)."""
         return self.stored.history(workflow_id)

@@ -43,6 +43,10 @@ class JournalPort(Protocol):
         ``before`` (None: the newest): ``{"items": folds, "next": cursor or None, "scanned": n}``."""
         ...
 
+    async def finished_counts(self) -> dict[str, int]:
+        """The finished workflows the journal keeps, by state (``""``: not known yet)."""
+        ...
+
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """The durable records of ``workflow_id``'s last run, in journal order, as maps."""
         ...

@@ -49,6 +49,8 @@ class Queries:
         self.table = table
         self.started = started
         self.waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self.ended = 0
+        """Workflows that finished since this process started (counts by state hold only the cached ones)."""
 
     async def _find(self, workflow_ids: builtins.list[str]) -> dict[str, Workflow]:
         """The workflows of ``workflow_ids`` held here or, finished and out of this
@@ -75,6 +77,7 @@ class Queries:
         """``workflow_id`` finished: it joins the table's cache of finished ones, and
         every call waiting for it wakes."""
         self.table.ended(workflow_id)
+        self.ended += 1
         for future in self.waiters.pop(workflow_id, []):
             if not future.done():
                 future.set_result(None)
@@ -189,6 +192,12 @@ class Queries:
             following = None if found["next"] is None else f"f{found['next']}"
             scanned = found["scanned"]
         return {"items": items, "next": following, "scanned": scanned}
+
+    async def finished_counts(self) -> dict[str, int]:
+        """The finished workflows the journal keeps, by state: the counts by state of `stats`
+        hold only those cached here."""
+        await self.started.wait()
+        return await self.journal.finished_counts()
 
     async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
         """The journaled records of ``workflow_id``'s last run, in journal order (`UnknownWorkflow`)."""

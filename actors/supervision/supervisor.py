@@ -176,6 +176,10 @@ class SupervisorCore:
         """Workflows by cursor, in flight first, then finished ones, the last to end first (`Queries.page`)."""
         return await self.queries.page(state, type_part, cursor, limit)
 
+    async def finished_counts(self) -> dict[str, int]:
+        """The finished workflows the journal keeps, by state (`Queries.finished_counts`)."""
+        return await self.queries.finished_counts()
+
     async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]:
         """The journaled records of a workflow's last run, in journal order (`Queries.history`)."""
         return await self.queries.history(workflow_id)
@@ -186,7 +190,8 @@ class SupervisorCore:
             counts[wf.state.value] += 1
         return {"mode": self.mode.value, "held": self.held, "in_flight": self.admission.admitted,
                 "max_cmds": self.options.max_cmds, "waiting_admission": self.admission.waiting,
-                "running": len(self.dispatcher.running), "parked": len(self.parking.timers), "counts": counts}
+                "running": len(self.dispatcher.running), "parked": len(self.parking.timers), "counts": counts,
+                "finished_since_start": self.queries.ended}
 
     async def suspend(self) -> dict[str, Any]:
         """Hold intake closed until `resume`; journaled before it takes effect."""

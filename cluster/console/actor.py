@@ -43,6 +43,9 @@ class RaySupervisor:
     async def deployments(self) -> builtins.list[dict[str, Any]]:
         return cast(builtins.list[dict[str, Any]], await self.handle.deployments.remote())
 
+    async def finished_counts(self) -> dict[str, int]:
+        return cast(dict[str, int], await self.handle.finished_counts.remote())
+
     async def retry_now(self, workflow_id: str) -> bool:
         return bool(await self.handle.retry_now.remote(workflow_id))
 

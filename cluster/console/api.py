@@ -47,6 +47,7 @@ class Supervisor(Protocol):
     async def history(self, workflow_id: str) -> builtins.list[dict[str, Any]]: ...
     async def deployments(self) -> builtins.list[dict[str, Any]]: ...
     async def retry_now(self, workflow_id: str) -> bool: ...
+    async def finished_counts(self) -> dict[str, int]: ...
 
 
 def iso(t: float | None) -> str | None:
@@ -83,8 +84,11 @@ class Throughput:
         self.window_s, self.bucket_s = window_s, bucket_s
         self.samples: deque[tuple[float, int]] = deque()
 
-    def add(self, t: float, counts: dict[str, int]) -> None:
-        finished = sum(int(counts.get(s, 0)) for s in FINISHED)
+    def add(self, t: float, counts: dict[str, int], finished_since_start: int | None = None) -> None:
+        """A sample: the supervisor's count of workflows finished since it started (the
+        counts by state stop rising once its cache of finished ones is full), else the counts."""
+        finished = finished_since_start if finished_since_start is not None else \
+            sum(int(counts.get(s, 0)) for s in FINISHED)
         if self.samples and t <= self.samples[-1][0]:
             return
         self.samples.append((t, finished))
@@ -121,11 +125,21 @@ class ConsoleApi:
 
     async def sample(self) -> dict[str, Any]:
         stats = await self.sup.stats()
-        self.throughput.add(self.clock(), stats["counts"])
+        self.throughput.add(self.clock(), stats["counts"], stats.get("finished_since_start"))
         return stats
+
+    async def counts(self, stats: dict[str, Any]) -> dict[str, int]:
+        """Workflows by state: the supervisor's, and for finished states the journal's
+        (the supervisor holds only its cache of finished ones; the journal keeps them all)."""
+        kept = await self.sup.finished_counts()
+        counts = dict(stats["counts"])
+        for s in FINISHED:
+            counts[s] = max(int(counts.get(s, 0)), int(kept.get(s, 0)))
+        return counts
 
     async def overview(self) -> dict[str, Any]:
         stats = await self.sample()
+        stats = {**stats, "counts": await self.counts(stats)}
         now = self.clock()
         lists = await asyncio.gather(*[self.sup.list(s, ACTIVE_ROWS) for s in ACTIVE])
         rows = {s: [summary(w, now) for w in found] for s, found in zip(ACTIVE, lists, strict=True)}
@@ -154,7 +168,7 @@ class ConsoleApi:
         found = await self.sup.page(state, type_, cursor, limit)
         total = None
         if not type_:
-            counts = (await self.sample())["counts"]
+            counts = await self.counts(await self.sample())
             total = counts[state] if state else sum(counts.values())
         return {"items": [summary(w, now) for w in found["items"]], "offset": offset, "limit": limit,
                 "cursor": cursor, "next": found["next"], "more": found["next"] is not None, "total": total,

@@ -12,6 +12,9 @@ never imports it (it submits plain envelopes). Each scenario prints one JSON lin
 - ``restart``: the whole cluster is stopped with workflows of the deployment parked,
   and a fresh one started on the same journal: its package is uploaded again from
   the journal's storage and they finish on their own code.
+
+The test (`tests.chaos.test_cluster`) runs the first two, and the third inside the
+whole-cluster restart of `tests.chaos.failures`, on that script's cluster.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import tempfile
 import textwrap
 import time
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -230,43 +234,69 @@ def retry_node(nodes: Cluster, root: str) -> dict[str, Any]:
             "lost": sum(not isinstance(results[w], dict) for w in ids), "resume_s": None}
 
 
-def restart(nodes: Cluster, root: str) -> tuple[Cluster, dict[str, Any]]:
-    """Workflows of a shipped deployment parked; the whole cluster stopped and a fresh
-    one started on the same journal; they finish on the shipped code."""
-    from ray._private.runtime_env.packaging import package_exists
+@dataclass
+class Parked:
+    """Workflows of a shipped deployment, parked until ``flag`` exists."""
 
-    opts = options(root, "deploy-restart")
-    sup = coordinator.start(opts)
+    uri: str
+    deployment: str
+    ids: list[str]
+    calls: str
+    flag: str
+
+
+def park(sup: Any, namespace: str, root: str) -> Parked:
+    """Ship and deploy the test code and park a few of its workflows (before a restart)."""
     uri = ship(root, "v")
-    dep = coordinator.deploy({"working_dir": uri}, namespace=opts.namespace)["id"]
+    dep = coordinator.deploy({"working_dir": uri}, namespace=namespace)["id"]
     calls = workdir(root, "calls-deploy-restart")
     flag = os.path.join(root, "restart-flag")
     ids: list[str] = ray.get(sup.submit_many.remote([envelope("Gated", dir=calls, flag=flag) for _ in range(6)]))
     wait_for(lambda: all(s["state"] == "delayed" for s in ray.get([sup.status.remote(w) for w in ids])), 60,
              "the workflows to park")
+    return Parked(uri, dep, ids, calls, flag)
+
+
+def package_exists(uri: str) -> bool:
+    from ray._private.runtime_env.packaging import package_exists as exists
+
+    return bool(exists(uri))
+
+
+def finish_parked(parked: Parked, sup: Any, namespace: str, in_gcs_before: bool, started: float) -> dict[str, Any]:
+    """After the restart (the coordinator started at ``started``): let the parked
+    workflows go on, and count whether they finished on the shipped code."""
+    listed = {d["id"]: d for d in coordinator.deployments(namespace)}
+    open(parked.flag, "w").close()
+    ids, dep = parked.ids, parked.deployment
+    results, times = collect({w: sup.result.remote(w, 120) for w in ids})
+    keys = Counter(n["key"] for n in notes(parked.calls))
+    good = [w for w in ids if isinstance(results[w], dict) and results[w]["version"] == "shipped-v"
+            and results[w]["actor"].startswith(f"command-{dep}-")
+            and results[w]["values"] == [f"{w}/0:0", f"{w}/1:1"]]
+    return {"workflows": len(ids), "lost": len(ids) - len(good),
+            "lost_examples": [results[w] for w in ids if w not in good][:3],
+            "package_in_new_gcs_before_start": in_gcs_before, "package_in_new_gcs_after": package_exists(parked.uri),
+            "deployment_listed": dep in listed, "types_listed": listed.get(dep, {}).get("types"),
+            "first_steps_repeated": sum(keys[f"{w}/0"] - 1 for w in ids),
+            "resume_s": round(min(times.values()) - started, 2) if times else None}
+
+
+def restart(nodes: Cluster, root: str) -> tuple[Cluster, dict[str, Any]]:
+    """Workflows of a shipped deployment parked; the whole cluster stopped and a fresh
+    one started on the same journal; they finish on the shipped code. (The test runs
+    `park` and `finish_parked` inside `tests.chaos.failures`'s own restart.)"""
+    opts = options(root, "deploy-restart")
+    parked = park(coordinator.start(opts), opts.namespace, root)
     ray.shutdown()
     for node in list(nodes.worker_nodes):
         nodes.remove_node(node, allow_graceful=False)
     nodes.remove_node(nodes.head_node, allow_graceful=False)
     nodes, _ = start_cluster()
-    in_new_gcs_before = bool(package_exists(uri))
+    before = package_exists(parked.uri)
     started = time.monotonic()
     sup = coordinator.start(opts)
-    start_s = time.monotonic() - started
-    listed = {d["id"]: d for d in coordinator.deployments(opts.namespace)}
-    open(flag, "w").close()
-    results, times = collect({w: sup.result.remote(w, 120) for w in ids})
-    keys = Counter(n["key"] for n in notes(calls))
-    good = [w for w in ids if isinstance(results[w], dict) and results[w]["version"] == "shipped-v"
-            and results[w]["actor"].startswith(f"command-{dep}-")
-            and results[w]["values"] == [f"{w}/0:0", f"{w}/1:1"]]
-    out = {"scenario": "restart", "workflows": len(ids), "lost": len(ids) - len(good),
-           "lost_examples": [results[w] for w in ids if w not in good][:3],
-           "package_in_new_gcs_before_start": in_new_gcs_before, "package_in_new_gcs_after": bool(package_exists(uri)),
-           "deployment_listed": dep in listed, "types_listed": listed.get(dep, {}).get("types"),
-           "first_steps_repeated": sum(keys[f"{w}/0"] - 1 for w in ids),
-           "coordinator_start_s": round(start_s, 2),
-           "resume_s": round(min(times.values()) - started, 2) if times else None}
+    out = {"scenario": "restart", **finish_parked(parked, sup, opts.namespace, before, started)}
     coordinator.stop(opts.namespace)
     return nodes, out
 

@@ -9,7 +9,10 @@ to resume (seconds from the failure to the first result of a workflow it interru
 - ``supervisor``: the SupervisorActor is killed mid-load, `result` calls in flight;
 - ``rebalance``: every worker node is lost and two new ones join; where the
   CommandActor pool runs afterwards (``pool_nodes``);
-- ``restart``: the whole cluster is stopped, a fresh one started on the same journal.
+- ``actor_killed``, ``retry_node`` (`tests.chaos.deploys`): a shipped deployment's
+  actors killed mid-step; a retry moved off a node its service cannot reach;
+- ``restart``: the whole cluster is stopped, a fresh one started on the same journal,
+  with workflows of a shipped deployment parked (``shipped``: they finish on its code).
 
 (A journal replica's node killed is `tests.chaos.multinode`.) ``COORDINATOR_CHAOS_S``
 (default 0) repeats the worker-node kill, a new node replacing each one killed, until
@@ -31,6 +34,7 @@ from ray.cluster_utils import Cluster
 
 import cluster as coordinator
 from cluster import Options
+from tests.chaos import deploys
 from tests.support import wait_for
 from workflows.testing import Tracked, read_calls
 
@@ -242,6 +246,7 @@ def restart(nodes: Cluster, root: str) -> tuple[Cluster, dict[str, Any]]:
     ids = submit(sup, calls, 30, 0.3)
     wait_for(lambda: len(read_calls(calls)) >= len(quick) * STEPS + 30, 60, "steps to run")
     open_at_stop = [s["id"] for s in ray.get([sup.status.remote(w) for w in ids]) if s["state"] != "completed"]
+    parked = deploys.park(sup, opts.namespace, root)  # a shipped deployment's workflows, parked
     ray.shutdown()
     for node in list(nodes.worker_nodes):
         nodes.remove_node(node, allow_graceful=False)
@@ -249,6 +254,7 @@ def restart(nodes: Cluster, root: str) -> tuple[Cluster, dict[str, Any]]:
     up = time.monotonic()
     nodes, _ = start_cluster()
     cluster_s = time.monotonic() - up
+    in_gcs_before = deploys.package_exists(parked.uri)
     started = time.monotonic()
     sup = coordinator.start(opts)
     start_s = time.monotonic() - started
@@ -256,8 +262,9 @@ def restart(nodes: Cluster, root: str) -> tuple[Cluster, dict[str, Any]]:
     results, times = collect(refs)
     resumed = [times[w] - started for w in open_at_stop if w in times]
     out = counts(calls, quick + ids, results)
+    shipped = deploys.finish_parked(parked, sup, opts.namespace, in_gcs_before, started)
     coordinator.stop(opts.namespace)
-    return nodes, {"scenario": "restart", **out, "unfinished_at_stop": len(open_at_stop),
+    return nodes, {"scenario": "restart", **out, "unfinished_at_stop": len(open_at_stop), "shipped": shipped,
                    "finished_answered": sum(results[w] == finished[w] for w in quick), "finished": len(quick),
                    "cluster_start_s": round(cluster_s, 2), "coordinator_start_s": round(start_s, 2),
                    "resume_s": round(min(resumed), 2) if resumed else None,
@@ -270,8 +277,10 @@ def main(root: str) -> None:
     chaos_s = float(os.environ.get("COORDINATOR_CHAOS_S", "0"))
     nodes, workers = start_cluster()
     try:
+        # rebalance leaves three live nodes again, as the deployments' scenarios need
         for run in (lambda: worker_node(nodes, workers, root, chaos_s), lambda: supervisor(root),
-                    lambda: rebalance(nodes, root)):
+                    lambda: rebalance(nodes, root), lambda: deploys.actor_killed(root),
+                    lambda: deploys.retry_node(nodes, root)):
             print(json.dumps(run()), flush=True)
         nodes, report = restart(nodes, root)
         print(json.dumps(report), flush=True)

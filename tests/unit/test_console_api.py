@@ -60,6 +60,9 @@ class Core:
     async def retry_now(self, workflow_id: str) -> bool:
         return await self.core.retry_now(workflow_id)
 
+    async def finished_counts(self) -> dict[str, int]:
+        return await self.core.finished_counts()
+
 
 @pytest.fixture
 async def consoles() -> AsyncIterator[tuple[LocalCoordinator, str, str, aiohttp.ClientSession]]:
@@ -96,7 +99,10 @@ async def test_pages_follow_the_cursor_newest_first(consoles: Any) -> None:
         cursor = page["next"]
     assert seen == ["parked", *[f"e{i}" for i in range(6, -1, -1)]]
     done = await get(http, url + "api/workflows", state="completed", limit="2")
-    assert [w["id"] for w in done["items"]] == ["e6", "e5"] and done["total"] is not None
+    assert [w["id"] for w in done["items"]] == ["e6", "e5"]
+    assert done["total"] == 7 and c.core.stats()["counts"]["completed"] == 3  # all the journal keeps
+    overview = await get(http, url + "api/overview")
+    assert overview["stats"]["counts"]["completed"] == 7 and overview["stats"]["counts"]["delayed"] == 1
     async with http.get(url + "api/workflows", params={"cursor": "nonsense"}) as r:
         assert r.status == 400 and "cursor" in (await r.json())["error"]
 
@@ -137,3 +143,24 @@ async def test_retry_now_needs_the_operator_token(consoles: Any) -> None:
         assert (await r.json())["retried"] is False  # finished: nothing to retry
     async with http.post(op_url + "api/retry-now", params={"id": "nobody"}, headers={TOKEN_HEADER: TOKEN}) as r:
         assert r.status == 404
+
+
+
+async def test_throughput_counts_finishes_past_the_cache_of_finished_ones(consoles: Any) -> None:
+    """The counts by state stop rising once the supervisor's cache (3 here) is full; the
+    throughput follows the finishes since it started."""
+    from cluster.console.api import ConsoleApi
+
+    c = consoles[0]
+    now = [100.0]
+    api = ConsoleApi(Core(c), read_only=True, clock=lambda: now[0])
+    await api.sample()
+    for i in range(8):
+        await c.core.result(await c.core.submit(Echo(i, steps=0)), 5)
+    now[0] = 101.0
+    stats = await api.sample()
+    assert stats["counts"]["completed"] == 3 and stats["finished_since_start"] == 8
+    assert sum(api.throughput.series(101.5)["per_s"]) * api.throughput.bucket_s == pytest.approx(8, abs=0.01)
+    now[0] = 102.0
+    api.throughput.add(now[0], stats["counts"], 2)  # a restarted supervisor counts from 0: nothing added
+    assert sum(api.throughput.series(102.5)["per_s"]) * api.throughput.bucket_s == pytest.approx(8, abs=0.01)

@@ -140,7 +140,7 @@ async def test_retention_forgets_workflows_evicted_from_the_journals_memory_and_
     assert j.lookup(ids).keys() == set(ids)
     now[0] = 1000.0
     await j.snapshot()
-    assert j.lookup(ids) == {} and not j.index.finished
+    assert j.lookup(ids) == {} and not j.index.finished and not any(j.finished_counts().values())
     assert [r.sealed for r in j.backend.segments()] == [False]  # every sealed segment held only forgotten ones
     assert j.backend.indexes() == []
     (answer,) = await j.append([from_wire({"k": "submitted", "w": "w1", "type": "tests:T", "fields": {}, "t": 1.0})])
@@ -173,6 +173,8 @@ async def test_ends_spill_to_storage_and_memory_holds_two_chunks_at_most(monkeyp
     assert len(kept.hot) <= 2 * 50 and len(kept.chunks) >= 18 and len(kept) == 1000
     remembered = j.lookup(ids)
     assert remembered.keys() == set(ids) and all_pages(j) == ids[::-1]
+    counts = {"completed": 666, "failed": 334}
+    assert {k: n for k, n in j.finished_counts().items() if n} == counts
     assert all_pages(j, "failed") == [w for i, w in enumerate(ids) if i % 3 == 0][::-1]
     (known,) = await j.append([from_wire({"k": "submitted", "w": "w7", "type": "tests:T", "fields": {}, "t": 9.0})])
     assert known.workflow == remembered["w7"]  # reserved: its end is found in a chunk on storage
@@ -185,10 +187,47 @@ async def test_ends_spill_to_storage_and_memory_holds_two_chunks_at_most(monkeyp
                 store.put_blob(kept.chunks[0].name + ".h", b"junk")
             j = opened()
         assert len(j.index.finished) == 1000 and j.lookup(ids) == remembered, step
+        assert {k: n for k, n in j.finished_counts().items() if n} == counts, step
         assert all_pages(j) == ids[::-1], step
     first = j.index.finished.chunks[0]
     j.index.finished._loaded.clear()
     store.put_blob(first.name, b"junk")
     with pytest.raises(JournalCorrupt, match=first.name):
         j.lookup(["w0"])
+    j.close()
+
+
+async def test_retention_cutting_through_a_chunk_of_ends_frees_just_the_older_ids(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ends, "CHUNK", 10)
+    now = [0.0]
+    store = MemoryBackend("cut-chunk")
+
+    def opened() -> Journal:
+        j = Journal(store, owner="k", segment_bytes=4000, cache_size=2, retention_s=50.0, clock=lambda: now[0])
+        j.open()
+        return j
+
+    j = opened()
+    ids = await fill(j, 100)  # w{i} ended at 2 + i
+    assert len(j.index.finished.chunks) >= 4
+    now[0] = 2 + 55.5 + 50  # forgets w0..w55: the watermark falls inside the chunk of w50..w59
+    spilled = [c.name for c in j.index.finished.chunks]
+    await j.snapshot()
+    dropped = set(spilled) - {c.name for c in j.index.finished.chunks}
+    assert len(dropped) >= 4
+    for name in dropped:
+        with pytest.raises(FileNotFoundError):
+            store.get_blob(name)
+    for step in ("snapshot", "restart"):
+        kept = j.index.finished
+        assert len(kept) == 44 and sum(j.finished_counts().values()) == 44, step
+        assert j.lookup(["w55", "w56"]).keys() == {"w56"}, step
+        assert not any(c.max_t < kept.forgotten_before for c in kept.chunks), step  # wholly older ones deleted
+        j.close()
+        j = opened()
+    (free, known) = await j.append([
+        from_wire({"k": "submitted", "w": "w55", "type": "tests:T", "fields": {}, "t": 200.0}),
+        from_wire({"k": "submitted", "w": "w56", "type": "tests:T", "fields": {}, "t": 200.0})])
+    assert free is None and known.workflow["id"] == "w56"
     j.close()

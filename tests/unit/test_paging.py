@@ -233,3 +233,34 @@ async def test_ends_from_a_snapshot_that_kept_no_kinds_are_checked_against_their
     finally:
         j.close()
         MemoryBackend.drop(name)
+
+
+def nonzero(j: Journal) -> dict[str, int]:
+    return {k: n for k, n in j.finished_counts().items() if n}
+
+
+async def test_finished_counts_follow_ends_retention_and_failed_batches() -> None:
+    now = [100.0]
+    name = f"paging-counts-{uuid.uuid4().hex}"
+    j = Journal(MemoryBackend(name), owner="n", segment_bytes=400, cache_size=1, retention_s=50.0,
+                clock=lambda: now[0])
+    j.open()
+    try:
+        for i in range(6):
+            end: Record = Failed(f"w{i}", {"type": "E", "message": ""}, 10.0 * i) if i % 3 == 0 \
+                else Completed(f"w{i}", i, 10.0 * i)
+            await j.append([Submitted(f"w{i}", TYPES[0], {}, 10.0 * i), end])
+        assert nonzero(j) == {"completed": 4, "failed": 2}
+        # A batch that is never written takes its end back.
+        undo: list[Any] = []
+        j.index.admit(Submitted("w9", TYPES[0], {}, 99.0), undo)
+        j.index.admit(Completed("w9", 9, 99.0), undo)
+        assert nonzero(j) == {"completed": 5, "failed": 2}
+        for step in reversed(undo):
+            step()
+        assert nonzero(j) == {"completed": 4, "failed": 2}
+        await j.snapshot()  # retention forgets those that ended before 50: w0..w4
+        assert nonzero(j) == {"completed": 1} and len(j.index.finished) == 1
+    finally:
+        j.close()
+        MemoryBackend.drop(name)

@@ -209,8 +209,8 @@ function renderList(d, params) {
 function renderDeployments(d) {
   const cols = [
     ["Deployment", (r) => el("span", { class: "mono", text: r.id }), "id"],
-    ["Runtime env", (r) => el("span", { class: "mono", text: r.runtime_env })],
-    ["Types", (r) => (r.types.length ? el("span", { class: "mono", text: r.types.join(", ") }) : el("span", { class: "muted", text: "—" }))],
+    ["Runtime env", (r) => el("span", { class: "mono", text: r.runtime_env }), "wrap"],
+    ["Types", (r) => (r.types.length ? el("span", { class: "mono", text: r.types.join(", ") }) : el("span", { class: "muted", text: "—" })), "wrap"],
     ["Unfinished", (r) => r.unfinished, "num"],
     ["Actors", (r) => r.actors, "num"],
     ["Nodes", (r) => r.nodes, "num"],
