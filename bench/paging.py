@@ -58,6 +58,9 @@ def timed(what: str, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
 
 
 def pages(j: Journal) -> None:
+    began = time.perf_counter()
+    counts = {k: n for k, n in j.finished_counts().items() if n}
+    print(f"  {'finished counts':<34} {(time.perf_counter() - began) * 1000:8.2f} ms  {counts}")
     first = timed("first page", lambda: j.page(None, None, None, PAGE))
     timed("next page", lambda: j.page(None, None, first["next"], PAGE))
     deep = j.index.ends.log.next_pos // 2

@@ -11,6 +11,9 @@ An entry is current while `Index.finished` holds the same end time for its id; o
 forgotten by retention, or ended again after its id was freed, stays as a stale
 entry until enough are stale that `compact` drops them (amortised O(1) per end).
 About 35 bytes an end, beside the ~180 of the id's reservation.
+
+Positions are given anew when the journal opens (in the order of the ends it keeps),
+so a cursor taken before a restart goes on from about the same place, not exactly.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from ray.cluster_utils import Cluster
 
 import cluster as coordinator
 from cluster import Options
-from tests.chaos import deploys
 from tests.support import wait_for
 from workflows.testing import Tracked, read_calls
 
@@ -237,6 +236,7 @@ def rebalance(nodes: Cluster, root: str) -> dict[str, Any]:
 
 def restart(nodes: Cluster, root: str) -> tuple[Cluster, dict[str, Any]]:
     """Stop the whole cluster mid-run; start a fresh one on the same journal."""
+    from tests.chaos import deploys  # it imports this module's helpers
     opts = options(root, "restart")
     sup = coordinator.start(opts)
     calls = os.path.join(root, "calls-restart")
@@ -272,6 +272,7 @@ def restart(nodes: Cluster, root: str) -> tuple[Cluster, dict[str, Any]]:
 
 
 def main(root: str) -> None:
+    from tests.chaos import deploys  # it imports this module's helpers
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     chaos_s = float(os.environ.get("COORDINATOR_CHAOS_S", "0"))

@@ -248,7 +248,7 @@ class Chaos:
                                                                   "terminated"))
         completed = {r["w"] for r in records if r.get("k") == "completed"}
         outcomes = Counter((r["w"], r["step"]) for r in records if r.get("k") == "outcome")
-        applied = Counter()
+        applied: Counter[str] = Counter()
         token_of: dict[str, str] = {}
         with open(os.path.join(self.ledger, "applied.log")) as f:
             for line in f:
@@ -262,12 +262,14 @@ class Chaos:
         journaled_keys = {f"{w}/{s}" for w, s in outcomes}
         by_kind = Counter(k["kind"] for k in self.kills)
         resume = {kind: [k["resume_s"] for k in self.kills if k["kind"] == kind] for kind in KINDS}
+        dup_ends = sum(1 for n in ends.values() if n > 1)
+        dup_outcomes = sum(n - 1 for n in outcomes.values())
+        applied_twice = sum(n - 1 for n in applied.values())
         return {"workflows": len(self.acked), "deployments": len(set(self.acked.values())),
                 "completed": len(completed & set(self.acked)), "lost": len(lost), "lost_examples": lost[:5],
                 "unanswered": len(self.acked) - len(answers),
-                "duplicate_ends": sum(1 for n in ends.values() if n > 1),
-                "duplicate_outcomes": sum(n - 1 for n in outcomes.values()),
-                "applied_twice": sum(n - 1 for n in applied.values()),
+                "duplicates": dup_ends + dup_outcomes + applied_twice, "duplicate_ends": dup_ends,
+                "duplicate_outcomes": dup_outcomes, "applied_twice": applied_twice,
                 "applied_without_outcome": len(set(applied) - journaled_keys),
                 "missing_outcomes": sum(1 for w in self.acked for i in range(STEPS) if outcomes[(w, i)] == 0),
                 "repeated_calls": sum(n - 1 for n in calls.values()),

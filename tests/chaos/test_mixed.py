@@ -53,6 +53,7 @@ def test_every_acknowledged_submit_ends_once_and_every_result_is_answered(report
 
 
 def test_no_step_has_two_outcomes_and_no_service_applied_a_key_twice(report: dict[str, Any]) -> None:
+    assert report["duplicates"] == 0
     assert report["duplicate_outcomes"] == 0
     assert report["missing_outcomes"] == 0
     assert report["applied_twice"] == 0

@@ -7,10 +7,13 @@ import asyncio
 from dataclasses import dataclass, replace
 from typing import Any
 
+import pytest
+
 from actors.records import Dispatch, Kind, Record, Report
 from actors.runner import Runner
 from workflows.command import Command, encode_command
 from workflows.context import Context
+from workflows.errors import WorkerLost
 
 CALLS: list[str] = []
 
@@ -57,3 +60,43 @@ async def test_a_batch_delivered_twice_runs_each_attempt_once_and_both_calls_wai
     assert [r.end for r in reports] == [Kind.COMPLETED]
     await runner.run([replace(item, attempt=2, fresh=False)])  # a new attempt runs
     assert len(reports) == 2
+
+
+class FlakyHandle:
+    """A CommandActor handle whose ``run`` calls raise the given errors, then succeed."""
+
+    def __init__(self, errors: list[BaseException]) -> None:
+        self.errors = errors
+        self.sent: list[list[Dispatch]] = []
+        self.run = self
+
+    def remote(self, items: list[Dispatch]) -> Any:
+        self.sent.append(items)
+        error = self.errors.pop(0) if self.errors else None
+
+        async def answer() -> None:
+            if error is not None:
+                raise error
+
+        return answer()
+
+
+async def test_a_batch_for_an_actor_being_restarted_goes_to_it_again_reading_its_steps(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from actors import pools
+    from actors.options import Options
+
+    monkeypatch.setattr(pools, "UNAVAILABLE_RETRY_S", 0.0)
+    pool = pools.RayPools(Options(gateway=None), None, None)
+    item = Dispatch("w-1", "t:T", {}, 1, "inc", fresh=True)
+    handle = FlakyHandle([ActorUnavailableError("The actor is restarting", None)] * 2)
+    pool.workers.append(pools.Worker(handle, "d", "command-d-1"))
+    await pool.run(0, [item])
+    assert [[i.fresh for i in batch] for batch in handle.sent] == [[True], [False], [False]]
+    dead = FlakyHandle([ActorDiedError()])
+    pool.workers.append(pools.Worker(dead, "d", "command-d-2"))
+    with pytest.raises(WorkerLost):  # gone for good: its attempts go elsewhere
+        await pool.run(1, [item])
+    assert len(dead.sent) == 1
