@@ -26,6 +26,7 @@ from actors.journal.backends import Backend, SegmentRef
 from actors.journal.ends import Chunk, EndLog, encode_hashes
 from actors.journal.index import Index
 from actors.journal.segments import SegmentLog
+from actors.tuning import release_memory
 from actors.workflow_state import WorkflowTable
 from workflows.errors import Fenced
 
@@ -144,6 +145,7 @@ class Maintenance:
         chunk = ends.chunk_of(part)
         await self.journal.run(self._put_chunk, chunk, part)
         ends.spilled(chunk, part, spans)
+        await self.journal.run(release_memory)
         log.info("ends_spilled", chunk=chunk.name, ends=chunk.count, chunks=len(ends.chunks))
 
     def _put_chunk(self, chunk: Chunk, part: EndLog) -> None:
@@ -179,6 +181,7 @@ class Maintenance:
             await j.run(self._delete_chunks, dropped)
         self.since_snapshot = 0
         j.index.compact()
+        await j.run(release_memory)
         log.info("snapshot_written", seq=seq, workflows=len(j.table.workflows), forgotten=len(gone))
         for waiter in self.waiters:
             if not waiter.done():
