@@ -31,6 +31,7 @@ import structlog
 
 from actors.journal import codec
 from actors.journal.backends import Backend, SegmentRef
+from actors.journal.ends import decode_hashes, encode_hashes, id_hash
 
 log = structlog.get_logger("journal")
 VERSION = 1
@@ -140,7 +141,10 @@ class Indexes:
         self.ids: dict[int, array[int]] = {}
 
     def _keep(self, first_seq: int, idx: SegmentIndex) -> SegmentIndex:
-        self.ids[first_seq] = _hashes(idx)
+        if first_seq not in self.ids:
+            self.ids[first_seq] = _hashes(idx)
+            with contextlib.suppress(Exception):  # any storage error: computed again next time
+                self.backend.put_blob(_hashes_name(first_seq), encode_hashes(self.ids[first_seq]))
         self._cache[first_seq] = idx
         self._cache.move_to_end(first_seq)
         while len(self._cache) > CACHED:
@@ -162,8 +166,10 @@ class Indexes:
         if idx is None:
             idx = SegmentIndex.build(self.backend.read(ref), self.backend.describe(ref))
         self.backend.put_index(first_seq, idx.encode())
-        # Only its ids' hashes stay: a reader loads the index again when it needs it.
-        self.ids[first_seq] = _hashes(idx)
+        # Only its ids' hashes stay, stored too: a reader loads the index again when it
+        # needs it, and after a restart reads the hashes, not every index, to find an id.
+        self.ids[first_seq] = hashes = _hashes(idx)
+        self.backend.put_blob(_hashes_name(first_seq), encode_hashes(hashes))
 
     def load(self, ref: SegmentRef) -> SegmentIndex:
         """``ref``'s index: from memory (unsealed) or the backend, else rebuilt from the segment."""
@@ -214,15 +220,27 @@ class Indexes:
         if ref.sealed:
             with contextlib.suppress(FileNotFoundError):
                 self.backend.delete_index(ref.first_seq)
+            self.backend.delete_blob(_hashes_name(ref.first_seq))
+
+    def _stored_hashes(self, first_seq: int) -> array[int] | None:
+        """The sealed segment's ids' hashes: from memory, else stored beside its index
+        (None if missing or damaged: its index is read instead)."""
+        found = self.ids.get(first_seq)
+        if found is None:
+            try:
+                found = self.ids[first_seq] = decode_hashes(self.backend.get_blob(_hashes_name(first_seq)))
+            except (FileNotFoundError, ValueError):
+                return None
+        return found
 
     def records_of(self, refs: list[SegmentRef], workflow_ids: Iterable[str]) -> dict[str, list[codec.Record]]:
         """Every stored record of each of ``workflow_ids`` in the segments ``refs``, in
         journal order (ids with none are left out)."""
         wanted = set(workflow_ids)
         found: dict[str, list[codec.Record]] = {}
-        hashes = {hash(w) for w in wanted}
+        hashes = {id_hash(w) for w in wanted}
         for ref in refs:
-            seen = self.ids.get(ref.first_seq) if ref.sealed else None
+            seen = self._stored_hashes(ref.first_seq) if ref.sealed else None
             if seen is not None and not any(_holds(seen, h) for h in hashes):
                 continue
             idx = self.load(ref)
@@ -232,7 +250,12 @@ class Indexes:
 
 
 def _hashes(idx: SegmentIndex) -> array[int]:
-    return array("q", sorted(hash(w) for w in idx.workflows))
+    return array("q", sorted(id_hash(w) for w in idx.workflows))
+
+
+def _hashes_name(first_seq: int) -> str:
+    """The blob of a sealed segment's ids' hashes (sorted `ends.id_hash` values)."""
+    return f"segment-{first_seq:020d}.ids"
 
 
 def _holds(hashes: array[int], h: int) -> bool:

@@ -231,3 +231,35 @@ async def test_retention_cutting_through_a_chunk_of_ends_frees_just_the_older_id
         from_wire({"k": "submitted", "w": "w56", "type": "tests:T", "fields": {}, "t": 200.0})])
     assert free is None and known.workflow["id"] == "w56"
     j.close()
+
+
+async def test_after_a_restart_an_old_workflow_is_found_by_the_stored_hashes_of_each_segment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from actors.journal.segindex import Indexes
+
+    store = MemoryBackend("hashed-segments")
+    j = Journal(store, owner="h", segment_bytes=600, cache_size=1)
+    j.open()
+    ids = await fill(j, 60)
+    remembered = j.lookup(ids)
+    j.close()
+    sealed = [r.first_seq for r in store.segments() if r.sealed]
+    assert len(sealed) >= 10
+    loads: list[int] = []
+    load = Indexes.load
+
+    def counted(ix: Indexes, ref: Any) -> Any:
+        loads.append(ref.first_seq)
+        return load(ix, ref)
+
+    monkeypatch.setattr(Indexes, "load", counted)
+    j = Journal(store, owner="h", segment_bytes=600, cache_size=1)
+    j.open()
+    assert j.lookup(["w3"]) == {"w3": remembered["w3"]}
+    assert 1 <= len([s for s in loads if s in sealed]) <= 2  # the segments holding w3, not every one
+    store.put_blob(f"segment-{sealed[0]:020d}.ids", b"damaged")  # read from its index instead
+    j.close()
+    j = Journal(store, owner="h", segment_bytes=600, cache_size=1)
+    j.open()
+    assert j.lookup(ids) == remembered
+    j.close()
