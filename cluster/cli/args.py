@@ -155,8 +155,8 @@ def _start(sub: Any) -> None:
 
 
 def _ls(sub: Any) -> None:
-    s = _add(sub, "ls", "list workflows, newest first. The CLI filters and pages over every workflow the "
-             "supervisor keeps (a server-side filter is a later step)")
+    s = _add(sub, "ls", "list workflows: in flight first (the newest submitted first), then finished ones "
+             "(the last to end first), read a page at a time however many the journal keeps")
     s.add_argument("--state", choices=[st.value for st in State], default=None, help="only workflows in this state")
     s.add_argument("--type", default=None, dest="type_part", metavar="TEXT",
                    help="only workflows whose type name contains TEXT (case-insensitive)")

@@ -183,9 +183,12 @@ def _submit(sup: Any, args: argparse.Namespace) -> Answer:
 def _ls(sup: Any, args: argparse.Namespace) -> Answer:
     import ray
 
-    statuses = ray.get(sup.list.remote(args.state, listing.ALL))
+    def fetch(cursor: str | None, limit: int) -> dict[str, Any]:
+        found: dict[str, Any] = ray.get(sup.page.remote(args.state, args.type_part, cursor, limit))
+        return found
+
     query = listing.Query(args.type_part, args.since, args.until, args.limit, args.offset)
-    page, total = listing.select(statuses, query)
+    page, total = listing.collect(fetch, query)
     return Answer(page, lambda: render.workflows(page, total, args.offset))
 
 

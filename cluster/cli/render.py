@@ -90,15 +90,17 @@ def deployments(listed: Sequence[Mapping[str, Any]]) -> str:
     return table(["ID", "RUNTIME_ENV", "TYPES", "UNFINISHED", "ACTORS", "NODES", "CREATED"], rows)
 
 
-def workflows(page: Sequence[Mapping[str, Any]], total: int, offset: int) -> str:
+def workflows(page: Sequence[Mapping[str, Any]], total: int | None, offset: int) -> str:
+    """``total``: how many matched in all, or None when more follow the page."""
     if not page:
         return f"no workflows match ({total} before --offset)" if total else "no workflows match"
     rows = [[s["id"], cell(s["type"], 32, keep_end=True), s["state"], str(s["attempts"]), when(s.get("submitted_at")),
              when(s.get("finished_at") or s.get("next_retry_at")), error_text(s.get("error"), 48)] for s in page]
     body = table(["id", "type", "state", "att", "submitted", "finished/retry", "last error"], rows)
     end = offset + len(page)
-    more = f"; next page: --offset {end}" if end < total else ""
-    return f"{body}\n\n{offset + 1}-{end} of {total}, newest first{more}"
+    of = f" of {total}" if total is not None else ""
+    more = f"; next page: --offset {end}" if total is None or end < total else ""
+    return f"{body}\n\n{offset + 1}-{end}{of}, in flight then finished, newest first{more}"
 
 
 def stats(s: Mapping[str, Any]) -> str:

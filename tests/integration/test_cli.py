@@ -115,7 +115,8 @@ def test_cli_lists_filters_and_renders(ray_session: str, coordinator: Callable[.
     assert json.loads(run("ls", "--until", "2000-01-01T00:00:00Z", env=env).stdout) == []
     table = run("ls", "-o", "table", "--limit", "2", env=env).stdout.splitlines()
     assert table[0].split() == ["ID", "TYPE", "STATE", "ATT", "SUBMITTED", "FINISHED/RETRY", "LAST", "ERROR"]
-    assert table[1].startswith("new-echo ") and table[-1] == "1-2 of 3, newest first; next page: --offset 2"
+    assert table[1].startswith("new-echo ")
+    assert table[-1] == "1-2 of 3, in flight then finished, newest first; next page: --offset 2"
     assert table[0].index("STATE") == table[1].index("completed")  # aligned
     shown = run("status", "fails", "-o", "table", env=env).stdout
     assert re.search(r"^last error +builtins\.ValueError: step 1 rejected the request$", shown, re.M), shown

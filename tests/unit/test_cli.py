@@ -16,7 +16,7 @@ import structlog
 
 from cluster.cli import main, parser, render
 from cluster.cli.args import service, settle, when
-from cluster.cli.listing import Query, select
+from cluster.cli.listing import Query, collect
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC).timestamp()
 
@@ -103,18 +103,28 @@ def status(wid: str, t: float, type_: str = "app.cmds:Book", state: str = "compl
             "next_retry_at": None, "submitted_at": t, "finished_at": t + 1}
 
 
-def test_ls_is_newest_first_filtered_and_paged() -> None:
-    found = [status("a", NOW - 300), status("b", NOW - 100, "app.cmds:Refund"), status("c", NOW - 200),
-             status("d", NOW - 100)]
-    page, total = select(found, Query())
-    assert [s["id"] for s in page] == ["d", "b", "c", "a"] and total == 4  # ties: by id, descending
-    assert [s["id"] for s in select(found, Query(type_part="REFUND"))[0]] == ["b"]
-    assert [s["id"] for s in select(found, Query(since=NOW - 200))[0]] == ["d", "b", "c"]
-    assert [s["id"] for s in select(found, Query(until=NOW - 200))[0]] == ["a"]
-    page, total = select(found, Query(limit=2, offset=1))
+def test_ls_reads_pages_until_it_has_the_rows_asked_for() -> None:
+    found = [status("d", NOW - 100), status("b", NOW - 100, "app.cmds:Refund"), status("c", NOW - 200),
+             status("a", NOW - 300)]  # in the supervisor's order
+    asked: list[tuple[str | None, int]] = []
+
+    def fetch(cursor: str | None, limit: int) -> dict[str, Any]:  # two a page, to count the pages read
+        asked.append((cursor, limit))
+        n = int(cursor or 0)
+        return {"items": found[n:n + 2], "next": str(n + 2) if n + 2 < len(found) else None}
+
+    page, total = collect(fetch, Query())
+    assert [s["id"] for s in page] == ["d", "b", "c", "a"] and total == 4 and len(asked) == 2
+    assert [s["id"] for s in collect(fetch, Query(type_part="REFUND"))[0]] == ["b"]
+    assert [s["id"] for s in collect(fetch, Query(since=NOW - 200))[0]] == ["d", "b", "c"]
+    assert [s["id"] for s in collect(fetch, Query(until=NOW - 200))[0]] == ["a"]
+    asked.clear()
+    page, total = collect(fetch, Query(limit=1))
+    assert [s["id"] for s in page] == ["d"] and total is None and len(asked) == 1  # one more row: more follow
+    page, total = collect(fetch, Query(limit=2, offset=1))
     assert [s["id"] for s in page] == ["b", "c"] and total == 4
-    text = render.workflows(page, total, 1)
-    assert "2-3 of 4, newest first; next page: --offset 3" in text
+    assert "2-3 of 4, in flight then finished, newest first; next page: --offset 3" in render.workflows(page, total, 1)
+    assert render.workflows(page, None, 1).endswith("2-3, in flight then finished, newest first; next page: --offset 3")
     assert render.workflows([], 0, 0) == "no workflows match"
 
 

@@ -209,7 +209,7 @@ async def test_retention_cutting_through_a_chunk_of_ends_frees_just_the_older_id
         return j
 
     j = opened()
-    ids = await fill(j, 100)  # w{i} ended at 2 + i
+    await fill(j, 100)  # w{i} ended at 2 + i
     assert len(j.index.finished.chunks) >= 4
     now[0] = 2 + 55.5 + 50  # forgets w0..w55: the watermark falls inside the chunk of w50..w59
     spilled = [c.name for c in j.index.finished.chunks]
