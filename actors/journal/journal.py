@@ -48,7 +48,7 @@ from actors.journal.replica import Replicator
 from actors.journal.segments import SegmentLog
 from actors.journal.startup import Startup
 from actors.journal.stored import Stored
-from actors.records import Ended, Record, Steps, from_wire, to_wire
+from actors.records import Ended, Record, Step, Steps, from_wire, to_wire
 from actors.workflow_state import WorkflowTable
 from workflows.context import Outcome
 from workflows.errors import Fenced, JournalUnavailable
@@ -194,7 +194,9 @@ class Journal(Startup):
 
     async def _flush(self, batch: _Batch) -> None:
         try:
-            await self.run(self.log.write, batch.frames, batch.last_seq)
+            keys = [(getattr(r, "workflow_id", None), r.service if isinstance(r, Step) else None)
+                    for r, _ in batch.records]
+            await self.run(self.log.write, batch.frames, batch.last_seq, keys)
         except Fenced as exc:
             self.fence(exc)
             return

@@ -21,9 +21,9 @@ import sys
 from array import array
 from bisect import bisect_left
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import crc32c
 import msgpack
@@ -50,18 +50,25 @@ class SegmentIndex:
     """Offsets and lengths as flat arrays of u64 (``[offset, length, offset, length, ...]``)."""
 
     size: int = 0
-    workflows: dict[str, array[int]] = field(default_factory=dict)
-    services: dict[str, array[int]] = field(default_factory=dict)
+    # Built here: dicts of arrays. Read back: `Packed`, each array decoded when asked for.
+    workflows: Mapping[str, array[int]] = field(default_factory=dict)
+    services: Mapping[str, array[int]] = field(default_factory=dict)
 
     def add(self, record: codec.Record, offset: int, length: int) -> None:
         wid = record.get("w")
-        if isinstance(wid, str):
-            found = self.workflows.get(wid)
+        service = str(record.get("service")) if record["k"] in STEP_KINDS else None
+        self.add_key(wid if isinstance(wid, str) else None, service, offset, length)
+
+    def add_key(self, wid: str | None, service: str | None, offset: int, length: int) -> None:
+        """Index a frame at ``offset`` of workflow ``wid`` and, for a step, of ``service``."""
+        if wid is not None:
+            workflows = cast("dict[str, array[int]]", self.workflows)
+            found = workflows.get(wid)
             if found is None:
-                found = self.workflows[sys.intern(wid)] = _offsets()
+                found = workflows[sys.intern(wid)] = _offsets()
             found.extend((offset, length))
-        if record["k"] in STEP_KINDS:
-            self.services.setdefault(str(record.get("service")), _offsets()).extend((offset, length))
+        if service is not None:
+            cast("dict[str, array[int]]", self.services).setdefault(service, _offsets()).extend((offset, length))
         self.size = max(self.size, offset + length)
 
     def extend(self, buf: bytes, base: int = 0, path: str = "<buffer>") -> None:
@@ -92,14 +99,50 @@ class SegmentIndex:
         if not isinstance(m, dict) or m.get("v") != VERSION or not isinstance(m.get("w"), dict) \
                 or not isinstance(m.get("s"), dict) or not isinstance(m.get("size"), int):
             return None
-        try:
-            return cls(m["size"], _unpacked(m["w"]), _unpacked(m["s"]))
-        except (TypeError, ValueError):
-            return None
+        w, svc = m["w"], m["s"]
+        if any(not isinstance(v, bytes) or len(v) % 16 for t in (w, svc) for v in t.values()):
+            return None  # offsets come in (offset, length) pairs of u64
+        return cls(m["size"], Packed(w), Packed(svc))
 
 
-def _packed(table: dict[str, array[int]]) -> dict[str, bytes]:
+if TYPE_CHECKING:
+    _Table = Mapping[str, array[int]]
+else:
+    _Table = Mapping
+
+
+class Packed(_Table):
+    """A stored index's table as read: little-endian u64 bytes per key, decoded into an
+    array when a key is asked for (reading an index costs its unpacking, not an array
+    per workflow)."""
+
+    def __init__(self, raw: dict[str, bytes]) -> None:
+        self._raw = raw
+
+    def __getitem__(self, key: str) -> array[int]:
+        a = array("Q")
+        a.frombytes(self._raw[key])
+        if sys.byteorder != "little":
+            a.byteswap()
+        return a
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._raw
+
+    def keys(self) -> KeysView[str]:
+        return self._raw.keys()
+
+
+def _packed(table: Mapping[str, array[int]]) -> dict[str, bytes]:
     """Each array as little-endian u64 bytes."""
+    if isinstance(table, Packed):
+        return dict(table._raw)
     if sys.byteorder == "little":
         return {k: a.tobytes() for k, a in table.items()}
     out = {}
@@ -107,19 +150,6 @@ def _packed(table: dict[str, array[int]]) -> dict[str, bytes]:
         b = array("Q", a)
         b.byteswap()
         out[k] = b.tobytes()
-    return out
-
-
-def _unpacked(table: dict[str, bytes]) -> dict[str, array[int]]:
-    out = {}
-    for k, data in table.items():
-        a = array("Q")
-        a.frombytes(data)
-        if sys.byteorder != "little":
-            a.byteswap()
-        if len(a) % 2:
-            raise ValueError("odd offsets")
-        out[sys.intern(k)] = a
     return out
 
 
@@ -151,13 +181,22 @@ class Indexes:
             self._cache.popitem(last=False)
         return idx
 
-    def written(self, first_seq: int, frames: list[bytes], start: int) -> None:
-        """``frames`` were appended at byte ``start`` of the unsealed segment ``first_seq``."""
+    def written(self, first_seq: int, frames: list[bytes], start: int,
+                keys: list[tuple[str | None, str | None]] | None = None) -> None:
+        """``frames`` were appended at byte ``start`` of the unsealed segment ``first_seq``;
+        ``keys``, when the writer knows them: each frame's workflow id and step service
+        (the frames are then not decoded again)."""
         idx = self.active.get(first_seq)
         if idx is None or idx.size != start:  # first write here, or after a repair: index the durable bytes
             buf = self.backend.read(SegmentRef(first_seq, False))[:start] if start else b""
             idx = self.active[first_seq] = SegmentIndex.build(buf)
-        idx.extend(b"".join(frames), start)
+        if keys is None or len(keys) != len(frames):
+            idx.extend(b"".join(frames), start)
+            return
+        offset = start
+        for frame, (wid, service) in zip(frames, keys, strict=True):
+            idx.add_key(wid, service, offset, len(frame))
+            offset += len(frame)
 
     def sealed(self, first_seq: int) -> None:
         """The segment ``first_seq`` was sealed: store its index beside it."""

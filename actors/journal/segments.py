@@ -94,8 +94,10 @@ class SegmentLog:
 
     # --- writes -------------------------------------------------------------------
 
-    def write(self, frames: list[bytes], last_seq: int) -> None:
-        """Append ``frames`` (records up to ``last_seq``) durably; see the module docstring."""
+    def write(self, frames: list[bytes], last_seq: int,
+              keys: list[tuple[str | None, str | None]] | None = None) -> None:
+        """Append ``frames`` (records up to ``last_seq``) durably; see the module docstring.
+        ``keys``: each frame's workflow id and step service, for its index (`Indexes.written`)."""
         active = self._open()
         start = self._durable
         try:
@@ -112,7 +114,7 @@ class SegmentLog:
         self.segments[-1].last_seq = last_seq
         self.writes, self.records_written = self.writes + 1, self.records_written + len(frames)
         try:
-            self.indexes.written(self.segments[-1].ref.first_seq, frames, start)
+            self.indexes.written(self.segments[-1].ref.first_seq, frames, start, keys)
         except Exception as exc:  # the records are durable; the index is rebuilt when next read
             self.indexes.active.pop(self.segments[-1].ref.first_seq, None)
             log.warning("segment_index_failed", error=repr(exc))

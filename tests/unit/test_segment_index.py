@@ -79,3 +79,44 @@ def test_an_index_round_trips_and_refuses_damage() -> None:
     assert SegmentIndex.decode(idx.encode()) == idx
     assert SegmentIndex.decode(b"") is None
     assert SegmentIndex.decode(idx.encode()[:-1]) is None
+
+
+async def test_the_index_a_writer_builds_from_its_records_equals_one_read_from_the_frames() -> None:
+    """The journal indexes its frames from the records it encoded, without decoding them
+    again: every kind a coordinator writes lands where a scan of the segment puts it."""
+    import asyncio
+
+    from actors.inprocess import LocalCoordinator
+    from tests.unit.local import opts, wait_state
+    from workflows.errors import CommandFailed
+    from workflows.testing import AwaitsSignal, Echo, Fails, Flaky
+
+    c = LocalCoordinator(opts(result_cache_size=2))
+    core = await c.start()
+    try:
+        done = [await core.submit(Echo(i, steps=2)) for i in range(3)]
+        failed = await core.submit(Fails(steps=2))
+        flaky = await core.submit(Flaky(failures=1))
+        waits = await core.submit(AwaitsSignal())
+        await wait_state(c, waits, "waiting")
+        await core.signal(waits, "go", {"approved_by": "ops"})
+        for wid in [*done, flaky, waits]:
+            await core.result(wid, 10)
+        try:
+            await core.result(failed, 10)
+        except CommandFailed:
+            pass
+        await asyncio.sleep(0.05)
+        j = c.journal
+        kinds = {r["k"] for r in j.read()}
+        assert {"submitted", "started", "outcome", "compensation", "delayed", "completed", "compensated",
+                "signal"} <= kinds, kinds
+        for seg in j.log.segments:
+            if seg.ref.sealed:
+                continue
+            written = j.log.indexes.active[seg.ref.first_seq]
+            scanned = SegmentIndex.build(j.backend.read(seg.ref))
+            assert written.workflows == scanned.workflows and written.services == scanned.services
+            assert written.size == scanned.size
+    finally:
+        await c.close()
