@@ -1,5 +1,6 @@
 """The web console: an overview of a coordinator, its workflows and their steps, and
-the operator's suspend and resume, served by aiohttp from plain HTML, CSS and JS.
+the operator's actions (suspend and resume intake; retry, cancel, terminate, resume,
+fork or signal a workflow), served by aiohttp from plain HTML, CSS and JS.
 
 `ConsoleServer` serves it in the current event loop (the ``coordinator console``
 command); `cluster.start` serves it from a detached actor when `Options.console_port`

@@ -49,6 +49,21 @@ class RaySupervisor:
     async def retry_now(self, workflow_id: str) -> bool:
         return bool(await self.handle.retry_now.remote(workflow_id))
 
+    async def cancel(self, workflow_id: str, reason: str) -> bool:
+        return bool(await self.handle.cancel.remote(workflow_id, reason))
+
+    async def terminate(self, workflow_id: str, reason: str) -> bool:
+        return bool(await self.handle.terminate.remote(workflow_id, reason))
+
+    async def resume_workflow(self, workflow_id: str) -> bool:
+        return bool(await self.handle.resume_workflow.remote(workflow_id))
+
+    async def fork(self, workflow_id: str, from_step: int, new_workflow_id: str) -> str:
+        return str(await self.handle.fork.remote(workflow_id, from_step, new_workflow_id))
+
+    async def signal(self, workflow_id: str, name: str, payload: Any) -> bool:
+        return bool(await self.handle.signal.remote(workflow_id, name, payload))
+
     async def suspend(self) -> dict[str, Any]:
         return cast(dict[str, Any], await self.handle.suspend.remote())
 

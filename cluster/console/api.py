@@ -1,6 +1,6 @@
 """The console's JSON API: what the pages show, built from the SupervisorActor's
 public remote methods only (stats, list, page, status, history, outcomes, deployments,
-suspend, resume, retry_now).
+suspend, resume, retry_now, and the per-workflow actions of `cluster.console.operations`).
 
 Nothing here knows about HTTP or Ray: `Supervisor` is any object with those
 methods as coroutines (`cluster.console.actor.RaySupervisor` wraps a Ray handle).
@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from actors.workflow_state import State
+from cluster.console.operations import Operable, Operations, offered
 
 STATES = tuple(state.value for state in State)
 """Every workflow state, as the supervisor names them."""
@@ -35,7 +36,7 @@ REPLAY_MAX = 5000
 VALUE_CHARS = 2000
 
 
-class Supervisor(Protocol):
+class Supervisor(Operable, Protocol):
     async def stats(self) -> dict[str, Any]: ...
     async def list(self, state: str | None, limit: int) -> builtins.list[dict[str, Any]]: ...
     async def status(self, workflow_id: str) -> dict[str, Any]: ...
@@ -121,6 +122,7 @@ class ConsoleApi:
     def __init__(self, sup: Supervisor, *, read_only: bool, clock: Callable[[], float] = time.time) -> None:
         self.sup, self.read_only, self.clock = sup, read_only, clock
         self.throughput = Throughput()
+        self.operations = Operations(sup)
         self._timelines: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
 
     async def sample(self) -> dict[str, Any]:
@@ -223,6 +225,8 @@ class ConsoleApi:
                     "duration_s": _duration(status, now), "timeline": timeline, "timeline_complete": complete,
                     "read_only": self.read_only,
                     "retry_offered": not self.read_only and status["state"] in ("delayed", "blocked")})
+        offer = offered(status, compensated=any(t["kind"] == "compensation" for t in timeline))
+        out.update({**offer, "actions": [] if self.read_only else offer["actions"]})
         return out
 
     async def _from_history(self, status: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, bool]:

@@ -3,7 +3,9 @@
 GETs are open to whoever reaches the port (bind it to 127.0.0.1 unless a proxy in
 front of it authenticates). POSTs, the operator actions, need the operator token in
 the ``X-Console-Token`` header, compared in constant time; a console started without
-a token is read-only and refuses every POST with 403.
+a token is read-only and refuses every POST with 403. The per-workflow actions
+(cancel, terminate, resume-workflow, fork, signal) take a JSON object and answer one:
+400 names what is wrong with the input, 404 an unknown workflow.
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ SAMPLE_INTERVAL_S = 1.0
 READ_ONLY = ("This console is read-only: it was started without an operator token "
              "(coordinator console --token-env VAR, or Options.console_token).")
 BAD_TOKEN = "Operator token missing or wrong: enter it in the token field at the top right."
+BODY_MAX_BYTES = 2 << 20
+"""A POST's largest body: a signal's payload (at most `Options.max_payload_bytes`, 1 MiB
+by default, as msgpack) as JSON text."""
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'"
 
 log = logging.getLogger(__name__)
@@ -81,6 +86,31 @@ def _int(request: web.Request, name: str, default: int) -> int:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
 
 
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object (an empty body is an empty object)."""
+    text = await request.text()
+    if not text.strip():
+        return {}
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"the request body is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") \
+            from None
+    if not isinstance(body, dict):
+        raise ValueError(f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _refused(request: web.Request, expected: bytes | None) -> web.Response | None:
+    """403 unless the request carries the operator token (``expected``; None: read-only)."""
+    if expected is None:
+        return _error(403, READ_ONLY)
+    given = request.headers.get(TOKEN_HEADER, "").encode()
+    if not hmac.compare_digest(given, expected):
+        return _error(403, BAD_TOKEN)
+    return None
+
+
 def make_app(api: ConsoleApi, token: str | None) -> web.Application:
     """The console as an aiohttp application over ``api``; ``token`` None = read-only."""
     expected = token.encode() if token else None
@@ -107,13 +137,7 @@ def make_app(api: ConsoleApi, token: str | None) -> web.Application:
         return _json(await api.workflow(wid))
 
     def refused(request: web.Request) -> web.Response | None:
-        """403 unless the request carries the operator token."""
-        if expected is None:
-            return _error(403, READ_ONLY)
-        given = request.headers.get(TOKEN_HEADER, "").encode()
-        if not hmac.compare_digest(given, expected):
-            return _error(403, BAD_TOKEN)
-        return None
+        return _refused(request, expected)
 
     async def action(request: web.Request) -> web.Response:
         return refused(request) or _json({"stats": await api.act(request.match_info["action"])})
@@ -121,7 +145,17 @@ def make_app(api: ConsoleApi, token: str | None) -> web.Application:
     async def retry_now(request: web.Request) -> web.Response:
         return refused(request) or _json(await api.retry_now(request.query.get("id", "")))
 
-    app = web.Application(middlewares=[_guard], client_max_size=4096)
+    operations = {"cancel": api.operations.cancel, "terminate": api.operations.terminate,
+                  "resume-workflow": api.operations.resume_workflow, "fork": api.operations.fork,
+                  "signal": api.operations.signal}
+
+    async def operate(request: web.Request) -> web.Response:
+        denied = refused(request)
+        if denied is not None:
+            return denied
+        return _json(await operations[request.match_info["op"]](await _body(request)))
+
+    app = web.Application(middlewares=[_guard], client_max_size=BODY_MAX_BYTES)
     app.router.add_get("/", index)
     app.router.add_get("/api/overview", overview)
     app.router.add_get("/api/workflows", workflows)
@@ -129,6 +163,7 @@ def make_app(api: ConsoleApi, token: str | None) -> web.Application:
     app.router.add_get("/api/deployments", deployments)
     app.router.add_post("/api/{action:suspend|resume}", action)
     app.router.add_post("/api/retry-now", retry_now)
+    app.router.add_post("/api/{op:" + "|".join(operations) + "}", operate)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     return app
 

@@ -4,7 +4,9 @@ A coordinator runs workflows (finishing, parked, compensated); the console serve
 on 127.0.0.1; the test reads what a person would see on the page: counts moving,
 a workflow's timeline with each step's time and attempt, the deployments, pages by
 cursor, a suspend and a retry-now refused without the operator token and done with
-it. It leaves a screenshot in tests/artifacts/console.png.
+it, and a workflow's own actions (none without the token; with it, a signal sent and
+a running workflow cancelled from its page). It leaves a screenshot in
+tests/artifacts/console.png (and console-operate.png, a running workflow's actions).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from actors.options import Options
 from cluster.console.actor import RaySupervisor
 from cluster.console.server import TOKEN_HEADER, ConsoleServer
 from tests.support import Coordinator
-from workflows.testing import Echo, Fails, Flaky, Tracked
+from workflows.testing import AwaitsSignal, Echo, Fails, Flaky, Tracked
 
 pytestmark = pytest.mark.ray
 
@@ -194,6 +196,11 @@ async def browser() -> AsyncIterator[Browser]:
             await b.close()
 
 
+def facts_show(state: str) -> str:
+    """True once a workflow's page shows it in ``state``."""
+    return f"(document.querySelector('dl.facts .state') || {{}}).textContent === {json.dumps(state)}"
+
+
 def count(state: str) -> str:
     return f"Number(document.getElementById('count-{state}')?.textContent ?? -1)"
 
@@ -306,6 +313,19 @@ async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp
                     assert r.status == 404 and "no-such-workflow" in (await r.json())["error"]
                 async with http.post(op_url + "api/suspend", headers={TOKEN_HEADER: "wrong"}) as r:
                     assert r.status == 403 and "token" in (await r.json())["error"]
+                # The actor's errors through Ray: InvalidCommand is 400, UnknownWorkflow 404.
+                operator_header = {TOKEN_HEADER: TOKEN}
+                async with http.post(op_url + "api/fork", json={"id": "trip-refused", "from_step": 1},
+                                     headers=operator_header) as r:
+                    assert r.status == 400 and "from step 0" in (await r.json())["error"]
+                async with http.post(op_url + "api/terminate", json={"id": "no-such-workflow"},
+                                     headers=operator_header) as r:
+                    assert r.status == 404 and "no-such-workflow" in (await r.json())["error"]
+                async with http.post(op_url + "api/resume-workflow", json={"id": "trip-refused"},
+                                     headers=operator_header) as r:
+                    assert r.status == 200 and (await r.json())["resumed"] is False
+                async with http.post(url + "api/cancel", json={"id": "slow-trip"}, headers=operator_header) as r:
+                    assert r.status == 403 and "read-only" in (await r.json())["error"]
 
             # Read-only, a parked workflow's page offers no retry; with the token it does.
             await page.goto(url + "#/workflow?id=waits-for-payments")
@@ -333,6 +353,42 @@ async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp
             await page.click("#resume")
             await page.until("document.getElementById('intake')?.textContent === 'open'", what="intake reopened")
             assert (await sup.stats.remote())["held"] is False
+
+            # A workflow's own actions: none on the read-only console; with the token, the
+            # ones its state allows: send a waiting one its signal, cancel a running one.
+            await sup.submit.remote(Tracked(str(tmp_path), steps=80, sleep_s=0.25), "cancel-me")
+            await sup.submit.remote(AwaitsSignal(sleep_s=0.0), "needs-go")
+            await page.goto(url + "#/workflow?id=needs-go")
+            await page.until(facts_show("waiting"), what="the waiting workflow's page")
+            assert await page.js("!document.getElementById('ops') && !document.querySelector('.tl-fork')")
+            await page.goto(op_url + "#/workflow?id=needs-go")
+            await page.until("!!document.getElementById('signal-send')", what="the signal form")
+            assert await page.js("document.getElementById('signal-name').value") == "go"
+            assert await page.js("!document.getElementById('resume-workflow') && !!document.getElementById('cancel')")
+            await page.click('.tl-fork[data-step="0"]')  # a step picked on the timeline fills in the fork
+            assert await page.js("[document.getElementById('fork-step').value, "
+                                 "document.getElementById('fork-id').value]") == ["0", "needs-go-fork-0"]
+            await page.js("const p = document.getElementById('signal-payload'); p.value = '{\"seats\": 2}';"
+                          "p.dispatchEvent(new Event('input'))")
+            await page.click("#signal-send")
+            await page.until("document.getElementById('flash').textContent.includes('sent to needs-go')",
+                             what="the signal sent")
+            assert await sup.result.remote("needs-go", 10) == {"seats": 2}
+            await page.until(facts_show("completed"), what="the signalled workflow completed")
+
+            await page.goto(op_url + "#/workflow?id=cancel-me")
+            await page.until(facts_show("running") + " && !!document.getElementById('cancel')",
+                             what="the running workflow's actions")
+            await page.js("const r = document.getElementById('reason'); r.value = 'customer asked';"
+                          "r.dispatchEvent(new Event('input'))")
+            await page.screenshot(ARTIFACTS / "console-operate.png")
+            await page.click("#cancel")  # the first click arms it, the second cancels
+            await page.until("document.getElementById('cancel')?.textContent === 'Confirm cancel'", what="armed")
+            assert (await sup.status.remote("cancel-me"))["state"] == "running"
+            await page.click("#cancel")
+            await page.until(facts_show("cancelled"), what="the workflow cancelled")
+            assert (await sup.status.remote("cancel-me"))["state"] == "cancelled"
+            assert await page.js("!document.getElementById('cancel') && !!document.getElementById('fork')")
 
             # The overview as an operator sees it, with work in flight, for the screenshot.
             await sup.submit_many.remote([Tracked(str(tmp_path), steps=40, sleep_s=0.25) for _ in range(3)])

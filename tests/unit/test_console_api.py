@@ -1,6 +1,7 @@
 """The console's HTTP API over the in-process coordinator (no Ray, no browser): pages by
 cursor, a timeline with each step's time and attempt, the deployments, and retry-now
-refused without the operator token and done with it."""
+and every per-workflow action (cancel, terminate, resume-workflow, fork, signal)
+refused without the operator token and done with it, bad input 400, unknown 404."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from actors.inprocess import LocalCoordinator
 from cluster.console import TOKEN_HEADER, ConsoleServer
 from tests.unit.local import opts, wait_state
-from workflows.testing import Echo, Fails, Flaky
+from workflows.testing import AwaitsSignal, Echo, Fails, Flaky, Stalls
 
 TOKEN = "t0ken"
 DEPLOYMENTS = [{"id": "d-2", "runtime_env": "working_dir=gcs://b.zip", "types": ["shop:Refund"], "unfinished": 0,
@@ -62,6 +63,21 @@ class Core:
 
     async def finished_counts(self) -> dict[str, int]:
         return await self.core.finished_counts()
+
+    async def cancel(self, workflow_id: str, reason: str) -> bool:
+        return await self.core.cancel(workflow_id, reason)
+
+    async def terminate(self, workflow_id: str, reason: str) -> bool:
+        return await self.core.terminate(workflow_id, reason)
+
+    async def resume_workflow(self, workflow_id: str) -> bool:
+        return await self.core.resume_workflow(workflow_id)
+
+    async def fork(self, workflow_id: str, from_step: int, new_workflow_id: str) -> str:
+        return await self.core.fork(workflow_id, from_step, new_workflow_id)
+
+    async def signal(self, workflow_id: str, name: str, payload: Any) -> bool:
+        return await self.core.signal(workflow_id, name, payload)
 
 
 @pytest.fixture
@@ -164,3 +180,143 @@ async def test_throughput_counts_finishes_past_the_cache_of_finished_ones(consol
     now[0] = 102.0
     api.throughput.add(now[0], stats["counts"], 2)  # a restarted supervisor counts from 0: nothing added
     assert sum(api.throughput.series(102.5)["per_s"]) * api.throughput.bucket_s == pytest.approx(8, abs=0.01)
+
+
+OPS = ("cancel", "terminate", "resume-workflow", "fork", "signal")
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: Any, token: str | None = TOKEN,
+               status: int = 200) -> Any:
+    """POST ``body`` (JSON, or text as it is) and the answer, which must have ``status``."""
+    headers = {TOKEN_HEADER: token} if token is not None else {}
+    data = body if isinstance(body, str) else None
+    async with http.post(url, json=None if data is not None else body, data=data, headers=headers) as r:
+        answer = await r.json()
+        assert r.status == status, answer
+        return answer
+
+
+async def test_every_workflow_action_with_the_token(consoles: Any) -> None:
+    c, _, url, http = consoles
+    waits, cancels, terminates = [await c.core.submit(AwaitsSignal(sleep_s=0.0), w) for w in ("w", "c", "t")]
+    for wid in (waits, cancels, terminates):
+        await wait_state(c, wid, "waiting")
+    page = await get(http, url + "api/workflow", id=waits)
+    assert page["actions"] == ["cancel", "terminate", "fork", "signal"]  # its sleep is a step: fork
+    assert page["signal_name"] == "go"
+
+    sent = await post(http, url + "api/signal", {"id": waits, "name": "go", "payload_json": '{"seats": [1, 2]}'})
+    assert sent == {"id": waits, "name": "go", "delivered": True}
+    assert await c.core.result(waits, 5) == {"seats": [1, 2]}
+    assert (await post(http, url + "api/signal", {"id": waits, "name": "go", "payload": 3}))["delivered"] is False
+
+    assert await post(http, url + "api/cancel", {"id": cancels, "reason": "customer asked"}) == \
+        {"id": cancels, "cancelled": True}
+    await wait_state(c, cancels, "cancelled")
+    assert (await post(http, url + "api/cancel", {"id": cancels}))["cancelled"] is False  # finished: a no-op
+    assert (await get(http, url + "api/workflow", id=cancels))["actions"] == ["fork"]  # stop no more
+    assert await post(http, url + "api/terminate", {"id": terminates}) == {"id": terminates, "terminated": True}
+    await wait_state(c, terminates, "terminated")
+
+    paused = await c.core.submit(Stalls(steps=2), "stalls")
+    await wait_state(c, paused, "paused")
+    page = await get(http, url + "api/workflow", id=paused)
+    assert page["actions"] == ["cancel", "terminate", "resume-workflow", "fork"] and page["fork_max_step"] == 2
+    assert await post(http, url + "api/resume-workflow", {"id": paused}) == {"id": paused, "resumed": True}
+    await c.core.result(paused, 5)
+    assert (await post(http, url + "api/resume-workflow", {"id": paused}))["resumed"] is False
+
+    done = await c.core.submit(Echo("v", steps=2), "echo")
+    await c.core.result(done, 5)
+    page = await get(http, url + "api/workflow", id=done)
+    assert page["actions"] == ["fork"] and page["fork_max_step"] == 2
+    forked = await post(http, url + "api/fork", {"id": done, "from_step": 1})
+    assert forked == {"id": done, "from_step": 1, "new_id": "echo-fork-1"}  # the default new id
+    assert await c.core.result("echo-fork-1", 5) == "v"
+    named = await post(http, url + "api/fork", {"id": done, "from_step": "0", "new_id": "echo-again"})
+    assert named["new_id"] == "echo-again" and await c.core.result("echo-again", 5) == "v"
+
+
+async def test_a_compensated_workflow_forks_from_step_0_only(consoles: Any) -> None:
+    c, _, url, http = consoles
+    wid = await c.core.submit(Fails(steps=2), "refused")
+    await wait_state(c, wid, "compensated")
+    page = await get(http, url + "api/workflow", id=wid)
+    assert page["actions"] == ["fork"] and page["fork_max_step"] == 0
+    error = await post(http, url + "api/fork", {"id": wid, "from_step": 1}, status=400)
+    assert "from step 0" in error["error"]
+
+
+async def test_each_action_needs_the_operator_token(consoles: Any) -> None:
+    c, ro_url, url, http = consoles
+    wid = await c.core.submit(AwaitsSignal(sleep_s=0.0), "w")
+    await wait_state(c, wid, "waiting")
+    page = await get(http, ro_url + "api/workflow", id=wid)
+    assert page["actions"] == [] and page["read_only"] is True  # read-only: nothing offered
+    body = {"id": wid, "reason": "r", "from_step": 0, "new_id": "w2", "name": "go", "payload": 1}
+    for op in OPS:
+        assert "read-only" in (await post(http, ro_url + "api/" + op, body, status=403))["error"]
+        assert "token" in (await post(http, url + "api/" + op, body, token="wrong", status=403))["error"]
+        assert "token" in (await post(http, url + "api/" + op, body, token=None, status=403))["error"]
+    status = await c.core.status(wid)
+    assert status["state"] == "waiting"
+    with pytest.raises(KeyError):
+        await c.core.status("w2")  # not forked
+
+
+@pytest.mark.parametrize(("op", "body", "names"), [
+    *[(op, {}, "id is required") for op in OPS],
+    *[(op, {"id": ""}, "id is required") for op in OPS],
+    ("cancel", {"id": "w", "reason": 7}, "reason must be a string"),
+    ("fork", {"id": "w"}, "from_step is required"),
+    ("fork", {"id": "w", "from_step": -1}, "from_step must be a step index"),
+    ("fork", {"id": "w", "from_step": "two"}, "from_step must be a step index"),
+    ("fork", {"id": "w", "from_step": True}, "from_step must be a step index"),
+    ("fork", {"id": "w", "from_step": 5}, "past them"),
+    ("fork", {"id": "w", "from_step": 0, "new_id": "w"}, "needs a new workflow id"),
+    ("signal", {"id": "w", "payload": 1}, "name is required"),
+    ("signal", {"id": "w", "name": "go", "payload_json": "{seats: 1"}, "payload is not JSON"),
+    ("signal", {"id": "w", "name": "go", "payload_json": 5}, "payload_json must be a string"),
+    ("cancel", "{not json", "the request body is not JSON"),
+    ("cancel", "[1, 2]", "must be a JSON object"),
+])
+async def test_bad_input_is_400_naming_what_is_wrong(consoles: Any, op: str, body: Any, names: str) -> None:
+    c, _, url, http = consoles
+    await c.core.result(await c.core.submit(Echo(1, steps=1), "w"), 5)
+    assert names in (await post(http, url + "api/" + op, body, status=400))["error"]
+
+
+async def test_an_unknown_workflow_is_404(consoles: Any) -> None:
+    _, _, url, http = consoles
+    body = {"id": "nobody", "from_step": 0, "new_id": "nobody-2", "name": "go"}
+    for op in OPS:
+        assert "nobody" in (await post(http, url + "api/" + op, body, status=404))["error"]
+
+
+async def test_resume_of_a_finished_workflow_out_of_memory_is_a_no_op(consoles: Any) -> None:
+    c, _, url, http = consoles
+    await c.core.result(await c.core.submit(Echo(0, steps=0), "old"), 5)
+    for i in range(4):  # the supervisor keeps 3 finished ones
+        await c.core.result(await c.core.submit(Echo(i, steps=0)), 5)
+    assert "old" not in c.core.table.workflows
+    assert await post(http, url + "api/resume-workflow", {"id": "old"}) == {"id": "old", "resumed": False}
+
+
+@pytest.mark.parametrize(("state", "steps", "actions"), [
+    ("pending", 0, ["cancel", "terminate"]),
+    ("running", 1, ["cancel", "terminate", "fork"]),
+    ("delayed", 1, ["retry-now", "cancel", "terminate", "fork"]),
+    ("blocked", 0, ["retry-now", "cancel", "terminate"]),
+    ("paused", 2, ["cancel", "terminate", "resume-workflow", "fork"]),
+    ("sleeping", 0, ["cancel", "terminate"]),
+    ("waiting", 0, ["cancel", "terminate", "signal"]),
+    *[(s, 1, ["fork"]) for s in ("completed", "failed", "compensated", "cancelled", "terminated")],
+    ("completed", 0, []),
+])
+def test_the_actions_offered_by_state(state: str, steps: int, actions: list[str]) -> None:
+    from cluster.console.operations import offered
+
+    status = {"state": state, "outcomes": [[i, "svc", i] for i in range(steps)], "waiting_for": "go"}
+    offer = offered(status, compensated=False)
+    assert offer["actions"] == actions and offer["fork_max_step"] == steps
+    assert offer["signal_name"] == ("go" if state == "waiting" else None)

@@ -65,8 +65,8 @@ function flash(kind, text) {
 function setAccess(readOnly) {
   const a = document.getElementById("access");
   a.textContent = readOnly ? "read-only" : "operator";
-  a.title = readOnly ? "started without an operator token: suspend and resume are refused"
-    : "suspend, resume and retry-now need the operator token";
+  a.title = readOnly ? "started without an operator token: every action is refused"
+    : "suspend, resume and each workflow's actions need the operator token";
   a.className = "access" + (readOnly ? " ro" : "");
 }
 
@@ -232,7 +232,8 @@ function renderTimeline(d) {
         el("span", { class: "tl-service", text: t.service }),
         el("span", { class: "tl-time mono", title: t.at || "not journaled with the step", text: t.at ? t.at.replace("T", " ") : "-" }),
         el("span", { class: "tl-attempt", text: `attempt ${t.attempt ?? "-"}` }),
-        el("span", { class: "tl-seq", text: t.seq !== null ? `journal seq ${t.seq}` : "" })),
+        el("span", { class: "tl-seq", text: t.seq !== null ? `journal seq ${t.seq}` : "" }),
+        forkHere(d, t)),
       el("pre", { class: "tl-value", text: t.value }))));
 }
 
@@ -250,6 +251,7 @@ function renderWorkflow(d) {
     d.retry_offered ? el("div", { class: "actions" },
       el("button", { class: "btn", id: "retry-now", type: "button", onclick: () => retryNow(d.id), text: "Retry now" }),
       el("span", { class: "note", text: " instead of waiting for the next retry" })) : null,
+    renderActions(d),
     e ? el("h2", { text: "Error" }) : null,
     e ? el("div", { class: "error-box", id: "error" },
       el("div", {}, el("span", { class: "etype", text: e.type || "error" }), ": ", e.message || ""),
@@ -259,6 +261,14 @@ function renderWorkflow(d) {
       : "compensations may be missing: the journal holds more outcomes than the console reads" })),
     renderTimeline(d),
   ];
+}
+
+// An operator typing in a field keeps its focus and caret across a refresh.
+function keepFocus(was) {
+  const now = document.getElementById(was.id);
+  if (!now || now === was) return;
+  now.focus();
+  try { now.setSelectionRange(was.selectionStart, was.selectionEnd); } catch (_) { /* a number field has none */ }
 }
 
 async function refresh() {
@@ -297,8 +307,10 @@ async function refresh() {
     }
     if (mine !== generation) return;
     const open = new Set([...view().querySelectorAll("details[open]")].map((x) => x.dataset.key));
+    const focused = view().contains(document.activeElement) ? document.activeElement : null;
     view().replaceChildren(...nodes.flat().filter(Boolean));
     for (const x of view().querySelectorAll("details")) if (open.has(x.dataset.key)) x.open = true;
+    if (focused && focused.id) keepFocus(focused);
     const foot = document.getElementById("updated");
     foot.textContent = "updated " + new Date().toLocaleTimeString() + " · refreshes every " + REFRESH_MS / 1000 + " s";
     foot.parentElement.className = "foot";
