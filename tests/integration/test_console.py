@@ -375,12 +375,27 @@ async def test_console_in_a_browser(coordinator: Callable[..., Coordinator], tmp
                              what="the signal sent")
             assert await sup.result.remote("needs-go", 10) == {"seats": 2}
             await page.until(facts_show("completed"), what="the signalled workflow completed")
+            # Fork it from step 0 (picked above): the page moves to the fork, which waits
+            # again; terminate it there.
+            await page.click("#fork")
+            await page.until("document.getElementById('wf-id')?.textContent === 'needs-go-fork-0' && "
+                             + facts_show("waiting"), what="the fork's page")
+            await page.click("#terminate")
+            await page.click("#terminate")
+            await page.until(facts_show("terminated"), what="the fork terminated")
 
             await page.goto(op_url + "#/workflow?id=cancel-me")
             await page.until(facts_show("running") + " && !!document.getElementById('cancel')",
                              what="the running workflow's actions")
-            await page.js("const r = document.getElementById('reason'); r.value = 'customer asked';"
-                          "r.dispatchEvent(new Event('input'))")
+            # What the operator types survives the page's refreshes, and so does the focus.
+            await page.js("document.getElementById('reason').focus()")
+            await page.send("Input.insertText", text="customer")
+            updated = await page.text("#updated")
+            await page.until(f"document.getElementById('updated').textContent !== {json.dumps(updated)}",
+                             what="a refresh")
+            await page.send("Input.insertText", text=" asked")
+            assert await page.js("[document.activeElement.id, document.getElementById('reason').value]") == \
+                ["reason", "customer asked"]
             await page.screenshot(ARTIFACTS / "console-operate.png")
             await page.click("#cancel")  # the first click arms it, the second cancels
             await page.until("document.getElementById('cancel')?.textContent === 'Confirm cancel'", what="armed")
