@@ -269,7 +269,9 @@ async def test_each_action_needs_the_operator_token(consoles: Any) -> None:
     *[(op, {"id": ""}, "id is required") for op in OPS],
     ("cancel", {"id": "w", "reason": 7}, "reason must be a string"),
     ("fork", {"id": "w"}, "from_step is required"),
+    ("fork", {"id": "w", "from_step": ""}, "from_step is required"),  # the page's field cleared
     ("fork", {"id": "w", "from_step": -1}, "from_step must be a step index"),
+    ("fork", {"id": "w", "from_step": "1.5"}, "from_step must be a step index"),
     ("fork", {"id": "w", "from_step": "two"}, "from_step must be a step index"),
     ("fork", {"id": "w", "from_step": True}, "from_step must be a step index"),
     ("fork", {"id": "w", "from_step": 5}, "past them"),

@@ -21,11 +21,11 @@ function formFor(d) {
 
 const forkId = () => (form.newIdEdited ? form.newId : `${form.id}-fork-${form.step}`);
 
-function field(id, key, attrs) {
-  return el(attrs && attrs.tag === "textarea" ? "textarea" : "input", Object.assign({
-    id, class: "field", value: form[key], "aria-label": attrs && attrs.placeholder,
-    oninput: (ev) => { form[key] = ev.target.value; },
-  }, attrs || {}, { tag: null }), attrs && attrs.tag === "textarea" ? form[key] : null);
+// An input (or a textarea) whose text is form[key].
+function field(tag, id, key, placeholder, attrs) {
+  return el(tag, Object.assign({ id, class: "field", placeholder, "aria-label": placeholder,
+    value: tag === "input" ? form[key] : null, oninput: (ev) => { form[key] = ev.target.value; } }, attrs),
+  tag === "textarea" ? form[key] : null);
 }
 
 function setStep(step) {
@@ -80,7 +80,7 @@ function stopButton(d, op, what) {
 function stopSection(d) {
   return el("div", { class: "op", id: "op-stop" },
     el("div", { class: "op-title", text: "Stop" }),
-    field("reason", "reason", { placeholder: "reason (journaled with the request)", maxlength: 1000 }),
+    field("input", "reason", "reason", "reason (journaled with the request)", { maxlength: 1000 }),
     stopButton(d, "cancel", "stops it and compensates the steps it did"),
     stopButton(d, "terminate", "stops it without compensating"),
     el("span", { class: "note", text: "cancel compensates the steps it did; terminate leaves them" }));
@@ -107,7 +107,7 @@ function forkSection(d) {
     el("button", { class: "btn", id: "fork", type: "button", text: "Fork",
       onclick: async () => {
         const from = d.id, step = form.step;
-        const r = await operate("fork", { id: from, from_step: Number(step), new_id: forkId() },
+        const r = await operate("fork", { id: from, from_step: String(step), new_id: forkId() },
           (res) => `Forked ${from} from step ${res.from_step} as ${res.new_id}: steps before ${res.from_step} copied.`);
         if (r) location.hash = "#/workflow?id=" + encodeURIComponent(r.new_id);
       } }),
@@ -119,8 +119,8 @@ function forkSection(d) {
 function signalSection(d) {
   return el("div", { class: "op", id: "op-signal" },
     el("div", { class: "op-title", text: "Signal" }),
-    field("signal-name", "signalName", { placeholder: "signal name" }),
-    field("signal-payload", "payload", { tag: "textarea", rows: 2, placeholder: "payload as JSON (empty: null)" }),
+    field("input", "signal-name", "signalName", "signal name"),
+    field("textarea", "signal-payload", "payload", "payload as JSON (empty: null)", { rows: 2 }),
     el("button", { class: "btn", id: "signal-send", type: "button", text: "Send signal",
       onclick: () => {
         const id = d.id, name = form.signalName;
