@@ -31,10 +31,14 @@ import structlog
 
 from actors.journal import codec
 from actors.journal.backends import Backend, SegmentRef
-from actors.journal.ends import decode_hashes, encode_hashes, id_hash
+from actors.journal.ends import id_hash
 
 log = structlog.get_logger("journal")
 VERSION = 1
+SPAN_MAX = 256 << 10
+"""The widest span of a workflow's records read directly; a wider one is found by the index."""
+DIRECTORIES = 8
+"""Sealed segments' directories kept decoded in memory (24 bytes a workflow), the last read."""
 CACHED = 2
 """Sealed segments' indexes kept decoded in memory, the last read (each about 290
 bytes per workflow of its segment)."""
@@ -166,15 +170,17 @@ class Indexes:
         self.active: dict[int, SegmentIndex] = {}
         self.rebuilt = 0
         self._cache: OrderedDict[int, SegmentIndex] = OrderedDict()  # sealed indexes read lately
+        self._dirs: OrderedDict[int, Directory] = OrderedDict()  # sealed directories read lately
         # Per sealed segment read or written here, the sorted hashes of its workflow ids
         # (8 bytes an id): a lookup reads only the indexes of the segments that may hold its ids.
         self.ids: dict[int, array[int]] = {}
 
     def _keep(self, first_seq: int, idx: SegmentIndex) -> SegmentIndex:
         if first_seq not in self.ids:
-            self.ids[first_seq] = _hashes(idx)
+            directory = Directory.of(idx)
+            self.ids[first_seq] = directory.hashes
             with contextlib.suppress(Exception):  # any storage error: computed again next time
-                self.backend.put_blob(_hashes_name(first_seq), encode_hashes(self.ids[first_seq]))
+                self.backend.put_blob(_directory_name(first_seq), directory.encode())
         self._cache[first_seq] = idx
         self._cache.move_to_end(first_seq)
         while len(self._cache) > CACHED:
@@ -199,24 +205,34 @@ class Indexes:
             offset += len(frame)
 
     def sealed(self, first_seq: int) -> None:
-        """The segment ``first_seq`` was sealed: store its index beside it."""
-        idx = self.active.pop(first_seq, None)
+        """The segment ``first_seq`` was sealed: store its index beside it. Until they are
+        stored, a reader finds the index in memory (`load`)."""
+        idx = self.active.get(first_seq)
         ref = SegmentRef(first_seq, True)
         if idx is None:
             idx = SegmentIndex.build(self.backend.read(ref), self.backend.describe(ref))
         self.backend.put_index(first_seq, idx.encode())
-        # Only its ids' hashes stay, stored too: a reader loads the index again when it
-        # needs it, and after a restart reads the hashes, not every index, to find an id.
-        self.ids[first_seq] = hashes = _hashes(idx)
-        self.backend.put_blob(_hashes_name(first_seq), encode_hashes(hashes))
+        # Only its ids' hashes stay, its directory stored too: a reader loads the index
+        # again when it needs it, and finds an id by the directory, without the index.
+        directory = Directory.of(idx)
+        self.backend.put_blob(_directory_name(first_seq), directory.encode())
+        self.ids[first_seq] = directory.hashes
+        self.active.pop(first_seq, None)
 
     def load(self, ref: SegmentRef) -> SegmentIndex:
         """``ref``'s index: from memory (unsealed) or the backend, else rebuilt from the segment."""
         if not ref.sealed:
             idx = self.active.get(ref.first_seq)
             if idx is None:
-                idx = self.active[ref.first_seq] = SegmentIndex.build(self.backend.read(ref))
+                try:
+                    buf = self.backend.read(ref)
+                except FileNotFoundError:  # sealed meanwhile (by the storage thread): read the sealed copy
+                    return self.load(SegmentRef(ref.first_seq, True))
+                idx = self.active[ref.first_seq] = SegmentIndex.build(buf)
             return idx
+        sealing = self.active.get(ref.first_seq)  # sealed, its index not yet stored
+        if sealing is not None:
+            return sealing
         cached = self._cache.get(ref.first_seq)
         if cached is not None:
             self._cache.move_to_end(ref.first_seq)
@@ -256,44 +272,136 @@ class Indexes:
         self.active.pop(ref.first_seq, None)
         self.ids.pop(ref.first_seq, None)
         self._cache.pop(ref.first_seq, None)
+        self._dirs.pop(ref.first_seq, None)
         if ref.sealed:
             with contextlib.suppress(FileNotFoundError):
                 self.backend.delete_index(ref.first_seq)
-            self.backend.delete_blob(_hashes_name(ref.first_seq))
+            self.backend.delete_blob(_directory_name(ref.first_seq))
 
     def _stored_hashes(self, first_seq: int) -> array[int] | None:
-        """The sealed segment's ids' hashes: from memory, else stored beside its index
+        """The sealed segment's ids' hashes: from memory, else from its stored `Directory`
         (None if missing or damaged: its index is read instead)."""
         found = self.ids.get(first_seq)
         if found is None:
-            try:
-                found = self.ids[first_seq] = decode_hashes(self.backend.get_blob(_hashes_name(first_seq)))
-            except (FileNotFoundError, ValueError):
+            directory = self._directory(first_seq)
+            if directory is None:
                 return None
+            found = self.ids[first_seq] = directory.hashes
+        return found
+
+    def _directory(self, first_seq: int) -> Directory | None:
+        found = self._dirs.get(first_seq)
+        if found is not None:
+            self._dirs.move_to_end(first_seq)
+            return found
+        try:
+            found = Directory.decode(self.backend.get_blob(_directory_name(first_seq)))
+        except (FileNotFoundError, ValueError):
+            return None
+        self._dirs[first_seq] = found
+        while len(self._dirs) > DIRECTORIES:
+            self._dirs.popitem(last=False)
+        return found
+
+    def _by_directory(self, ref: SegmentRef, wanted: dict[str, int]) -> dict[str, list[codec.Record]] | None:
+        """The records of ``wanted`` (id to hash) in the sealed segment ``ref``, each read
+        in one ranged read of the span its directory gives, without its index; None when
+        the directory is missing or a span is too wide (a long-lived workflow)."""
+        directory = self._directory(ref.first_seq)
+        if directory is None:
+            return None
+        spans_ = {w: directory.span(h) for w, h in wanted.items()}
+        if any(sp is not None and sp[1] - sp[0] > SPAN_MAX for sp in spans_.values()):
+            return None
+        found: dict[str, list[codec.Record]] = {}
+        path = self.backend.describe(ref)
+        for w, sp in spans_.items():
+            if sp is None:
+                continue
+            buf = self.backend.read_range(ref, sp[0], sp[1] - sp[0])
+            records = [r for r in codec.records_mentioning(buf, w.encode(), f"{path}@{sp[0]}") if r.get("w") == w]
+            if records:
+                found[w] = records
         return found
 
     def records_of(self, refs: list[SegmentRef], workflow_ids: Iterable[str]) -> dict[str, list[codec.Record]]:
         """Every stored record of each of ``workflow_ids`` in the segments ``refs``, in
         journal order (ids with none are left out)."""
-        wanted = set(workflow_ids)
+        wanted = {w: id_hash(w) for w in workflow_ids}
         found: dict[str, list[codec.Record]] = {}
-        hashes = {id_hash(w) for w in wanted}
         for ref in refs:
             seen = self._stored_hashes(ref.first_seq) if ref.sealed else None
-            if seen is not None and not any(_holds(seen, h) for h in hashes):
-                continue
+            if seen is not None:
+                here = {w: h for w, h in wanted.items() if _holds(seen, h)}
+                if not here:
+                    continue
+                direct = self._by_directory(ref, here)
+                if direct is not None:
+                    for w, records in direct.items():
+                        found.setdefault(w, []).extend(records)
+                    continue
             idx = self.load(ref)
-            for wid in wanted & idx.workflows.keys():
+            for wid in wanted.keys() & idx.workflows.keys():
                 found.setdefault(wid, []).extend(self.fetch(ref, spans(idx.workflows[wid])))
         return found
 
 
-def _hashes(idx: SegmentIndex) -> array[int]:
-    return array("q", sorted(id_hash(w) for w in idx.workflows))
+@dataclass
+class Directory:
+    """A sealed segment's workflows by the hash of their id (`ends.id_hash`), sorted, each
+    with the span of the segment holding its records (``blobs/segment-<first seq>.ids``,
+    crc32c-checked): an id not in a segment is ruled out by its hashes, kept in memory
+    (8 bytes a workflow); one in it is read in one ranged read, without the index."""
+
+    hashes: array[int]
+    starts: array[int]
+    stops: array[int]
+
+    @classmethod
+    def of(cls, idx: SegmentIndex) -> Directory:
+        rows = []
+        for w in idx.workflows:
+            a = idx.workflows[w]
+            rows.append((id_hash(w), min(a[::2]), max(o + n for o, n in zip(a[::2], a[1::2], strict=True))))
+        rows.sort()
+        return cls(array("q", (r[0] for r in rows)), array("Q", (r[1] for r in rows)), array("Q", (r[2] for r in rows)))
+
+    def span(self, h: int) -> tuple[int, int] | None:
+        """The bytes holding the records of the ids that hash to ``h`` (all of them, should two)."""
+        i = bisect_left(self.hashes, h)
+        start = stop = None
+        while i < len(self.hashes) and self.hashes[i] == h:
+            start = self.starts[i] if start is None else min(start, self.starts[i])
+            stop = self.stops[i] if stop is None else max(stop, self.stops[i])
+            i += 1
+        return None if start is None or stop is None else (start, stop)
+
+    def encode(self) -> bytes:
+        cols = [array("q", self.hashes), array("Q", self.starts), array("Q", self.stops)]
+        if sys.byteorder != "little":
+            for c in cols:
+                c.byteswap()
+        payload = struct.pack("<I", len(self.hashes)) + b"".join(c.tobytes() for c in cols)
+        return struct.pack("<I", crc32c.crc32c(payload)) + payload
+
+    @classmethod
+    def decode(cls, data: bytes) -> Directory:
+        """The directory in ``data``; `ValueError` if it is damaged."""
+        if len(data) < 8 or struct.unpack_from("<I", data)[0] != crc32c.crc32c(data[4:]):
+            raise ValueError("damaged segment directory")
+        (n,) = struct.unpack_from("<I", data, 4)
+        if len(data) != 8 + 24 * n:
+            raise ValueError("damaged segment directory")
+        cols: list[array[int]] = [array("q"), array("Q"), array("Q")]
+        for k, c in enumerate(cols):
+            c.frombytes(data[8 + 8 * n * k:8 + 8 * n * (k + 1)])
+            if sys.byteorder != "little":
+                c.byteswap()
+        return cls(*cols)
 
 
-def _hashes_name(first_seq: int) -> str:
-    """The blob of a sealed segment's ids' hashes (sorted `ends.id_hash` values)."""
+def _directory_name(first_seq: int) -> str:
+    """The blob of a sealed segment's `Directory`."""
     return f"segment-{first_seq:020d}.ids"
 
 

@@ -47,13 +47,16 @@ class Stored:
             wf = j.table.workflows.get(w)
             if wf is not None:
                 out[w] = wf
-            elif self.evicts and w in j.index.finished and w not in j.index.ending:
+            elif self.evicts and w not in j.index.live and w not in j.index.ending:
                 missing.append(w)
         if missing:
+            # Not live, so finished if kept: its stored run, unless retention forgot it
+            # (its end before the watermark; its records may linger in a kept segment).
             found = j.log.indexes.records_of([s.ref for s in j.log.segments], missing)
+            kept_since = j.index.finished.forgotten_before
             for w, records in found.items():
                 wf = fold(w, records)
-                if wf is not None:
+                if wf is not None and wf.state.finished and (wf.finished_at or 0.0) >= kept_since:
                     out[w] = wf
         return out
 
