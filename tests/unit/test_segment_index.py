@@ -121,3 +121,25 @@ async def test_the_index_a_writer_builds_from_its_records_equals_one_read_from_t
             assert written.size == scanned.size
     finally:
         await c.close()
+
+
+async def test_a_read_that_races_a_seal_finds_the_records(uri: str, journals: Opener) -> None:
+    """A reader holding a segment's ref from before it was sealed, or asking while its
+    index is not yet stored, gets its records, without rebuilding the index."""
+    from actors.journal.backends import SegmentRef
+
+    j = journals(uri, segment_bytes=300)
+    await fill(j)
+    first = next(r for r in j.backend.segments() if r.sealed)
+    ix = j.log.indexes
+    stale = SegmentRef(first.first_seq, False)  # its file moved to the sealed copy meanwhile
+    wid = next(w for w in ix.load(first).workflows)
+    assert ix.records_of([stale], [wid])[wid] == [r for r in by_scan(j, wid) if r["q"] <= first_last(j, first)]
+    ix.active[first.first_seq] = ix.load(first)  # sealed, its index still in memory only
+    j.backend.delete_index(first.first_seq)
+    ix._cache.clear()
+    assert ix.load(first) is ix.active[first.first_seq] and ix.rebuilt == 0
+
+
+def first_last(j: Journal, ref: object) -> int:
+    return next(s.last_seq for s in j.log.segments if s.ref == ref)
