@@ -44,6 +44,7 @@ from actors.supervision.admission import Admission
 from actors.supervision.intake import Intake
 from actors.supervision.ports import JournalPort
 from actors.supervision.signals import Signals
+from actors.supervision.tasks import Tasks
 from actors.workflow_state import State, Workflow, WorkflowTable
 from workflows.command import check_workflow_id
 from workflows.context import CHILD_SIGNAL
@@ -70,7 +71,7 @@ class Children:
         self.metrics = metrics or Metrics.off()
         self.parents: dict[str, set[str]] = {}
         """Child id -> the parents waiting for its end."""
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
 
     async def take(self, reports: list[Report], incarnation: str) -> list[Report]:
         """Submit the child of each parent's report that asks for one; the reports to
@@ -102,7 +103,7 @@ class Children:
                 raise InvalidCommand(f"child {cid!r}: fields are {size} bytes, over the "
                                      f"{self.options.max_payload_bytes}-byte limit")
         except InvalidCommand as exc:
-            self._spawn(self._deliver(parent.id, str(cid), _failure(str(cid), exc)))
+            self._tasks.spawn(self._deliver(parent.id, str(cid), _failure(str(cid), exc)))
             return
         assert isinstance(cid, str) and isinstance(name, str) and isinstance(fields, dict)
         self.parents.setdefault(cid, set()).add(parent.id)
@@ -115,7 +116,7 @@ class Children:
         if (child.type, child.fields) != (name, fields):
             self.parents[cid].discard(parent.id)
             error = InvalidCommand(f"child id {cid!r} is taken by another workflow ({child.type})")
-            self._spawn(self._deliver(parent.id, cid, _failure(cid, error)))
+            self._tasks.spawn(self._deliver(parent.id, cid, _failure(cid, error)))
         elif child.state.finished:
             self.ended(cid, child)
 
@@ -152,7 +153,7 @@ class Children:
             return
         end = {"id": workflow_id, "state": wf.state.value, "result": wf.result, "error": wf.error}
         for parent in parents:
-            self._spawn(self._deliver(parent, workflow_id, end))
+            self._tasks.spawn(self._deliver(parent, workflow_id, end))
 
     async def stop_children(self, parent_id: str, reason: str,
                             stop: Callable[[str, str], Awaitable[bool]]) -> list[str]:
@@ -197,14 +198,8 @@ class Children:
             await asyncio.sleep(delay)
             delay = min(delay * 2, DELIVER_RETRY_MAX_S)
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.close()
 
 
 def _failure(cid: str, exc: BaseException) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from actors.records import PARKED, Dispatch, Ended, Expired, Kind, Record, Repor
 from actors.supervision.admission import Admission
 from actors.supervision.parking import Parking
 from actors.supervision.ports import JournalPort, PoolPort
+from actors.supervision.tasks import Tasks
 from actors.workflow_state import Event, State, Workflow, WorkflowTable, transition
 from workflows.errors import JournalError, WorkerLost
 
@@ -71,7 +72,7 @@ class Dispatcher:
         self.held: set[str] = set()
         """Pending ids kept out of dispatch (a termination being journaled)."""
         self.wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
 
     def enqueue(self, workflow_id: str, first: bool = False) -> None:
         """Make a pending workflow ready (``first``: ahead of the others)."""
@@ -86,7 +87,7 @@ class Dispatcher:
             await self.wake.wait()
             self.wake.clear()
             for worker, items in self._batches().items():
-                self._spawn(self._run_on(worker, items))
+                self._tasks.spawn(self._run_on(worker, items))
 
     def _batches(self) -> dict[int, list[Dispatch]]:
         """Ready workflows onto free slots of their deployment's workers; the ones whose
@@ -133,14 +134,8 @@ class Dispatcher:
                         wf.error if wf.compensating or wf.stop else None, fresh and wf.attempts == 1, wf.stop,
                         dict(wf.signals))
 
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
+        self._tasks.close()
 
     async def _run_on(self, worker: int, items: list[Dispatch]) -> None:
         """Run a batch on a worker; whatever ends the call, attempts it did not report
