@@ -54,11 +54,12 @@ def test_a_worker_node_with_command_actors_killed_mid_step(report: dict[str, Any
     counts = _scenario(report, "worker_node")
     assert counts["workflows"] == 24 * counts["kills"]
     assert counts["killed_node_held"][0]["command_actors"] >= 1
-    # The kill interrupted workflows, and they ran on: their steps in flight were called
-    # again (by the killed node's actors, restarted elsewhere), or they were dispatched
-    # again (when the node held the supervisor too, its restart dispatches every one anew).
+    # The kill interrupted workflows, and every one ran on to its one right result (see
+    # `_scenario`). Whether a step in flight is called again (by the killed node's actors,
+    # restarted elsewhere) or the workflows are dispatched anew (a restarted supervisor)
+    # depends on where Ray placed them and which actor ran which: counted, not required;
+    # with the journal leader alone on the killed node, appends wait and nothing runs twice.
     assert counts["unfinished_at_kill"] >= 1
-    assert counts["repeated_calls"] >= 1 or counts["redispatched"] >= 1
 
 
 def test_the_supervisor_killed_mid_load_answers_every_result_in_flight(report: dict[str, Any]) -> None:

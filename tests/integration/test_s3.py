@@ -113,7 +113,8 @@ def test_segments_are_sealed_to_the_store_and_read_back(s3_endpoint: str, tmp_pa
     assert [r["w"] for r in again.read() if r["k"] == "submitted"] == [f"w{i}" for i in range(40)]
     # An index object per sealed segment; lookups read single records with ranged reads.
     assert again.backend.indexes() == [r.first_seq for r in sealed]
-    again.backend.delete_index(sealed[0].first_seq)
+    again.backend.delete_index(sealed[0].first_seq)  # and its directory: a lookup reads the index, rebuilt
+    again.backend.delete_blob(f"segment-{sealed[0].first_seq:020d}.ids")
     refs = again.backend.segments()
     assert again.log.indexes.records_of(refs, ["w0", "w39"]) == {
         w: [r for r in again.read() if r.get("w") == w] for w in ("w0", "w39")}
