@@ -274,7 +274,8 @@ def id_hash(workflow_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(workflow_id.encode(), digest_size=8).digest(), "little", signed=True)
 
 
-def _holds(hashes: array[int], h: int) -> bool:
+def holds(hashes: array[int], h: int) -> bool:
+    """Whether the sorted ``hashes`` hold ``h``."""
     i = bisect_left(hashes, h)
     return i < len(hashes) and hashes[i] == h
 
@@ -390,9 +391,9 @@ class Ends:
     def _cold(self, wid: str) -> float | None:
         h = id_hash(wid)
         for run in reversed(self.runs):
-            if _holds(run.hashes, h):
+            if holds(run.hashes, h):
                 for chunk in reversed(run.chunks):
-                    if _holds(chunk.hashes, h):
+                    if holds(chunk.hashes, h):
                         t = self._chunk(chunk)[1].get(wid)
                         if t is not None:
                             return t

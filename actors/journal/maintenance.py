@@ -212,7 +212,8 @@ class Maintenance:
         # goes once none of its workflows is kept (each unfinished, or finished and not
         # yet forgotten by retention); one that mixes them stays until its last is forgotten.
         j.log.delete_covered(seq, None if j.table.cache_size is None else self._keeps)
-        for first_seq in [s for s in self._newest if s not in {g.ref.first_seq for g in j.log.segments}]:
+        stored = {g.ref.first_seq for g in j.log.segments}
+        for first_seq in [s for s in self._newest if s not in stored]:
             del self._newest[first_seq]
         return seq
 

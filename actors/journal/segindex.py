@@ -31,7 +31,7 @@ import structlog
 
 from actors.journal import codec
 from actors.journal.backends import Backend, SegmentRef
-from actors.journal.ends import id_hash
+from actors.journal.ends import holds, id_hash
 
 log = structlog.get_logger("journal")
 VERSION = 1
@@ -176,7 +176,7 @@ class Indexes:
         self.ids: dict[int, array[int]] = {}
 
     def _keep(self, first_seq: int, idx: SegmentIndex) -> SegmentIndex:
-        if first_seq not in self.ids:
+        if self._stored_hashes(first_seq) is None:  # no directory stored, or a damaged one
             directory = Directory.of(idx)
             self.ids[first_seq] = directory.hashes
             with contextlib.suppress(Exception):  # any storage error: computed again next time
@@ -332,7 +332,7 @@ class Indexes:
         for ref in refs:
             seen = self._stored_hashes(ref.first_seq) if ref.sealed else None
             if seen is not None:
-                here = {w: h for w, h in wanted.items() if _holds(seen, h)}
+                here = {w: h for w, h in wanted.items() if holds(seen, h)}
                 if not here:
                     continue
                 direct = self._by_directory(ref, here)
@@ -403,11 +403,6 @@ class Directory:
 def _directory_name(first_seq: int) -> str:
     """The blob of a sealed segment's `Directory`."""
     return f"segment-{first_seq:020d}.ids"
-
-
-def _holds(hashes: array[int], h: int) -> bool:
-    i = bisect_left(hashes, h)
-    return i < len(hashes) and hashes[i] == h
 
 
 GAP = 64 << 10
