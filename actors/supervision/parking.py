@@ -61,6 +61,7 @@ class Parking:
         self.timers = TimerHeap()
         self.retrying: set[str] = set()
         self.wake = asyncio.Event()
+        self._signalling = asyncio.Lock()  # one mode change at a time: memory follows the journal's order
 
     def park(self, wf: Workflow, report: Report) -> Parked | Expired:
         """The record that ends a parked attempt: `Parked` with its retry time; once its
@@ -199,14 +200,17 @@ class Parking:
 
     async def signal(self, signal: Signal, held: bool | None = None) -> None:
         """Journal the mode ``signal`` leads to, then take it. ``held`` is the operator's
-        hold to set with it (an operator's signal is journaled even if the mode stays)."""
-        keep = self.held if held is None else held
-        mode = next_mode(self.mode, signal, held=keep)
-        if mode is self.mode and held is None:
-            return
-        await self.journal.append([ModeChanged(mode.value, keep, self.clock())])
-        log.info("mode_changed", mode=mode.value, was=self.mode.value, signal=signal.value)
-        self.mode, self.held = mode, keep
+        hold to set with it (an operator's signal is journaled even if the mode stays).
+        Signals take turns: each is computed from the mode the one before it left, and
+        the last one journaled is the last one taken."""
+        async with self._signalling:
+            keep = self.held if held is None else held
+            mode = next_mode(self.mode, signal, held=keep)
+            if mode is self.mode and held is None:
+                return
+            await self.journal.append([ModeChanged(mode.value, keep, self.clock())])
+            log.info("mode_changed", mode=mode.value, was=self.mode.value, signal=signal.value)
+            self.mode, self.held = mode, keep
         if mode is Mode.SUSPENDED_FAST:
             self._hasten_retries()
 

@@ -38,3 +38,31 @@ async def test_intake_reopens_after_the_drained_mode_change_failed_once() -> Non
         assert [r["mode"] for r in c.journal.read() if r["k"] == "mode"][-1] == "normal"
     finally:
         await c.close()
+
+
+async def test_concurrent_mode_signals_take_effect_in_journal_order() -> None:
+    """A suspend and a resume in flight together: the mode in memory is the last one journaled
+    (the suspend is journaled first but its answer comes back last, as two concurrent
+    appends may: without one signal at a time the suspend would be applied last while
+    the journal's last word is the resume, and a restart would come back in another mode)."""
+    c = LocalCoordinator(opts())
+    await c.start()
+    journal = c.core.parking.journal
+    real = journal.append
+
+    async def append(records: list[Record]) -> list[Any]:
+        answer = await real(records)
+        if any(isinstance(r, ModeChanged) and r.held for r in records):
+            await asyncio.sleep(0.05)  # the suspend's answer is slow
+        return answer
+
+    journal.append = append  # type: ignore[method-assign]
+    try:
+        suspend = asyncio.ensure_future(c.core.suspend())
+        await asyncio.sleep(0)
+        await c.core.resume()
+        await suspend
+        last = [r for r in c.journal.read() if r["k"] == "mode"][-1]
+        assert (c.core.mode.value, c.core.held) == (last["mode"], last["held"])
+    finally:
+        await c.close()
