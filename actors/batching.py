@@ -32,7 +32,7 @@ class Batcher(Generic[T]):
         self._pending: deque[tuple[list[T], asyncio.Future[list[Any]]]] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sends: set[asyncio.Task[None]] = set()
+        self._sends: dict[asyncio.Task[None], None] = {}  # insertion-ordered: a close cancels in a fixed order
 
     async def submit(self, items: list[T]) -> list[Any]:
         loop = asyncio.get_running_loop()
@@ -63,8 +63,8 @@ class Batcher(Generic[T]):
                 continue
             self._in_flight += 1
             task = asyncio.get_running_loop().create_task(self._deliver(self._take()))
-            self._sends.add(task)
-            task.add_done_callback(self._sends.discard)
+            self._sends[task] = None
+            task.add_done_callback(lambda t: self._sends.pop(t, None))
 
     async def _deliver(self, taken: list[tuple[list[T], asyncio.Future[list[Any]]]]) -> None:
         items = [item for entry, _ in taken for item in entry]
@@ -88,5 +88,5 @@ class Batcher(Generic[T]):
     def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-        for task in self._sends:
+        for task in list(self._sends):
             task.cancel()

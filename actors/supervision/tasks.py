@@ -9,12 +9,12 @@ from typing import Any
 
 class Tasks:
     def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: dict[asyncio.Task[Any], None] = {}  # insertion-ordered: a close cancels in a fixed order
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)  # held: the loop keeps only a weak reference
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = None  # held: the loop keeps only a weak reference
+        task.add_done_callback(lambda t: self._tasks.pop(t, None))
 
     def close(self) -> None:
         for task in list(self._tasks):
