@@ -35,10 +35,8 @@ from actors.journal.ends import holds, id_hash
 
 log = structlog.get_logger("journal")
 VERSION = 1
-SPAN_MAX = 256 << 10
-"""The widest span of a workflow's records read directly; a wider one is found by the index."""
 DIRECTORIES = 8
-"""Sealed segments' directories kept decoded in memory (24 bytes a workflow), the last read."""
+"""Sealed segments' directories kept decoded in memory (about 12 bytes an id and 12 a frame), the last read."""
 CACHED = 2
 """Sealed segments' indexes kept decoded in memory, the last read (each about 290
 bytes per workflow of its segment)."""
@@ -304,22 +302,16 @@ class Indexes:
         return found
 
     def _by_directory(self, ref: SegmentRef, wanted: dict[str, int]) -> dict[str, list[codec.Record]] | None:
-        """The records of ``wanted`` (id to hash) in the sealed segment ``ref``, each read
-        in one ranged read of the span its directory gives, without its index; None when
-        the directory is missing or a span is too wide (a long-lived workflow)."""
+        """The records of ``wanted`` (id to hash) in the sealed segment ``ref``, read by
+        the frames its directory gives, without its index; None when the directory is
+        missing or damaged."""
         directory = self._directory(ref.first_seq)
         if directory is None:
             return None
-        spans_ = {w: directory.span(h) for w, h in wanted.items()}
-        if any(sp is not None and sp[1] - sp[0] > SPAN_MAX for sp in spans_.values()):
-            return None
         found: dict[str, list[codec.Record]] = {}
-        path = self.backend.describe(ref)
-        for w, sp in spans_.items():
-            if sp is None:
-                continue
-            buf = self.backend.read_range(ref, sp[0], sp[1] - sp[0])
-            records = [r for r in codec.records_mentioning(buf, w.encode(), f"{path}@{sp[0]}") if r.get("w") == w]
+        for w, h in wanted.items():
+            frames = directory.frames(h)
+            records = [r for r in self.fetch(ref, frames) if r.get("w") == w] if frames else []
             if records:
                 found[w] = records
         return found
@@ -349,55 +341,73 @@ class Indexes:
 @dataclass
 class Directory:
     """A sealed segment's workflows by the hash of their id (`ends.id_hash`), sorted, each
-    with the span of the segment holding its records (``blobs/segment-<first seq>.ids``,
+    with where its frames lie in the segment (``blobs/segment-<first seq>.ids``,
     crc32c-checked): an id not in a segment is ruled out by its hashes, kept in memory
-    (8 bytes a workflow); one in it is read in one ranged read, without the index."""
+    (8 bytes a workflow); one in it is read by ranged reads of just its frames, without
+    the index, and only its frames are checked and decoded.
+
+    Stored as ``DIR2``, then u32 ids and frames, then the columns (little-endian):
+    hashes (i64 per id), firsts (u32 per id and one more: the frames of id ``i`` are
+    ``firsts[i]:firsts[i + 1]``), offsets (u64 per frame), lengths (u32 per frame). A
+    directory of an earlier layout does not decode: the index is read and it is written
+    again in this one."""
 
     hashes: array[int]
-    starts: array[int]
-    stops: array[int]
+    firsts: array[int]
+    offsets: array[int]
+    lengths: array[int]
 
     @classmethod
     def of(cls, idx: SegmentIndex) -> Directory:
-        rows = []
-        for w in idx.workflows:
+        hashes, firsts, offsets, lengths = array("q"), array("I", [0]), array("Q"), array("I")
+        for h, w in sorted((id_hash(w), w) for w in idx.workflows):
             a = idx.workflows[w]
-            rows.append((id_hash(w), min(a[::2]), max(o + n for o, n in zip(a[::2], a[1::2], strict=True))))
-        rows.sort()
-        return cls(array("q", (r[0] for r in rows)), array("Q", (r[1] for r in rows)), array("Q", (r[2] for r in rows)))
+            hashes.append(h)
+            offsets.extend(a[::2])
+            lengths.extend(array("I", a[1::2]))
+            firsts.append(len(offsets))
+        return cls(hashes, firsts, offsets, lengths)
 
-    def span(self, h: int) -> tuple[int, int] | None:
-        """The bytes holding the records of the ids that hash to ``h`` (all of them, should two)."""
+    def frames(self, h: int) -> list[tuple[int, int]]:
+        """The (offset, length) of each frame of the ids that hash to ``h`` (all of them, should two)."""
         i = bisect_left(self.hashes, h)
-        start = stop = None
+        out: list[tuple[int, int]] = []
         while i < len(self.hashes) and self.hashes[i] == h:
-            start = self.starts[i] if start is None else min(start, self.starts[i])
-            stop = self.stops[i] if stop is None else max(stop, self.stops[i])
+            lo, hi = self.firsts[i], self.firsts[i + 1]
+            out += zip(self.offsets[lo:hi], self.lengths[lo:hi], strict=True)
             i += 1
-        return None if start is None or stop is None else (start, stop)
+        return out
 
     def encode(self) -> bytes:
-        cols = [array("q", self.hashes), array("Q", self.starts), array("Q", self.stops)]
+        cols = [array("q", self.hashes), array("I", self.firsts), array("Q", self.offsets), array("I", self.lengths)]
         if sys.byteorder != "little":
             for c in cols:
                 c.byteswap()
-        payload = struct.pack("<I", len(self.hashes)) + b"".join(c.tobytes() for c in cols)
+        payload = _MAGIC + struct.pack("<II", len(self.hashes), len(self.offsets)) + b"".join(c.tobytes() for c in cols)
         return struct.pack("<I", crc32c.crc32c(payload)) + payload
 
     @classmethod
     def decode(cls, data: bytes) -> Directory:
-        """The directory in ``data``; `ValueError` if it is damaged."""
-        if len(data) < 8 or struct.unpack_from("<I", data)[0] != crc32c.crc32c(data[4:]):
+        """The directory in ``data``; `ValueError` if it is damaged or of an earlier layout."""
+        if len(data) < 16 or struct.unpack_from("<I", data)[0] != crc32c.crc32c(data[4:]) \
+                or data[4:8] != _MAGIC:
+            raise ValueError("damaged segment directory, or of an earlier layout")
+        n, m = struct.unpack_from("<II", data, 8)
+        if len(data) != 16 + 8 * n + 4 * (n + 1) + 12 * m:
             raise ValueError("damaged segment directory")
-        (n,) = struct.unpack_from("<I", data, 4)
-        if len(data) != 8 + 24 * n:
-            raise ValueError("damaged segment directory")
-        cols: list[array[int]] = [array("q"), array("Q"), array("Q")]
-        for k, c in enumerate(cols):
-            c.frombytes(data[8 + 8 * n * k:8 + 8 * n * (k + 1)])
+        cols: list[array[int]] = [array("q"), array("I"), array("Q"), array("I")]
+        at = 16
+        for c, count in zip(cols, (n, n + 1, m, m), strict=True):
+            c.frombytes(data[at:at + c.itemsize * count])
+            at += c.itemsize * count
             if sys.byteorder != "little":
                 c.byteswap()
+        if cols[1][0] != 0 or cols[1][-1] != m:
+            raise ValueError("damaged segment directory")
         return cls(*cols)
+
+
+_MAGIC = b"DIR2"
 
 
 def _directory_name(first_seq: int) -> str:

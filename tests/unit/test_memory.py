@@ -264,3 +264,66 @@ async def test_after_a_restart_an_old_workflow_is_found_by_the_stored_directory_
     j.open()
     assert j.lookup(ids) == remembered
     j.close()
+
+
+async def test_an_old_workflow_is_read_by_its_own_frames_not_by_scanning_its_segment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sixty workflows interleaved in big segments: reading one back decodes its three
+    records, not the hundreds around them that its directory's entry spans."""
+    from actors.journal import codec
+
+    store = MemoryBackend("frames-of-one")
+    j = Journal(store, owner="f", segment_bytes=6000, cache_size=1)
+    j.open()
+    ids = [f"w{i}" for i in range(60)]
+    for step in range(3):  # every workflow's first record, then every second one, ...
+        for i, w in enumerate(ids):
+            rec = [{"k": "submitted", "w": w, "type": "tests:T", "fields": {"x": i}, "t": 1.0},
+                   {"k": "outcome", "w": w, "step": 0, "service": "svc", "value": i},
+                   {"w": w, "t": 2.0 + i, "k": "completed", "result": i}][step]
+            await j.append([from_wire(rec)])
+    j.close()
+    assert [r.sealed for r in store.segments()].count(True) >= 1
+    j = Journal(store, owner="f", segment_bytes=6000, cache_size=1)
+    j.open()
+    decoded: list[codec.Record] = []
+    unpack = codec.unpack
+
+    def counted(payload: bytes, path: str = "<buffer>", offset: int = 0) -> codec.Record:
+        decoded.append(unpack(payload, path, offset))
+        return decoded[-1]
+
+    monkeypatch.setattr(codec, "unpack", counted)
+    found = j.lookup(["w7"])
+    assert found["w7"]["result"] == 7 and found["w7"]["state"] == "completed"
+    assert len(decoded) == 3 and {r["w"] for r in decoded} == {"w7"}
+    j.close()
+
+
+async def test_a_directory_of_the_earlier_layout_is_read_through_the_index_and_written_again() -> None:
+    import struct
+    from array import array
+
+    import crc32c
+
+    from actors.journal.segindex import Directory
+
+    store = MemoryBackend("earlier-directory")
+    j = Journal(store, owner="e", segment_bytes=600, cache_size=1)
+    j.open()
+    ids = await fill(j, 30)
+    remembered = j.lookup(ids)
+    j.close()
+    sealed = [r.first_seq for r in store.segments() if r.sealed]
+    for first in sealed:  # the earlier layout: u32 count, then hashes, span starts, span stops
+        name = f"segment-{first:020d}.ids"
+        d = Directory.decode(store.get_blob(name))
+        starts = array("Q", (d.offsets[d.firsts[i]] for i in range(len(d.hashes))))
+        payload = struct.pack("<I", len(d.hashes)) + d.hashes.tobytes() + starts.tobytes() + starts.tobytes()
+        store.put_blob(name, struct.pack("<I", crc32c.crc32c(payload)) + payload)
+    j = Journal(store, owner="e", segment_bytes=600, cache_size=1)
+    j.open()
+    assert j.lookup(ids) == remembered
+    j.close()
+    for first in sealed:
+        assert Directory.decode(store.get_blob(f"segment-{first:020d}.ids")).hashes  # the new layout
