@@ -4,9 +4,12 @@
 
 Prints figures measured side by side in one run:
 - the disk's own rate of fsynced 200-byte appends (one fsync each): the limit that
-  group commit must beat;
+  group commit must beat; and its rate of fsynced records when each fsync covers a
+  batch of 64 (the batched limit: what group commit could reach on this disk);
 - journal appends/s, in process (one replica) and through LogActors with 1 and 3
-  replicas (3 co-located on this one machine: each replica fsyncs its own files);
+  replicas (3 co-located on this one machine: each replica fsyncs its own files), and
+  the LogActor's rates as fractions of the batched limit, with their targets
+  (`bench.report.LOGACTOR_VS_BATCHED`), MET or NOT MET;
 - start-up (recovery) time with N finished and 1,000 live workflows in the history,
   from the raw log and from a snapshot (finished ones past the retention).
 """
@@ -24,21 +27,27 @@ from typing import Any
 from actors.journal import Journal, codec, open_backend
 from actors.journal.files import FileBackend
 from actors.records import Submitted
+from bench import report
+
+RECORD_BYTES = 200
+FSYNC_BATCH = 64
+"""Records each fsync covers in the batched limit."""
 
 
-def fsync_limit(seconds: float = 2.0) -> float:
-    """fsynced 200-byte appends per second, one fsync each."""
+def fsync_limit(seconds: float = 2.0, batch: int = 1) -> float:
+    """fsynced 200-byte records per second, one fsync for each ``batch`` of them (one write each)."""
     folder = tempfile.mkdtemp(prefix="fsync-")
     path = os.path.join(folder, "f")
-    payload = b"x" * 200
+    payload = b"x" * RECORD_BYTES
     n = 0
     with open(path, "ab") as f:
         start = time.perf_counter()
         while time.perf_counter() - start < seconds:
-            f.write(payload)
+            for _ in range(batch):
+                f.write(payload)
             f.flush()
             os.fsync(f.fileno())
-            n += 1
+            n += batch
         elapsed = time.perf_counter() - start
     shutil.rmtree(folder)
     return n / elapsed
@@ -161,18 +170,22 @@ def main() -> None:
     n = 20_000 if args.quick else 100_000
     finished = args.finished or (100_000 if args.quick else 1_000_000)
     disk = fsync_limit()
-    print(f"disk: {disk:,.0f} fsynced 200-byte appends/s (one fsync each)", flush=True)
+    batched = fsync_limit(batch=FSYNC_BATCH)
+    print(f"disk: {disk:,.0f} fsynced {RECORD_BYTES}-byte appends/s (one fsync each); batched limit "
+          f"{batched:,.0f} fsynced records/s (one fsync per {FSYNC_BATCH} records) = {batched / disk:.1f}x", flush=True)
     local = asyncio.run(_in_process(n, 256))
     print(f"journal in process, 1 replica, 256 writers x 1 record: {local:,.0f} records/s = {local / disk:.1f}x disk",
           flush=True)
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    logactor: dict[int, float] = {}
     for replicas in (1, 3):
-        rate = through_actors(n, 32, 20, replicas)
+        rate = logactor[replicas] = through_actors(n, 32, 20, replicas)
         print(f"LogActor, {replicas} replica(s), 32 writers x 20 records a call: {rate:,.0f} records/s = "
-              f"{rate / disk:.1f}x disk", flush=True)
+              f"{rate / disk:.1f}x disk = {rate / batched:.0%} of the batched limit", flush=True)
     ray.shutdown()
+    print("\n".join(report.journal_targets(disk, batched, logactor)), flush=True)
     figures = start_up(finished, 1000)
     print(f"start-up with {finished:,} finished + 1,000 live workflows: {figures['raw_s']:.2f} s from the log "
           f"({figures['kept_before']:,} workflows kept), {figures['snapshot_s']:.3f} s from a snapshot "

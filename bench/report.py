@@ -23,10 +23,29 @@ STEPS = 3
 DBOS_PEERS = {"dbos-sqlite": "DBOS(SQLite)", "dbos-postgres": "DBOS(PostgreSQL)"}
 OLD_NAMES = {"dbos": "dbos-sqlite"}
 """System names of earlier result files: DBOS ran on SQLite only."""
+# The targets `python -m bench` (and `python -m bench.journal`) print MET / NOT MET.
 SAGA3_VS_DBOS = 6.0
+"""saga3: the coordinator's best configuration >= 6x each DBOS peer's workflows/s."""
 SAGA3_P99_MS = 100.0
+"""saga3: the best configuration's p99 below this."""
+CLIENT_VS_FLOOR = 0.50
+"""saga3, driver=client (its best configuration): >= this fraction of the ray-floor with driver=client."""
+CLIENT_P99_MS = 25.0
+"""saga3, driver=client (its best configuration): p99 below this."""
+CALLS_VS_FLOOR = 0.80
+"""saga3, driver=calls (its best configuration): >= this fraction of the ray-floor with driver=calls."""
+SAGA3_CPU_MS_PER_WF = 0.15
+"""saga3: CPU per workflow summed over every process (the best configuration's), below this."""
+SINGLE_P50_MS = 5.0
+"""saga3-single (one workflow in flight): p50 of the better driver below this."""
 IO_VS_BARE = 1 / 3
+"""saga3-io: the coordinator's best >= this fraction of bare asyncio's workflows/s (the floor)..."""
+IO_VS_BARE_GOAL = 0.8
+"""... and the goal."""
 SCALE_DRIFT = 0.20
+"""scale: CPU and wall time per workflow at the largest n at most this much above the smallest n's."""
+LOGACTOR_VS_BATCHED = {1: 0.30, 3: 0.20}
+"""`bench.journal`: LogActor appends/s with 1 and 3 replicas, as fractions of the disk's batched fsync limit."""
 
 
 def _find(rows: list[dict[str, Any]], system: str, workload: str, n: int | None = None,
@@ -143,21 +162,15 @@ def metrics_cost(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def _targets(rows: list[dict[str, Any]]) -> list[str]:
-    out = ["", "targets (fsync on):"]
-    coord = _find(rows, "coordinator", "saga3")
-    for system, label in DBOS_PEERS.items():
-        dbos = _find(rows, system, "saga3")
-        if coord is not None and dbos is not None:
-            ratio = coord["wf_per_s"] / max(1e-9, dbos["wf_per_s"])
-            out.append(f"  saga3 >= {SAGA3_VS_DBOS:g}x {label}: {ratio:.2f}x -> {_verdict(ratio >= SAGA3_VS_DBOS)}")
-    if coord is not None:
-        out.append(f"  saga3 p99 < {SAGA3_P99_MS:g} ms: {coord['p99_ms']:.1f} ms "
-                   f"-> {_verdict(coord['p99_ms'] < SAGA3_P99_MS)}")
-    coord, bare = _find(rows, "coordinator", "saga3-io"), _find(rows, "bare", "saga3-io")
-    if coord is not None and bare is not None:
-        ratio = coord["wf_per_s"] / max(1e-9, bare["wf_per_s"])
-        out.append(f"  saga3-io >= 1/3 of bare: {ratio:.3f} of bare -> {_verdict(ratio >= IO_VS_BARE)}")
-    out.extend(_scale_target(rows))
+    out = ["", "targets (fsync on; each figure against rows of this run):"]
+    missing: list[str] = []
+    for name, lines in (("saga3 vs DBOS", _dbos_target(rows)), ("saga3 p99", _p99_target(rows)),
+                        ("saga3 vs ray-floor", _floor_targets(rows)),
+                        ("saga3 CPU per workflow", _cpu_target(rows)), ("saga3-single p50", _single_target(rows)),
+                        ("saga3-io vs bare", _io_target(rows)), ("scale", _scale_target(rows))):
+        out.extend(lines)
+        if not lines:
+            missing.append(name)
     rec = _find(rows, "coordinator", "recovery")
     if rec is not None:
         line = f"  recovery (no target): {rec['n']:,} unfinished -> all completed {rec['elapsed_s']:.2f} s after " \
@@ -167,15 +180,123 @@ def _targets(rows: list[dict[str, Any]]) -> list[str]:
             if dbos is not None:
                 line += f"; {label} {dbos['elapsed_s']:.2f} s after launch"
         out.append(line)
+    if missing:
+        out.append(f"  not measured in this run (rows missing): {', '.join(missing)}")
+    return out
+
+
+def _rate_vs(what: str, row: dict[str, Any], base: dict[str, Any], base_label: str, threshold: float) -> str:
+    """``what >= 50% of base_label: X vs Y wf/s = Z% -> MET``."""
+    ratio = row["wf_per_s"] / max(1e-9, base["wf_per_s"])
+    return (f"  {what} >= {threshold:.0%} of {base_label}: {row['wf_per_s']:,.1f} vs {base['wf_per_s']:,.1f} wf/s "
+            f"= {ratio:.1%} -> {_verdict(ratio >= threshold)}")
+
+
+def _dbos_target(rows: list[dict[str, Any]]) -> list[str]:
+    out = []
+    coord = _find(rows, "coordinator", "saga3")
+    for system, label in DBOS_PEERS.items():
+        dbos = _find(rows, system, "saga3")
+        if coord is not None and dbos is not None:
+            ratio = coord["wf_per_s"] / max(1e-9, dbos["wf_per_s"])
+            out.append(f"  saga3 >= {SAGA3_VS_DBOS:g}x {label}: {coord['wf_per_s']:,.1f} vs {dbos['wf_per_s']:,.1f} "
+                       f"wf/s = {ratio:.2f}x -> {_verdict(ratio >= SAGA3_VS_DBOS)}")
+    return out
+
+
+def _p99_target(rows: list[dict[str, Any]]) -> list[str]:
+    coord = _find(rows, "coordinator", "saga3")
+    out = []
+    if coord is not None:
+        out.append(f"  saga3 p99 < {SAGA3_P99_MS:g} ms (best [{coord.get('config')}]): {coord['p99_ms']:.1f} ms "
+                   f"-> {_verdict(coord['p99_ms'] < SAGA3_P99_MS)}")
+    return out
+
+
+def _floor_targets(rows: list[dict[str, Any]]) -> list[str]:
+    """saga3 through each driver's best configuration against that driver's ray-floor at the same n."""
+    out = []
+    for n in sorted({r["n"] for r in rows if r["workload"] == "saga3" and r["system"] == "coordinator"}):
+        for driver, threshold in (("client", CLIENT_VS_FLOOR), ("calls", CALLS_VS_FLOOR)):
+            coord = _find(rows, "coordinator", "saga3", n, driver)
+            floor = _find(rows, "ray-floor", "saga3", n, driver)
+            if coord is None:
+                continue
+            what = f"saga3 n={n:,} driver={driver} [{coord.get('config')}]"
+            if floor is not None and floor["wf_per_s"] > 0:
+                out.append(_rate_vs(what, coord, floor, f"ray-floor(driver={driver})", threshold))
+            else:
+                out.append(f"  {what} >= {threshold:.0%} of ray-floor(driver={driver}): not measured (no ray-floor "
+                           f"driver={driver} row at n={n:,} in this run)")
+            if driver == "client":
+                out.append(f"  saga3 n={n:,} driver=client p99 < {CLIENT_P99_MS:g} ms [{coord.get('config')}]: "
+                           f"{coord['p99_ms']:.1f} ms -> {_verdict(coord['p99_ms'] < CLIENT_P99_MS)}")
+    return out
+
+
+def _cpu_target(rows: list[dict[str, Any]]) -> list[str]:
+    coord = _find(rows, "coordinator", "saga3")
+    if coord is None or not coord.get("cpu_s_per_wf"):
+        return []
+    cpu_ms = 1000 * coord["cpu_s_per_wf"]
+    return [f"  saga3 CPU per workflow, all processes, < {SAGA3_CPU_MS_PER_WF:g} ms (best [{coord.get('config')}]): "
+            f"{cpu_ms:.3f} ms -> {_verdict(cpu_ms < SAGA3_CPU_MS_PER_WF)}"]
+
+
+def _single_target(rows: list[dict[str, Any]]) -> list[str]:
+    """saga3-single: each driver's p50 with one workflow in flight; the target on the lower."""
+    out = []
+    for n in sorted({r["n"] for r in rows if r["workload"] == "saga3-single" and r["system"] == "coordinator"}):
+        found = [(d, _find(rows, "coordinator", "saga3-single", n, d)) for d in ("calls", "client")]
+        drivers = [(d, r) for d, r in found if r is not None]
+        if not drivers:
+            continue
+        best_driver, best = min(drivers, key=lambda dr: dr[1]["p50_ms"])
+        bare = _find(rows, "bare", "saga3-single", n)
+        figures = ", ".join(f"driver={d} {r['p50_ms']:.2f} ms" for d, r in drivers)
+        ref = f" (bare asyncio {bare['p50_ms']:.2f} ms)" if bare is not None else ""
+        out.append(f"  saga3-single p50 < {SINGLE_P50_MS:g} ms (1 in flight, n={n:,}): {figures}{ref}; best "
+                   f"driver={best_driver} {best['p50_ms']:.2f} ms -> {_verdict(best['p50_ms'] < SINGLE_P50_MS)}")
+    return out
+
+
+def _io_target(rows: list[dict[str, Any]]) -> list[str]:
+    coord, bare = _find(rows, "coordinator", "saga3-io"), _find(rows, "bare", "saga3-io")
+    if coord is None or bare is None:
+        return []
+    ratio = coord["wf_per_s"] / max(1e-9, bare["wf_per_s"])
+    return [f"  saga3-io vs bare asyncio: {coord['wf_per_s']:,.1f} vs {bare['wf_per_s']:,.1f} wf/s = {ratio:.3f} of "
+            f"bare; >= 1/3 -> {_verdict(ratio >= IO_VS_BARE)}; >= {IO_VS_BARE_GOAL:g} -> "
+            f"{_verdict(ratio >= IO_VS_BARE_GOAL)}"]
+
+
+def journal_targets(single_limit: float, batched_limit: float, logactor: dict[int, float]) -> list[str]:
+    """`bench.journal`: LogActor appends/s by replica count as fractions of the disk's batched fsync limit.
+
+    ``single_limit``: fsynced appends/s with one fsync each (shown beside it); ``batched_limit``:
+    fsynced records/s with each fsync covering a batch; ``logactor``: appends/s by replicas.
+    """
+    out = ["targets (LogActor appends/s against the disk's batched fsync limit, this run):"]
+    for replicas, threshold in LOGACTOR_VS_BATCHED.items():
+        rate = logactor.get(replicas)
+        if rate is None or batched_limit <= 0:
+            out.append(f"  LogActor, {replicas} replica(s) >= {threshold:.0%}: not measured in this run")
+            continue
+        ratio = rate / batched_limit
+        out.append(f"  LogActor, {replicas} replica(s) >= {threshold:.0%} of the batched limit: {rate:,.0f} vs "
+                   f"{batched_limit:,.0f} records/s = {ratio:.1%} (single-append limit {single_limit:,.0f}/s: "
+                   f"{rate / max(1e-9, single_limit):.1f}x) -> {_verdict(ratio >= threshold)}")
     return out
 
 
 def _scale_target(rows: list[dict[str, Any]]) -> list[str]:
-    ns = sorted(r["n"] for r in rows if r["system"] == "coordinator" and r["workload"] == "scale")
+    ns = sorted({r["n"] for r in rows if r["system"] == "coordinator" and r["workload"] == "scale"
+                 and _find(rows, "coordinator", "scale", r["n"]) is not None})
     if len(ns) < 2:
         return []
     small, big = _find(rows, "coordinator", "scale", ns[0]), _find(rows, "coordinator", "scale", ns[-1])
-    assert small is not None and big is not None
+    if small is None or big is None:
+        return []
     cpu = big["cpu_s_per_wf"] / max(1e-12, small["cpu_s_per_wf"])
     wall = small["wf_per_s"] / max(1e-9, big["wf_per_s"])
     note = "" if ns[-1] >= 100_000 else f" (target is at 100,000; this run's largest n is {ns[-1]:,})"
