@@ -35,8 +35,9 @@ from actors.journal.ends import holds, id_hash
 
 log = structlog.get_logger("journal")
 VERSION = 1
-DIRECTORIES = 8
-"""Sealed segments' directories kept decoded in memory (about 12 bytes an id and 12 a frame), the last read."""
+DIRECTORIES = 2
+"""Sealed segments' directories kept decoded in memory, the last read (about 60 bytes a
+saga3 workflow: 12 an id and 8 a frame; 6 MiB for a 64 MiB segment)."""
 CACHED = 2
 """Sealed segments' indexes kept decoded in memory, the last read (each about 290
 bytes per workflow of its segment)."""
@@ -346,9 +347,10 @@ class Directory:
     (8 bytes a workflow); one in it is read by ranged reads of just its frames, without
     the index, and only its frames are checked and decoded.
 
-    Stored as ``DIR2``, then u32 ids and frames, then the columns (little-endian):
-    hashes (i64 per id), firsts (u32 per id and one more: the frames of id ``i`` are
-    ``firsts[i]:firsts[i + 1]``), offsets (u64 per frame), lengths (u32 per frame). A
+    Stored as ``DIR2``, then u32 ids, frames and offset width (4, or 8 in a segment past
+    4 GiB), then the columns (little-endian): hashes (i64 per id), firsts (u32 per id
+    and one more: the frames of id ``i`` are ``firsts[i]:firsts[i + 1]``), offsets (of
+    that width per frame), lengths (u32 per frame): about 60 bytes a saga3 workflow. A
     directory of an earlier layout does not decode: the index is read and it is written
     again in this one."""
 
@@ -359,11 +361,11 @@ class Directory:
 
     @classmethod
     def of(cls, idx: SegmentIndex) -> Directory:
-        hashes, firsts, offsets, lengths = array("q"), array("I", [0]), array("Q"), array("I")
+        hashes, firsts, offsets, lengths = array("q"), array("I", [0]), array(_width(idx.size)), array("I")
         for h, w in sorted((id_hash(w), w) for w in idx.workflows):
             a = idx.workflows[w]
             hashes.append(h)
-            offsets.extend(a[::2])
+            offsets.extend(array(offsets.typecode, a[::2]))
             lengths.extend(array("I", a[1::2]))
             firsts.append(len(offsets))
         return cls(hashes, firsts, offsets, lengths)
@@ -379,11 +381,13 @@ class Directory:
         return out
 
     def encode(self) -> bytes:
-        cols = [array("q", self.hashes), array("I", self.firsts), array("Q", self.offsets), array("I", self.lengths)]
+        cols = [array("q", self.hashes), array("I", self.firsts), array(self.offsets.typecode, self.offsets),
+                array("I", self.lengths)]
         if sys.byteorder != "little":
             for c in cols:
                 c.byteswap()
-        payload = _MAGIC + struct.pack("<II", len(self.hashes), len(self.offsets)) + b"".join(c.tobytes() for c in cols)
+        head = struct.pack("<III", len(self.hashes), len(self.offsets), self.offsets.itemsize)
+        payload = _MAGIC + head + b"".join(c.tobytes() for c in cols)
         return struct.pack("<I", crc32c.crc32c(payload)) + payload
 
     @classmethod
@@ -392,11 +396,13 @@ class Directory:
         if len(data) < 16 or struct.unpack_from("<I", data)[0] != crc32c.crc32c(data[4:]) \
                 or data[4:8] != _MAGIC:
             raise ValueError("damaged segment directory, or of an earlier layout")
-        n, m = struct.unpack_from("<II", data, 8)
-        if len(data) != 16 + 8 * n + 4 * (n + 1) + 12 * m:
+        if len(data) < 20:
             raise ValueError("damaged segment directory")
-        cols: list[array[int]] = [array("q"), array("I"), array("Q"), array("I")]
-        at = 16
+        n, m, width = struct.unpack_from("<III", data, 8)
+        if width not in (4, 8) or len(data) != 20 + 8 * n + 4 * (n + 1) + (width + 4) * m:
+            raise ValueError("damaged segment directory")
+        cols: list[array[int]] = [array("q"), array("I"), array("I" if width == 4 else "Q"), array("I")]
+        at = 20
         for c, count in zip(cols, (n, n + 1, m, m), strict=True):
             c.frombytes(data[at:at + c.itemsize * count])
             at += c.itemsize * count
@@ -408,6 +414,11 @@ class Directory:
 
 
 _MAGIC = b"DIR2"
+
+
+def _width(size: int) -> str:
+    """The array type of a segment's frame offsets: u32 unless it is 4 GiB or more."""
+    return "I" if size < 1 << 32 else "Q"
 
 
 def _directory_name(first_seq: int) -> str:

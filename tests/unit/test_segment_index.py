@@ -6,6 +6,7 @@ from __future__ import annotations
 from array import array
 
 from actors.journal import Journal
+from actors.journal.ends import id_hash
 from actors.journal.segindex import SegmentIndex, spans
 from tests.unit.test_journal import Opener, journals, outcome, reopen, settled, submitted, terminal
 
@@ -143,3 +144,18 @@ async def test_a_read_that_races_a_seal_finds_the_records(uri: str, journals: Op
 
 def first_last(j: Journal, ref: object) -> int:
     return next(s.last_seq for s in j.log.segments if s.ref == ref)
+
+
+def test_a_directory_keeps_offsets_past_4_gib_whole() -> None:
+    from actors.journal.segindex import Directory
+
+    for base in (0, 5 << 30):  # a segment of 4 GiB or more keeps 64-bit offsets
+        idx = SegmentIndex()
+        idx.add_key("a", None, base + 10, 7)
+        idx.add_key("b", None, base + 17, 9)
+        idx.add_key("a", None, base + 26, 5)
+        back = Directory.decode(Directory.of(idx).encode())
+        assert back.offsets.itemsize == (4 if base == 0 else 8)
+        assert back.frames(id_hash("a")) == [(base + 10, 7), (base + 26, 5)]
+        assert back.frames(id_hash("b")) == [(base + 17, 9)]
+        assert back.frames(id_hash("c")) == []
