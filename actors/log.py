@@ -26,7 +26,7 @@ from actors import metrics as m
 from actors.journal import Journal, open_backend
 from actors.journal.replica import Replica, Replicator, replica_backend
 from actors.options import Options
-from actors.records import Ended, Record, Steps
+from actors.records import Ended, Record, Steps, from_wire
 from actors.tuning import hot, tune_gc
 from workflows.context import Outcome
 from workflows.errors import JournalError, JournalUnavailable
@@ -35,9 +35,11 @@ from workflows.errors import JournalError, JournalUnavailable
 async def append_within(leader: Any, records: list[Record], timeout_s: float) -> list[Any]:
     """Append through the leader LogActor. Ray re-sends a call to a restarting leader;
     one that does not answer within ``timeout_s`` (its node is gone and no other can
-    hold it yet) is `JournalUnavailable`, never a silent wait."""
+    hold it yet) is `JournalUnavailable`, never a silent wait. The records travel as
+    their wire maps (`LogActor.append`)."""
+    wire = [r.to_wire() for r in records]
     try:
-        answers: list[Any] = await asyncio.wait_for(_await(leader.append.remote(records)), timeout_s)
+        answers: list[Any] = await asyncio.wait_for(_await(leader.append.remote(wire)), timeout_s)
     except TimeoutError:
         raise JournalUnavailable(f"the journal leader did not answer within {timeout_s} s") from None
     except RayActorError as exc:
@@ -47,6 +49,13 @@ async def append_within(leader: Any, records: list[Record], timeout_s: float) ->
 
 async def _await(ref: Any) -> Any:
     return await ref
+
+
+def _records(maps: list[dict[str, Any]]) -> list[Record]:
+    try:
+        return [from_wire(d) for d in maps]
+    except (KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"not a journal record: {exc!r}") from None
 
 
 class _RayFollower:
@@ -144,9 +153,12 @@ class LogActor:
     # --- leader --------------------------------------------------------------------------
 
     @hot
-    async def append(self, records: list[Record]) -> list[Any]:
+    async def append(self, records: list[dict[str, Any]]) -> list[Any]:
+        """Journal ``records``, given as wire maps (`Record.to_wire`): plain data, which
+        Ray serializes without pickling a class per record; `ValueError` for a map that
+        is not a record, before anything is journaled."""
         start = time.perf_counter()
-        answers = await self._leader().append(records)
+        answers = await self._leader().append(_records(records))
         self.metrics.observe(m.APPEND_LATENCY, time.perf_counter() - start)
         return answers
 

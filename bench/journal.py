@@ -94,7 +94,7 @@ def through_actors(n: int, writers: int, batch: int, replicas: int) -> float:
         async def writer(k: int) -> None:
             for c in range(calls):
                 base = (k * calls + c) * batch
-                await leader.append.remote([record(base + i) for i in range(batch)])
+                await leader.append.remote([record(base + i).to_wire() for i in range(batch)])
 
         start = time.perf_counter()
         await asyncio.gather(*[writer(k) for k in range(writers)])
