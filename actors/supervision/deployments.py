@@ -61,7 +61,9 @@ class PoolsPort(Protocol):
 
 def env_key(env: Mapping[str, Any] | None) -> str:
     """A runtime_env's identity: its canonical JSON (``{}`` for none)."""
-    return json.dumps(dict(env or {}), sort_keys=True, default=str)
+    if not env:
+        return "{}"  # most submits bring none: no JSON to write
+    return json.dumps(dict(env), sort_keys=True, default=str)
 
 
 def env_summary(env: Mapping[str, Any] | None) -> str:
