@@ -26,7 +26,7 @@ from actors import metrics as m
 from actors.journal import Journal, open_backend
 from actors.journal.replica import Replica, Replicator, replica_backend
 from actors.options import Options
-from actors.records import Ended, Record, Steps, from_wire
+from actors.records import RECORD_TYPES, Ended, Record, Steps, from_wire
 from actors.tuning import hot, tune_gc
 from workflows.context import Outcome
 from workflows.errors import JournalError, JournalUnavailable
@@ -52,10 +52,18 @@ async def _await(ref: Any) -> Any:
 
 
 def _records(maps: list[dict[str, Any]]) -> list[Record]:
+    """The records of wire maps; a record object (from a caller of an earlier version,
+    still running while this actor restarted on newer code) is taken as it is."""
     try:
-        return [from_wire(d) for d in maps]
+        return [from_wire(d) if isinstance(d, dict) else _record(d) for d in maps]
     except (KeyError, ValueError, TypeError, AttributeError) as exc:
         raise ValueError(f"not a journal record: {exc!r}") from None
+
+
+def _record(obj: Any) -> Record:
+    if not isinstance(obj, RECORD_TYPES):
+        raise TypeError(f"{type(obj).__name__} {obj!r:.80}")
+    return cast(Record, obj)
 
 
 class _RayFollower:

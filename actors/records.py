@@ -33,6 +33,7 @@ held, so older journals read back into these classes.
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -261,6 +262,8 @@ class Compensated:
 Ending = Completed | Failed | Compensated | Stopped
 WorkflowRecord = Submitted | Started | Step | Compensating | Parked | Expired | Cancel | Ending
 Record = WorkflowRecord | Signalled | EventSet | Epoch | ModeChanged | Deployed
+RECORD_TYPES: tuple[type, ...] = typing.get_args(Record)
+"""Every record class, for an ``isinstance`` check."""
 
 
 def to_wire(record: Record, seq: int) -> dict[str, Any]:

@@ -21,3 +21,8 @@ def test_a_record_sent_as_its_wire_map_comes_back_the_same() -> None:
 def test_a_map_that_is_not_a_record_is_refused_by_name(bad: object) -> None:
     with pytest.raises(ValueError, match="not a journal record"):
         _records([{"k": "started", "w": "w0", "attempt": 1, "t": 0.0}, bad])  # type: ignore[list-item]
+
+
+def test_a_record_object_from_a_caller_of_an_earlier_version_is_taken_as_it_is() -> None:
+    sent = [Started("w1", 1, 1.0), ModeChanged("normal", False, 2.0)]
+    assert _records([sent[0].to_wire(), sent[1]]) == sent  # type: ignore[list-item]
