@@ -91,6 +91,18 @@ async def fill(j: Journal, n: int) -> list[str]:
     return ids
 
 
+async def sealed_segments(name: str, n: int) -> tuple[MemoryBackend, list[str], dict[str, Any], list[int]]:
+    """A store holding ``n`` finished workflows in small segments: the store, the ids,
+    what a lookup of them answered, and the first seq of each sealed segment."""
+    store = MemoryBackend(name)
+    j = Journal(store, owner="h", segment_bytes=600, cache_size=1)
+    j.open()
+    ids = await fill(j, n)
+    remembered = j.lookup(ids)
+    j.close()
+    return store, ids, remembered, [r.first_seq for r in store.segments() if r.sealed]
+
+
 @pytest.fixture(params=[None, 2], ids=["ends-in-memory", "ends-spilled"])
 def chunk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int | None:
     """The journal's ends in memory, or spilled to storage two at a time."""
@@ -238,13 +250,7 @@ async def test_after_a_restart_an_old_workflow_is_found_by_the_stored_directory_
         monkeypatch: pytest.MonkeyPatch) -> None:
     from actors.journal.segindex import Indexes
 
-    store = MemoryBackend("hashed-segments")
-    j = Journal(store, owner="h", segment_bytes=600, cache_size=1)
-    j.open()
-    ids = await fill(j, 60)
-    remembered = j.lookup(ids)
-    j.close()
-    sealed = [r.first_seq for r in store.segments() if r.sealed]
+    store, ids, remembered, sealed = await sealed_segments("hashed-segments", 60)
     assert len(sealed) >= 10
     loads: list[int] = []
     load = Indexes.load
@@ -308,20 +314,14 @@ async def test_a_directory_of_the_earlier_layout_is_read_through_the_index_and_w
 
     from actors.journal.segindex import Directory
 
-    store = MemoryBackend("earlier-directory")
-    j = Journal(store, owner="e", segment_bytes=600, cache_size=1)
-    j.open()
-    ids = await fill(j, 30)
-    remembered = j.lookup(ids)
-    j.close()
-    sealed = [r.first_seq for r in store.segments() if r.sealed]
+    store, ids, remembered, sealed = await sealed_segments("earlier-directory", 30)
     for first in sealed:  # the earlier layout: u32 count, then hashes, span starts, span stops
         name = f"segment-{first:020d}.ids"
         d = Directory.decode(store.get_blob(name))
         starts = array("Q", (d.offsets[d.firsts[i]] for i in range(len(d.hashes))))
         payload = struct.pack("<I", len(d.hashes)) + d.hashes.tobytes() + starts.tobytes() + starts.tobytes()
         store.put_blob(name, struct.pack("<I", crc32c.crc32c(payload)) + payload)
-    j = Journal(store, owner="e", segment_bytes=600, cache_size=1)
+    j = Journal(store, owner="h", segment_bytes=600, cache_size=1)
     j.open()
     assert j.lookup(ids) == remembered
     j.close()
