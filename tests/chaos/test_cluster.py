@@ -10,16 +10,13 @@ what was lost and asserts zero; the resume times are printed (`pytest -s`).
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).parents[2]
+from tests.chaos import run_driver
+
 TIMEOUT_S = 600 + float(os.environ.get("COORDINATOR_CHAOS_S", "0"))
 """The driver's whole run: a wedged cluster fails the test instead of hanging it."""
 
@@ -28,10 +25,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(TIMEOUT_S + 60)]
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run([sys.executable, "-m", "tests.chaos.failures", str(tmp_path_factory.mktemp("failures"))],
-                          capture_output=True, text=True, timeout=TIMEOUT_S, env=env, cwd=ROOT)
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    proc, lines = run_driver("failures", tmp_path_factory.mktemp("failures"), TIMEOUT_S)
     found = {line["scenario"]: line for line in lines}
     for line in lines:
         print(f"\n{line['scenario']}: resume {line['resume_s']} s; {line}")

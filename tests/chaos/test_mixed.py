@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.chaos import run_driver
 from tests.chaos.mixed import KINDS, WINDOW_S
 
-ROOT = Path(__file__).parents[2]
 WINDOW = max(WINDOW_S, float(os.environ.get("COORDINATOR_CHAOS_S", "0")))
 HARD_TIMEOUT_S = WINDOW + 420
 """The driver's whole run: a wedged cluster fails the test instead of hanging it."""
@@ -31,10 +28,7 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(HARD_TIMEOUT_S + 60)]
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run([sys.executable, "-m", "tests.chaos.mixed", str(tmp_path_factory.mktemp("mixed"))],
-                          capture_output=True, text=True, timeout=HARD_TIMEOUT_S, env=env, cwd=ROOT)
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    proc, lines = run_driver("mixed", tmp_path_factory.mktemp("mixed"), HARD_TIMEOUT_S)
     kills = [line for line in proc.stderr.splitlines() if line.startswith(("kill ", "mixed chaos"))]
     print("\n" + "\n".join(kills))
     assert proc.returncode == 0 and lines, f"exit {proc.returncode}:\n{proc.stderr[-6000:]}"

@@ -110,16 +110,23 @@ async def test_a_child_that_ended_already_answers_at_once(coord: LocalCoordinato
     assert CALLS["early/kid"] == 1 and kinds(coord, "early-kid").count("submitted") == 1
 
 
-async def test_a_restart_while_the_child_runs_submits_no_second_child() -> None:
+async def restarted_while_the_child_runs(name: str) -> tuple[LocalCoordinator, str]:
+    """A coordinator restarted while parent ``p-<name>`` waits on its gated child (running):
+    the fresh coordinator, started, and the parent's id."""
     options = opts()
     c = LocalCoordinator(options)
     await c.start()
-    wid = await c.core.submit(Parent("restart", gated=True), "p-restart")
+    wid = await c.core.submit(Parent(name, gated=True), f"p-{name}")
     await wait_state(c, wid, "waiting")
-    await wait_state(c, "p-restart/child/1", "running")
+    await wait_state(c, f"p-{name}/child/1", "running")
     await c.close()
     fresh = LocalCoordinator(options)
     await fresh.start()
+    return fresh, wid
+
+
+async def test_a_restart_while_the_child_runs_submits_no_second_child() -> None:
+    fresh, wid = await restarted_while_the_child_runs("restart")
     try:
         assert (await fresh.core.status(wid))["state"] == "waiting"
         await wait_state(fresh, "p-restart/child/1", "running")
@@ -243,15 +250,7 @@ async def test_a_parent_being_cancelled_asks_for_no_child(coord: LocalCoordinato
 
 
 async def test_cancelling_a_parent_after_a_restart_cancels_its_child() -> None:
-    options = opts()
-    c = LocalCoordinator(options)
-    await c.start()
-    wid = await c.core.submit(Parent("later", gated=True), "p-later")
-    await wait_state(c, wid, "waiting")
-    await wait_state(c, "p-later/child/1", "running")
-    await c.close()
-    fresh = LocalCoordinator(options)
-    await fresh.start()
+    fresh, wid = await restarted_while_the_child_runs("later")
     try:
         assert await fresh.core.cancel(wid, "after restart") is True
         gate("later").set()

@@ -175,14 +175,19 @@ async def test_the_supervisor_pages_in_flight_first_then_finished_ones() -> None
         await c.close()
 
 
-async def test_ends_keep_their_order_kind_and_type_across_a_snapshot_and_a_restart() -> None:
-    name = f"paging-restart-{uuid.uuid4().hex}"
-    j = Journal(MemoryBackend(name), owner="r", segment_bytes=400, cache_size=2)
-    j.open()
+async def eight_ends(j: Journal) -> None:
+    """w0..w7, each submitted then ended at 10 + i: the odd ones failed, types alternating."""
     for i in range(8):
         end: Record = Failed(f"w{i}", {"type": "E", "message": ""}, 10.0 + i) if i % 2 else Completed(f"w{i}", i,
                                                                                                       10.0 + i)
         await j.append([Submitted(f"w{i}", TYPES[i % 2], {}, float(i)), end])
+
+
+async def test_ends_keep_their_order_kind_and_type_across_a_snapshot_and_a_restart() -> None:
+    name = f"paging-restart-{uuid.uuid4().hex}"
+    j = Journal(MemoryBackend(name), owner="r", segment_bytes=400, cache_size=2)
+    j.open()
+    await eight_ends(j)
     before = [ids_of(j.page(None, None, None, 20)), ids_of(j.page("failed", "refund", None, 20))]
     assert before == [[f"w{i}" for i in range(7, -1, -1)], ["w7", "w5", "w3", "w1"]]
     await j.snapshot()
@@ -202,10 +207,7 @@ async def test_ends_from_a_snapshot_that_kept_no_kinds_are_checked_against_their
     name = f"paging-old-{uuid.uuid4().hex}"
     j = Journal(MemoryBackend(name), owner="o", segment_bytes=400, cache_size=1)
     j.open()
-    for i in range(8):
-        end: Record = Failed(f"w{i}", {"type": "E", "message": ""}, 10.0 + i) if i % 2 else Completed(f"w{i}", i,
-                                                                                                      10.0 + i)
-        await j.append([Submitted(f"w{i}", TYPES[i % 2], {}, float(i)), end])
+    await eight_ends(j)
     await j.snapshot()
     j.close()
     backend = MemoryBackend(name)
