@@ -63,7 +63,7 @@ def pages(j: Journal) -> None:
     print(f"  {'finished counts':<34} {(time.perf_counter() - began) * 1000:8.2f} ms  {counts}")
     first = timed("first page", lambda: j.page(None, None, None, PAGE))
     timed("next page", lambda: j.page(None, None, first["next"], PAGE))
-    deep = j.index.ends.log.next_pos // 2
+    deep = j.index.finished.log.next_pos // 2
     timed("a page at the middle of history", lambda: j.page(None, None, deep, PAGE))
     failed = timed("first page of failed", lambda: j.page("failed", None, None, PAGE))
     if failed["next"] is not None:

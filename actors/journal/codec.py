@@ -209,10 +209,3 @@ def records_at(buf: bytes, path: str = "<buffer>") -> Iterator[tuple[int, int, R
         if payload is not None:
             yield start, stop, unpack(payload, path, start)
 
-
-def records_mentioning(buf: bytes, needle: bytes, path: str = "<buffer>") -> Iterator[Record]:
-    """The records of ``buf`` whose payload contains ``needle`` (checked as `scan` checks
-    every frame; only those are unpacked): a cheap first filter, by a workflow id's bytes."""
-    for start, _, payload in _frames(buf, path):
-        if payload is not None and needle in payload:
-            yield unpack(payload, path, start)

@@ -375,10 +375,10 @@ class Ends:
         self.log.forgotten(kind=kind)
         return True
 
-    def counts(self, current: Callable[[str, float], bool]) -> dict[str, int]:
+    def counts(self) -> dict[str, int]:
         """Kept ends by kind (``""``: unknown): those in memory, and each chunk's as it was
         spilled, counted again (once per retention watermark) for a chunk it cuts."""
-        out = dict(self.log.counts(current))
+        out = dict(self.log.counts(self.current))
         for chunk in self.chunks:
             for k, n in enumerate(self._kept(chunk)):
                 if n:
@@ -480,9 +480,10 @@ class Ends:
 
     # --- pages -----------------------------------------------------------------------
 
-    def page(self, current: Callable[[str, float], bool], limit: int, before: int | None = None,
-             kind: str | None = None, type_part: str | None = None, budget: int = 100_000) -> Page:
-        """As `EndLog.page`, across the ends in memory and then the chunks, newest first."""
+    def page(self, limit: int, before: int | None = None, kind: str | None = None, type_part: str | None = None,
+             budget: int = 100_000) -> Page:
+        """As `EndLog.page` (an entry current while it is the kept end of its id), across
+        the ends in memory and then the chunks, newest first."""
         found: list[str] = []
         unsure: dict[str, int] = {}
         scanned = 0
@@ -491,7 +492,7 @@ class Ends:
             if chunk is not None and before is not None and chunk.first_pos >= before:
                 continue
             log = self.log if chunk is None else self._chunk(chunk)[0]
-            p = log.page(current, limit - len(found), before, kind, type_part, budget - scanned)
+            p = log.page(self.current, limit - len(found), before, kind, type_part, budget - scanned)
             found += p.ids
             scanned += p.scanned
             # An entry of a chunk is learnt by no one (-1): a chunk is only ever read.

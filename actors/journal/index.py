@@ -67,14 +67,6 @@ class Index:
         # Terminal records admitted but not yet durable, by id.
         self.ending: dict[str, WorkflowRecord] = {}
 
-    @property
-    def ends(self) -> Ends:
-        return self.finished
-
-    def current(self, wid: str, t: float) -> bool:
-        """Whether ``finished`` holds ``wid`` as ended at ``t`` (an end entry is current)."""
-        return self.finished.current(wid, t)
-
     def _end(self, wid: str, t: float, kind: str) -> None:
         wf = self.table.workflows.get(wid) or self.unwritten.get(wid)  # submitted in the same batch
         self.finished.add(wid, t, kind, wf.type if wf is not None else "")

@@ -332,7 +332,7 @@ class Journal(Startup):
 
     def finished_counts(self) -> dict[str, int]:
         """The finished workflows the journal keeps (in memory or only on storage), by state."""
-        return self.index.ends.counts(self.index.current)
+        return self.index.finished.counts()
 
     def history(self, workflow_id: str) -> list[dict[str, Any]]:
         """The durable records of a workflow's last run, in journal order (`Stored.history`)."""

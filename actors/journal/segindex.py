@@ -393,11 +393,9 @@ class Directory:
     @classmethod
     def decode(cls, data: bytes) -> Directory:
         """The directory in ``data``; `ValueError` if it is damaged or of an earlier layout."""
-        if len(data) < 16 or struct.unpack_from("<I", data)[0] != crc32c.crc32c(data[4:]) \
+        if len(data) < 20 or struct.unpack_from("<I", data)[0] != crc32c.crc32c(data[4:]) \
                 or data[4:8] != _MAGIC:
             raise ValueError("damaged segment directory, or of an earlier layout")
-        if len(data) < 20:
-            raise ValueError("damaged segment directory")
         n, m, width = struct.unpack_from("<III", data, 8)
         if width not in (4, 8) or len(data) != 20 + 8 * n + 4 * (n + 1) + (width + 4) * m:
             raise ValueError("damaged segment directory")

@@ -92,12 +92,12 @@ class Stored:
         (``items``), the cursor of the next page (``next``, None at the end) and the ends
         looked at (``scanned``). Reads only the page's workflows, from memory or storage."""
         j = self.journal
-        found = j.index.ends.page(j.index.current, limit, before, state, type_part)
+        found = j.index.finished.page(limit, before, state, type_part)
         folds = self.lookup(found.ids)
         for w, entry in found.unsure.items():  # ended before their kind and type were kept: check, and keep them
             d = folds.get(w)
             if d is not None:
-                j.index.ends.learn(entry, d["state"], d["type"])
+                j.index.finished.learn(entry, d["state"], d["type"])
                 if (state is not None and d["state"] != state) or \
                         (type_part and type_part.lower() not in d["type"].lower()):
                     del folds[w]

@@ -326,14 +326,3 @@ def test_a_zero_filled_tail_is_torn_not_corrupt() -> None:
     buf, _bounds = encode_all(recs)
     assert codec.scan(buf + bytes(4096), PATH) == (recs, len(buf))
 
-
-def test_records_mentioning_unpacks_only_frames_holding_the_needle_and_checks_every_frame() -> None:
-    frames = [codec.encode({"v": codec.VERSION, "k": "outcome", "w": w, "q": i})
-              for i, w in enumerate(["a-1", "b-2", "a-1", "c-3"])]
-    buf = b"".join(frames)
-    assert [r["q"] for r in codec.records_mentioning(buf, b"a-1")] == [0, 2]
-    assert list(codec.records_mentioning(buf, b"zzz")) == []
-    damaged = bytearray(buf)
-    damaged[len(frames[0]) + 10] ^= 0xFF  # inside b-2's frame: found though it is not asked for
-    with pytest.raises(JournalCorrupt):
-        list(codec.records_mentioning(bytes(damaged), b"a-1"))

@@ -137,7 +137,7 @@ def test_a_page_of_many_finished_workflows_reads_only_that_page(
 def test_a_cursor_deep_in_the_history_costs_the_same(big: tuple[Journal, list[str]],
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     j, ids = big
-    cursor = j.index.ends.position_of(ids[1000])  # the page after the 48,999 newest
+    cursor = j.index.finished.position_of(ids[1000])  # the page after the 48,999 newest
     reads = Reads(monkeypatch)
     page = j.page(None, None, cursor, 50)
     assert ids_of(page) == ids[999:949:-1] and page["scanned"] == 50 and reads.records <= 100
@@ -220,7 +220,7 @@ async def test_ends_from_a_snapshot_that_kept_no_kinds_are_checked_against_their
     j = Journal(MemoryBackend(name), owner="o", segment_bytes=400, cache_size=1)
     j.open()
     try:
-        assert sum(1 for k in j.index.ends.log.kinds if k == 0) == 7
+        assert sum(1 for k in j.index.finished.log.kinds if k == 0) == 7
         got, cursor = [], None
         while True:  # a page may come out short: its unsure ends that did not match are left out
             page = j.page("failed", "refund", cursor, 3)
@@ -231,7 +231,7 @@ async def test_ends_from_a_snapshot_that_kept_no_kinds_are_checked_against_their
         assert got == ["w7", "w5", "w3", "w1"]
         assert ids_of(j.page("completed", None, None, 20)) == ["w6", "w4", "w2", "w0"]
         assert ids_of(j.page(None, None, None, 20)) == [f"w{i}" for i in range(7, -1, -1)]
-        assert sum(1 for k in j.index.ends.log.kinds if k == 0) == 0  # learned from their folds
+        assert sum(1 for k in j.index.finished.log.kinds if k == 0) == 0  # learned from their folds
     finally:
         j.close()
         MemoryBackend.drop(name)
