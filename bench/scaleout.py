@@ -215,13 +215,12 @@ class ScaleOut:
         return pids
 
     def options(self, name: str, in_flight: int) -> Any:
-        from cluster import Options
+        from bench.coordinator import CoordConfig, RayHost
 
-        journal = os.path.join(self.root, name, "journal")
-        os.makedirs(os.path.dirname(journal))
-        return Options(namespace=f"scaleout-{name}-{uuid.uuid4().hex[:6]}", storage=journal,
-                       gateway="bench.sagas:make_gateway", command_actors=COMMAND_ACTORS, slots_per_actor=SLOTS,
-                       fsync=True, max_cmds=max(100, 2 * in_flight), metrics=True)
+        run_dir = os.path.join(self.root, name)
+        os.makedirs(run_dir)
+        return RayHost.options(f"scaleout-{name}-{uuid.uuid4().hex[:6]}", run_dir, CoordConfig(COMMAND_ACTORS, SLOTS),
+                               max_cmds=max(100, 2 * in_flight))
 
     def placement(self, sup: Any) -> dict[str, str]:
         """The node of the coordinator's supervisor, journal leader and CommandActors, from the GCS."""
