@@ -173,11 +173,21 @@ class RayPools:
         await asyncio.to_thread(self.packages.forget, blobs)
 
     async def importable(self, deployment: str, types: list[str]) -> dict[str, str | None]:
-        workers = self.workers_of(deployment)
-        if not workers:
-            return dict.fromkeys(types, f"deployment {deployment} has no CommandActor")
-        answer: dict[str, str | None] = await self.workers[workers[0]].handle.importable.remote(types)
-        return answer
+        """Asked of the deployment's actors in turn: one that dies or restarts meanwhile (a
+        respread retired and ended it, or its node was lost) is passed over; `WorkerLost`
+        when none answers (nothing is concluded about the types)."""
+        asked: set[int] = set()
+        lost: RayActorError | None = None
+        while left := [i for i in self.workers_of(deployment) if i not in asked and self.workers[i].handle]:
+            asked.add(left[0])
+            try:
+                answer: dict[str, str | None] = await self.workers[left[0]].handle.importable.remote(types)
+                return answer
+            except RayActorError as exc:
+                lost = exc
+        if lost is not None:
+            raise WorkerLost(f"no CommandActor of deployment {deployment} answered: {lost}") from lost
+        return dict.fromkeys(types, f"deployment {deployment} has no CommandActor")
 
     async def remove(self, deployment: str) -> None:
         for i in self.workers_of(deployment):
