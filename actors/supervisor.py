@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import time
 from typing import Any, cast
 
 import ray
@@ -19,11 +20,12 @@ import structlog
 from actors import logs
 from actors import metrics as m
 from actors.batching import Batcher
+from actors.journal.sealed import SealedEnds
 from actors.log import append_within
 from actors.options import Options
 from actors.placement import journal_replicas, log_actor_name
 from actors.pools import RayPools
-from actors.records import Ended, Record, Report, Steps
+from actors.records import Ended, Ending, Record, Report, Steps
 from actors.supervision.deployments import Deployments
 from actors.supervision.supervisor import SupervisorCore
 from actors.tuning import hot, tune_gc
@@ -51,13 +53,42 @@ async def pool_fault(pool: list[Any], timeout_s: float = POOL_READY_TIMEOUT_S) -
     return next((a for a in answers if isinstance(a, str)), None)
 
 
-class RayJournal:
-    """The supervisor's port to the LogActor; its appends ride in batches."""
+LEADER_CHECK_S = 1.0
+"""How often, at most, the supervisor asks the LogActor for its pid again when the
+storage's lock names another process (`RayJournal.end_of`)."""
 
-    def __init__(self, handle: Any, append_timeout_s: float) -> None:
+
+class RayJournal:
+    """The supervisor's port to the LogActor; its appends ride in batches. With
+    ``sealed``, ends of long-finished workflows are read from the leader's files here."""
+
+    def __init__(self, handle: Any, append_timeout_s: float, sealed: SealedEnds | None = None) -> None:
         self.handle = handle
         self.append_timeout_s = append_timeout_s
+        self.sealed = sealed
         self._batcher: Batcher[Record] = Batcher(self._send)
+        self._checked = 0.0
+        self._checking: asyncio.Task[None] | None = None
+
+    def end_of(self, workflow_id: str) -> Ending | None:
+        if self.sealed is None:
+            return None
+        end = self.sealed.end(workflow_id)
+        if self.sealed.stale and self._checking is None and time.monotonic() - self._checked > LEADER_CHECK_S:
+            self._checked = time.monotonic()
+            self._checking = asyncio.get_running_loop().create_task(self._check_leader())
+        return end
+
+    async def _check_leader(self) -> None:
+        """Learn the leader's pid again (it restarted): its storage read here once more."""
+        try:
+            info = await self.handle.info.remote()
+            if self.sealed is not None and info.get("storage") == "file://" + self.sealed.root:
+                self.sealed.leader_pid = info.get("pid", -1)
+        except Exception as exc:  # the leader is away: the next miss asks again
+            structlog.get_logger("supervisor").debug("leader_check_failed", error=repr(exc))
+        finally:
+            self._checking = None
 
     async def _send(self, records: list[Record]) -> list[Any]:
         return await append_within(self.handle, records, self.append_timeout_s)
@@ -103,6 +134,15 @@ class RayJournal:
         return page
 
 
+def _sealed(options: Options, leader: dict[str, Any]) -> SealedEnds | None:
+    """A reader of the leader's sealed segments, if its storage is a directory (it is
+    read only while the leader on this host holds it)."""
+    if not options.storage.startswith("file://") or leader.get("storage") != options.storage:
+        return None
+    owner = f"{ray.get_runtime_context().gcs_address}/{options.namespace}/{log_actor_name(0)}"
+    return SealedEnds(options.storage, owner, leader.get("pid", -1), options.retention_s)
+
+
 class SupervisorActor:
     async def __init__(self, options: Options) -> None:  # type: ignore[misc]  # Ray awaits it
         logs.configure(options.log_level, options.log_format, component="supervisor")
@@ -111,12 +151,12 @@ class SupervisorActor:
         self._fault: Exception | None = None
         try:
             self.log = await journal_replicas(options)
-            await self.log.info.remote()
+            leader = await self.log.info.remote()
         except (CoordinatorError, ValueError) as exc:  # Fenced, JournalCorrupt, bad replicas: answer every call
             self._fault = exc
             return
         me = ray.get_runtime_context().current_actor
-        journal = RayJournal(self.log, options.append_timeout_s)
+        journal = RayJournal(self.log, options.append_timeout_s, _sealed(options, leader))
         self.pool = RayPools(options, self.log, me)
         self.registry = Deployments(self.pool, journal.append, options.deployment_grace_s)
         self.registry.adopt((await journal.state(0, 0)).get("deployments", {}))

@@ -317,22 +317,45 @@ class Indexes:
                 found[w] = records
         return found
 
+    def _sealed_records(self, ref: SegmentRef, wanted: dict[str, int]) -> dict[str, list[codec.Record]] | None:
+        """The records of ``wanted`` (id to hash) in the sealed segment ``ref``, by its
+        stored directory; None when it has none readable."""
+        seen = self._stored_hashes(ref.first_seq)
+        if seen is None:
+            return None
+        here = {w: h for w, h in wanted.items() if holds(seen, h)}
+        return self._by_directory(ref, here) if here else {}
+
+    def stored_records(self, refs: list[SegmentRef], wanted: dict[str, int]) -> dict[str, list[codec.Record]] | None:
+        """As `records_of` over the sealed segments ``refs``, for ``wanted`` (id to
+        `id_hash`), reading only their directories and frames, never writing; None when
+        one of them has no readable directory."""
+        found: dict[str, list[codec.Record]] = {}
+        for ref in refs:
+            direct = self._sealed_records(ref, wanted)
+            if direct is None:
+                return None
+            for w, records in direct.items():
+                found.setdefault(w, []).extend(records)
+        return found
+
+    def forget_except(self, first_seqs: set[int]) -> None:
+        """Drop what is held of sealed segments other than ``first_seqs`` (deleted ones)."""
+        for held in (self.ids, self._dirs, self._cache):
+            for gone in held.keys() - first_seqs:
+                del held[gone]
+
     def records_of(self, refs: list[SegmentRef], workflow_ids: Iterable[str]) -> dict[str, list[codec.Record]]:
         """Every stored record of each of ``workflow_ids`` in the segments ``refs``, in
         journal order (ids with none are left out)."""
         wanted = {w: id_hash(w) for w in workflow_ids}
         found: dict[str, list[codec.Record]] = {}
         for ref in refs:
-            seen = self._stored_hashes(ref.first_seq) if ref.sealed else None
-            if seen is not None:
-                here = {w: h for w, h in wanted.items() if holds(seen, h)}
-                if not here:
-                    continue
-                direct = self._by_directory(ref, here)
-                if direct is not None:
-                    for w, records in direct.items():
-                        found.setdefault(w, []).extend(records)
-                    continue
+            direct = self._sealed_records(ref, wanted) if ref.sealed else None
+            if direct is not None:
+                for w, records in direct.items():
+                    found.setdefault(w, []).extend(records)
+                continue
             idx = self.load(ref)
             for wid in wanted.keys() & idx.workflows.keys():
                 found.setdefault(wid, []).extend(self.fetch(ref, spans(idx.workflows[wid])))

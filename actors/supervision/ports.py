@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from actors.records import Dispatch, Ended, Error, Record, Steps
+from actors.records import Dispatch, Ended, Ending, Error, Record, Steps
 from workflows.context import Outcome
 
 
@@ -35,6 +35,12 @@ class JournalPort(Protocol):
     async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         """The fold (``Workflow.to_dict``, outcomes included) of each finished workflow
         the journal keeps among ``workflow_ids``, read from its storage if need be."""
+        ...
+
+    def end_of(self, workflow_id: str) -> Ending | None:
+        """The terminal record of ``workflow_id``, finished long ago, when it can be read
+        at once without asking the journal (its storage is on this host); None otherwise:
+        `lookup` answers then."""
         ...
 
     async def page(self, state: str | None, type_part: str | None, before: int | None,

@@ -15,6 +15,7 @@ import contextlib
 from typing import Any
 
 from actors.metrics import RESULT_CACHE_HITS, RESULT_CACHE_MISSES, Metrics
+from actors.records import Completed, Ending
 from actors.supervision.ports import JournalPort
 from actors.workflow_state import State, Workflow, WorkflowTable
 from workflows.errors import CommandFailed, UnknownWorkflow
@@ -33,6 +34,14 @@ def _cursor(cursor: str | None, state: str | None) -> tuple[str, int | None]:
     if kind not in "uf" or (rest and not rest.isdigit()) or (kind == "u" and not rest):
         raise ValueError(f"bad cursor {cursor!r}")
     return kind, int(rest) if rest else None
+
+
+def _answer(workflow_id: str, end: Ending) -> Any:
+    """What `Queries.result` answers for a workflow that ended with ``end``."""
+    if isinstance(end, Completed):
+        return end.result
+    err = end.error or {}
+    raise CommandFailed(workflow_id, err.get("type", "unknown"), err.get("message", ""), err.get("traceback", ""))
 
 
 def _typed(type_: str, part: str | None) -> bool:
@@ -99,6 +108,11 @@ class Queries:
 
     async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:
         await self.started.wait()
+        if workflow_id not in self.table.workflows:  # long finished: its end may be read here at once
+            end = self.journal.end_of(workflow_id)
+            if end is not None:
+                self.metrics.count(RESULT_CACHE_MISSES)
+                return _answer(workflow_id, end)
         wf = await self._get(workflow_id)
         if not wf.state.finished:
             try:

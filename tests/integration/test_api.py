@@ -104,3 +104,36 @@ def test_a_gateway_that_cannot_be_built_fails_start_and_leaves_nothing(ray_sessi
         cluster.start(options)
     wait_for(lambda: not [a for a in ray.util.list_named_actors(all_namespaces=True)
                           if a["namespace"] == options.namespace], what="no actor left")
+
+
+def _read_here(sup: Any) -> int:
+    """How many ends the supervisor read from the leader's files itself."""
+    answered: int = ray.get(sup.__ray_call__.remote(lambda self: self.core.queries.journal.sealed.answered))
+    return answered
+
+
+def test_long_finished_results_are_read_from_the_leaders_files_as_the_journal_gives_them(
+        coordinator: Callable[..., Coordinator]) -> None:
+    """Out of the supervisor's cache, a result is read from the sealed segments on this
+    host without a call to the LogActor; answers equal the journal's, also across a
+    restart of the LogActor (its new pid is learnt; meanwhile the LogActor answers)."""
+    c = coordinator(result_cache_size=2, segment_bytes=1500)
+    ids = ray.get(c.sup.submit_many.remote([Echo(i) for i in range(40)] + [Fails(steps=1) for _ in range(4)]))
+
+    def answers() -> list[Any]:
+        out: list[Any] = []
+        for w in ids:
+            try:
+                out.append(ray.get(c.sup.result.remote(w, 30)))
+            except CommandFailed as exc:
+                out.append((exc.error_type, exc.message))
+        return out
+
+    first = answers()
+    assert first[:40] == list(range(40)) and all(a[1] == "step 1 rejected the request" for a in first[40:])
+    wait_for(lambda: answers() == first and _read_here(c.sup) >= 20, what="ends read from sealed segments")
+    assert ray.get(c.sup.status.remote(ids[0]))["state"] == "completed"  # the journal's fold, outcomes and all
+    before = _read_here(c.sup)
+    ray.kill(ray.get_actor("log-0", namespace=c.options.namespace), no_restart=False)
+    assert answers() == first  # the lock names another pid: the LogActor answered
+    wait_for(lambda: answers() == first and _read_here(c.sup) > before + 20, what="the new leader's files read")

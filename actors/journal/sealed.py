@@ -1,0 +1,91 @@
+"""The end of a long-finished workflow, read from the leader's sealed segments by another
+process on its host.
+
+The supervisor answers ``result`` of a workflow out of its cache by reading the
+workflow's terminal record here, read-only, through the sealed segments' stored
+directories (`segindex.Directory`), instead of asking the LogActor: one Ray call less.
+`SealedEnds.end` answers None whenever it cannot be sure, and the caller then asks the
+leader as before. It is sure when:
+
+- the storage is a ``file://`` directory on this host whose ``LOCK`` names the live
+  leader: the owner it was given, this host, and the pid the leader reported;
+- the terminal record lies in a sealed segment with a readable directory. A sealed
+  segment never changes, and a finished workflow gets no record after its end but a
+  new ``submitted`` once retention frees its id;
+- it ended within ``retention_s`` of now (by `MARGIN_S`): retention has not freed its
+  id, so no later run of the same id exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+from actors.journal.ends import id_hash
+from actors.journal.files import FileBackend
+from actors.journal.segindex import Indexes
+from actors.records import Ending, from_wire
+
+END_KINDS = frozenset({"completed", "failed", "compensated", "cancelled", "terminated"})
+MARGIN_S = 1.0
+"""How much closer to the retention watermark than ``retention_s`` an end may lie and
+still be read here (the leader runs on this host, by the same clock)."""
+
+
+class SealedEnds:
+    """Terminal records of the journal at ``storage`` (``file://`` on this host), read-only."""
+
+    def __init__(self, storage: str, owner: str, leader_pid: int, retention_s: float,
+                 clock: Callable[[], float] = time.time) -> None:
+        if not storage.startswith("file://"):
+            raise ValueError(f"not a file:// storage: {storage!r}")
+        self.root = storage.removeprefix("file://")
+        self.owner = owner
+        self.leader_pid = leader_pid
+        self.retention_s = retention_s
+        self.clock = clock
+        self.host = socket.gethostname()
+        self._indexes: Indexes | None = None
+        self.answered = 0
+        """Ends read here (each a call to the leader spared)."""
+        self.stale = False
+        """Whether the last `end` found the ``LOCK`` naming another leader than
+        ``leader_pid`` (it restarted, or moved): the caller learns the new pid, or not."""
+
+    def leader_here(self) -> bool:
+        """Whether the storage's ``LOCK`` names the leader this reader was given, on this host."""
+        try:
+            with open(os.path.join(self.root, "LOCK")) as f:
+                holder: Any = json.loads(f.read())
+        except (OSError, ValueError):
+            holder = None
+        self.stale = not (isinstance(holder, dict) and holder.get("owner") == self.owner
+                          and holder.get("host") == self.host and holder.get("pid") == self.leader_pid)
+        return not self.stale
+
+    def end(self, workflow_id: str) -> Ending | None:
+        """``workflow_id``'s terminal record if it is sure to be the one of its last run
+        (see the module), else None."""
+        if not self.leader_here():
+            return None
+        if self._indexes is None:
+            self._indexes = Indexes(FileBackend(self.root))
+        indexes = self._indexes
+        try:
+            refs = [r for r in indexes.backend.segments() if r.sealed]
+            indexes.forget_except({r.first_seq for r in refs})
+            records = indexes.stored_records(refs, {workflow_id: id_hash(workflow_id)})
+        except (OSError, ValueError):  # a segment compacted away meanwhile, or damaged: ask the leader
+            return None
+        if records is None:
+            return None
+        ends = [r for r in records.get(workflow_id, []) if r["k"] in END_KINDS]
+        if len(ends) != 1 or ends[0]["t"] < self.clock() - self.retention_s + MARGIN_S:
+            return None
+        found: Ending = from_wire(ends[0])  # type: ignore[assignment]  # an end kind reads as an Ending
+        self.answered += 1
+        return found
