@@ -208,3 +208,24 @@ async def test_the_supervisor_core_counts_what_happens_to_workflows() -> None:
     assert len([v for v, t in fake.of("observe", m.WORKFLOW_LATENCY.name) if t["type"] == echo]) == 2
     gauges = {name: value for op, name, value, _ in fake.calls if op == "set"}
     assert gauges == {m.IN_FLIGHT.name: 0, m.MAX_CMDS.name: c.options.max_cmds, m.MODE.name: 0}
+
+
+async def test_results_read_back_from_the_journal_count_as_misses_not_hits() -> None:
+    """With a cache of one finished result, the others are read back: each a miss only."""
+    metrics, fake = make()
+    c = LocalCoordinator(opts(result_cache_size=1))
+    c.core = SupervisorCore(c.options, LocalJournal(c.journal), c.pool, metrics=metrics)
+    await c.start()
+    try:
+        ids = await c.core.submit_many([Echo(i) for i in range(4)])
+        assert await c.core.result(ids[-1], 10) == 3
+        while sum(wf.state.finished for wf in c.core.table.workflows.values()) < 1 or \
+                any(w in c.core.table.workflows for w in ids[:3]):
+            await asyncio.sleep(0.01)
+        assert [await c.core.result(w, 10) for w in ids[:3]] == [0, 1, 2]
+        assert set(await c.core.wait(ids[:2], 10)) == set(ids[:2])
+        metrics.flush()
+    finally:
+        await c.close()
+    counts = {name: value for op, name, value, _ in fake.calls if op == "inc"}
+    assert counts[m.RESULT_CACHE_MISSES.name] == 5 and counts[m.RESULT_CACHE_HITS.name] == 1
