@@ -219,7 +219,8 @@ class SupervisorActor:
 
 
     async def stats(self) -> dict[str, Any]:
-        return self._ready().stats()
+        core = self._ready()
+        return core.stats(await core.finished_counts())
 
     async def suspend(self) -> dict[str, Any]:
         return await self._ready().suspend()
@@ -242,7 +243,7 @@ class SupervisorActor:
         return await self._ready().page(state, type_part, cursor, limit)
 
     async def finished_counts(self) -> dict[str, int]:
-        """The finished workflows the journal keeps, by state (`stats` counts only those held here)."""
+        """The finished workflows the journal keeps, by state (as `stats` counts them)."""
         return await self._ready().finished_counts()
 
     async def history(self, workflow_id: str) -> list[dict[str, Any]]:

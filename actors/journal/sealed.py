@@ -3,7 +3,8 @@ process on its host.
 
 The supervisor answers ``result`` of a workflow out of its cache by reading the
 workflow's terminal record here, read-only, through the sealed segments' stored
-directories (`segindex.Directory`), instead of asking the LogActor: one Ray call less.
+directories (`segindex.DirectoryFile`: their hashes held, an id's frames read in place),
+instead of asking the LogActor: one Ray call less.
 `SealedEnds.end` answers None whenever it cannot be sure, and the caller then asks the
 leader as before. It is sure when:
 
@@ -25,10 +26,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from actors.journal import codec
 from actors.journal.ends import id_hash
 from actors.journal.files import FileBackend
-from actors.journal.segindex import Indexes
+from actors.journal.segindex import DirectoryFile, directory_name
 from actors.records import Ending, from_wire
+from workflows.errors import JournalCorrupt
 
 END_KINDS = frozenset({"completed", "failed", "compensated", "cancelled", "terminated"})
 MARGIN_S = 1.0
@@ -49,7 +52,8 @@ class SealedEnds:
         self.retention_s = retention_s
         self.clock = clock
         self.host = socket.gethostname()
-        self._indexes: Indexes | None = None
+        self.backend = FileBackend(self.root)
+        self._directories: dict[int, DirectoryFile] = {}  # by first seq: each sealed segment's, its hashes held
         self.answered = 0
         """Ends read here (each a call to the leader spared)."""
         self.stale = False
@@ -72,20 +76,31 @@ class SealedEnds:
         (see the module), else None."""
         if not self.leader_here():
             return None
-        if self._indexes is None:
-            self._indexes = Indexes(FileBackend(self.root))
-        indexes = self._indexes
         try:
-            refs = [r for r in indexes.backend.segments() if r.sealed]
-            indexes.forget_except({r.first_seq for r in refs})
-            records = indexes.stored_records(refs, {workflow_id: id_hash(workflow_id)})
-        except (OSError, ValueError):  # a segment compacted away meanwhile, or damaged: ask the leader
+            records = self._records(workflow_id)
+        except (OSError, ValueError, JournalCorrupt):  # compacted meanwhile, damaged, a directory not stored yet
             return None
-        if records is None:
-            return None
-        ends = [r for r in records.get(workflow_id, []) if r["k"] in END_KINDS]
+        ends = [r for r in records if r["k"] in END_KINDS]
         if len(ends) != 1 or ends[0]["t"] < self.clock() - self.retention_s + MARGIN_S:
             return None
         found: Ending = from_wire(ends[0])  # type: ignore[assignment]  # an end kind reads as an Ending
         self.answered += 1
+        return found
+
+    def _records(self, workflow_id: str) -> list[codec.Record]:
+        """Every record of ``workflow_id`` in the sealed segments, read by their directories."""
+        refs = [r for r in self.backend.segments() if r.sealed]
+        for gone in self._directories.keys() - {r.first_seq for r in refs}:
+            del self._directories[gone]
+        h = id_hash(workflow_id)
+        found: list[codec.Record] = []
+        for ref in refs:
+            directory = self._directories.get(ref.first_seq)
+            if directory is None:
+                path = os.path.join(self.root, "blobs", directory_name(ref.first_seq))
+                directory = self._directories[ref.first_seq] = DirectoryFile(path)
+            for offset, length in directory.frames(h):
+                frame = self.backend.read_range(ref, offset, length)
+                where = f"{self.backend.describe(ref)}@{offset}"
+                found += [r for _, _, r in codec.records_at(frame, where) if r.get("w") == workflow_id]
         return found

@@ -16,6 +16,7 @@ sealed. Reads fetch just the indexed frames (`Backend.read_range`) and decode th
 from __future__ import annotations
 
 import contextlib
+import os
 import struct
 import sys
 from array import array
@@ -179,7 +180,7 @@ class Indexes:
             directory = Directory.of(idx)
             self.ids[first_seq] = directory.hashes
             with contextlib.suppress(Exception):  # any storage error: computed again next time
-                self.backend.put_blob(_directory_name(first_seq), directory.encode())
+                self.backend.put_blob(directory_name(first_seq), directory.encode())
         self._cache[first_seq] = idx
         self._cache.move_to_end(first_seq)
         while len(self._cache) > CACHED:
@@ -214,7 +215,7 @@ class Indexes:
         # Only its ids' hashes stay, its directory stored too: a reader loads the index
         # again when it needs it, and finds an id by the directory, without the index.
         directory = Directory.of(idx)
-        self.backend.put_blob(_directory_name(first_seq), directory.encode())
+        self.backend.put_blob(directory_name(first_seq), directory.encode())
         self.ids[first_seq] = directory.hashes
         self.active.pop(first_seq, None)
 
@@ -275,7 +276,7 @@ class Indexes:
         if ref.sealed:
             with contextlib.suppress(FileNotFoundError):
                 self.backend.delete_index(ref.first_seq)
-            self.backend.delete_blob(_directory_name(ref.first_seq))
+            self.backend.delete_blob(directory_name(ref.first_seq))
 
     def _stored_hashes(self, first_seq: int) -> array[int] | None:
         """The sealed segment's ids' hashes: from memory, else from its stored `Directory`
@@ -294,7 +295,7 @@ class Indexes:
             self._dirs.move_to_end(first_seq)
             return found
         try:
-            found = Directory.decode(self.backend.get_blob(_directory_name(first_seq)))
+            found = Directory.decode(self.backend.get_blob(directory_name(first_seq)))
         except (FileNotFoundError, ValueError):
             return None
         self._dirs[first_seq] = found
@@ -317,45 +318,22 @@ class Indexes:
                 found[w] = records
         return found
 
-    def _sealed_records(self, ref: SegmentRef, wanted: dict[str, int]) -> dict[str, list[codec.Record]] | None:
-        """The records of ``wanted`` (id to hash) in the sealed segment ``ref``, by its
-        stored directory; None when it has none readable."""
-        seen = self._stored_hashes(ref.first_seq)
-        if seen is None:
-            return None
-        here = {w: h for w, h in wanted.items() if holds(seen, h)}
-        return self._by_directory(ref, here) if here else {}
-
-    def stored_records(self, refs: list[SegmentRef], wanted: dict[str, int]) -> dict[str, list[codec.Record]] | None:
-        """As `records_of` over the sealed segments ``refs``, for ``wanted`` (id to
-        `id_hash`), reading only their directories and frames, never writing; None when
-        one of them has no readable directory."""
-        found: dict[str, list[codec.Record]] = {}
-        for ref in refs:
-            direct = self._sealed_records(ref, wanted)
-            if direct is None:
-                return None
-            for w, records in direct.items():
-                found.setdefault(w, []).extend(records)
-        return found
-
-    def forget_except(self, first_seqs: set[int]) -> None:
-        """Drop what is held of sealed segments other than ``first_seqs`` (deleted ones)."""
-        for held in (self.ids, self._dirs, self._cache):
-            for gone in held.keys() - first_seqs:
-                del held[gone]
-
     def records_of(self, refs: list[SegmentRef], workflow_ids: Iterable[str]) -> dict[str, list[codec.Record]]:
         """Every stored record of each of ``workflow_ids`` in the segments ``refs``, in
         journal order (ids with none are left out)."""
         wanted = {w: id_hash(w) for w in workflow_ids}
         found: dict[str, list[codec.Record]] = {}
         for ref in refs:
-            direct = self._sealed_records(ref, wanted) if ref.sealed else None
-            if direct is not None:
-                for w, records in direct.items():
-                    found.setdefault(w, []).extend(records)
-                continue
+            seen = self._stored_hashes(ref.first_seq) if ref.sealed else None
+            if seen is not None:
+                here = {w: h for w, h in wanted.items() if holds(seen, h)}
+                if not here:
+                    continue
+                direct = self._by_directory(ref, here)
+                if direct is not None:
+                    for w, records in direct.items():
+                        found.setdefault(w, []).extend(records)
+                    continue
             idx = self.load(ref)
             for wid in wanted.keys() & idx.workflows.keys():
                 found.setdefault(wid, []).extend(self.fetch(ref, spans(idx.workflows[wid])))
@@ -437,12 +415,67 @@ class Directory:
 _MAGIC = b"DIR2"
 
 
+class DirectoryFile:
+    """A stored `Directory` read in place, by another process than its writer: its
+    hashes column when opened, an id's frames by three small reads of the columns
+    (``pread``), never the whole file. The whole file's checksum is not verified (that
+    would read it all): its layout and size are, and each frame read by it is checked
+    by its own checksum and is the caller's to match to its id."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        with open(path, "rb") as f:
+            head = f.read(20)
+            if len(head) != 20 or head[4:8] != _MAGIC:
+                raise ValueError(f"{path}: not a segment directory of this layout")
+            n, m, width = struct.unpack_from("<III", head, 8)
+            self.n, self.m, self.width = n, m, width
+            if width not in (4, 8) or os.fstat(f.fileno()).st_size != 20 + 8 * n + 4 * (n + 1) + (width + 4) * m:
+                raise ValueError(f"{path}: damaged segment directory")
+            self.hashes = _column("q", f.read(8 * n), n)
+
+    def frames(self, h: int) -> list[tuple[int, int]]:
+        """The (offset, length) of each frame of the ids that hash to ``h``."""
+        i = bisect_left(self.hashes, h)
+        if i == len(self.hashes) or self.hashes[i] != h:
+            return []
+        out: list[tuple[int, int]] = []
+        firsts_at = 20 + 8 * self.n
+        offsets_at = firsts_at + 4 * (self.n + 1)
+        lengths_at = offsets_at + self.width * self.m
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            while i < len(self.hashes) and self.hashes[i] == h:
+                lo, hi = _column("I", os.pread(fd, 8, firsts_at + 4 * i), 2)
+                if not lo <= hi <= self.m:
+                    raise ValueError(f"{self.path}: damaged segment directory")
+                offsets = _column("I" if self.width == 4 else "Q",
+                                  os.pread(fd, self.width * (hi - lo), offsets_at + self.width * lo), hi - lo)
+                lengths = _column("I", os.pread(fd, 4 * (hi - lo), lengths_at + 4 * lo), hi - lo)
+                out += zip(offsets, lengths, strict=True)
+                i += 1
+        finally:
+            os.close(fd)
+        return out
+
+
+def _column(typecode: str, data: bytes, count: int) -> array[int]:
+    """``count`` little-endian numbers of ``typecode`` from ``data`` (`ValueError` if short)."""
+    col = array(typecode)
+    if len(data) != col.itemsize * count:
+        raise ValueError("segment directory cut short")
+    col.frombytes(data)
+    if sys.byteorder != "little":
+        col.byteswap()
+    return col
+
+
 def _width(size: int) -> str:
     """The array type of a segment's frame offsets: u32 unless it is 4 GiB or more."""
     return "I" if size < 1 << 32 else "Q"
 
 
-def _directory_name(first_seq: int) -> str:
+def directory_name(first_seq: int) -> str:
     """The blob of a sealed segment's `Directory`."""
     return f"segment-{first_seq:020d}.ids"
 

@@ -211,8 +211,8 @@ class Queries:
         return {"items": items, "next": following, "scanned": scanned}
 
     async def finished_counts(self) -> dict[str, int]:
-        """The finished workflows the journal keeps, by state: the counts by state of `stats`
-        hold only those cached here."""
+        """The finished workflows the journal keeps, by state (`SupervisorCore.stats` counts
+        them so when given these)."""
         await self.started.wait()
         return await self.journal.finished_counts()
 

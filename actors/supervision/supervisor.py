@@ -45,7 +45,7 @@ from actors.supervision.parking import Parking
 from actors.supervision.ports import JournalPort, PoolPort
 from actors.supervision.queries import Queries
 from actors.supervision.signals import Signals
-from actors.workflow_state import State, Workflow, WorkflowTable
+from actors.workflow_state import FINISHED, State, Workflow, WorkflowTable
 
 __all__ = ["JournalPort", "PoolPort", "SupervisorCore"]
 
@@ -184,10 +184,15 @@ class SupervisorCore:
         """The journaled records of a workflow's last run, in journal order (`Queries.history`)."""
         return await self.queries.history(workflow_id)
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self, kept: dict[str, int] | None = None) -> dict[str, Any]:
+        """Mode, intake and counts by state; with ``kept`` (`finished_counts`), the finished
+        states count every workflow the journal keeps, not only those cached here."""
         counts = {s.value: 0 for s in State}
         for wf in self.table.workflows.values():
             counts[wf.state.value] += 1
+        if kept is not None:
+            for state in FINISHED:
+                counts[state.value] = max(counts[state.value], kept.get(state.value, 0))
         return {"mode": self.mode.value, "held": self.held, "in_flight": self.admission.admitted,
                 "max_cmds": self.options.max_cmds, "waiting_admission": self.admission.waiting,
                 "running": len(self.dispatcher.running), "parked": len(self.parking.timers), "counts": counts,

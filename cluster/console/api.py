@@ -130,18 +130,8 @@ class ConsoleApi:
         self.throughput.add(self.clock(), stats["counts"], stats.get("finished_since_start"))
         return stats
 
-    async def counts(self, stats: dict[str, Any]) -> dict[str, int]:
-        """Workflows by state: the supervisor's, and for finished states the journal's
-        (the supervisor holds only its cache of finished ones; the journal keeps them all)."""
-        kept = await self.sup.finished_counts()
-        counts = dict(stats["counts"])
-        for s in FINISHED:
-            counts[s] = max(int(counts.get(s, 0)), int(kept.get(s, 0)))
-        return counts
-
     async def overview(self) -> dict[str, Any]:
         stats = await self.sample()
-        stats = {**stats, "counts": await self.counts(stats)}
         now = self.clock()
         lists = await asyncio.gather(*[self.sup.list(s, ACTIVE_ROWS) for s in ACTIVE])
         rows = {s: [summary(w, now) for w in found] for s, found in zip(ACTIVE, lists, strict=True)}
@@ -170,7 +160,7 @@ class ConsoleApi:
         found = await self.sup.page(state, type_, cursor, limit)
         total = None
         if not type_:
-            counts = await self.counts(await self.sample())
+            counts = (await self.sample())["counts"]
             total = counts[state] if state else sum(counts.values())
         return {"items": [summary(w, now) for w in found["items"]], "offset": offset, "limit": limit,
                 "cursor": cursor, "next": found["next"], "more": found["next"] is not None, "total": total,

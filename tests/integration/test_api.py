@@ -131,6 +131,8 @@ def test_long_finished_results_are_read_from_the_leaders_files_as_the_journal_gi
 
     first = answers()
     assert first[:40] == list(range(40)) and all(a[1] == "step 1 rejected the request" for a in first[40:])
+    counts = ray.get(c.sup.stats.remote())["counts"]  # the journal's, not the cache's two
+    assert (counts["completed"], counts["compensated"]) == (40, 4)
     wait_for(lambda: answers() == first and _read_here(c.sup) >= 20, what="ends read from sealed segments")
     assert ray.get(c.sup.status.remote(ids[0]))["state"] == "completed"  # the journal's fold, outcomes and all
     before = _read_here(c.sup)

@@ -142,3 +142,24 @@ async def test_a_missing_directory_or_segment_is_left_to_the_leader(tmp_path: Pa
     ends = [reader.end(w) for w in sealed]
     assert None in ends and any(isinstance(e, Completed | Failed) for e in ends)
     j.close()
+
+
+async def test_a_directory_read_in_place_gives_the_frames_the_decoded_one_gives(tmp_path: Path) -> None:
+    from actors.journal.segindex import Directory, DirectoryFile
+
+    j, _ = await _journal(tmp_path)
+    files = sorted((tmp_path / "journal" / "blobs").glob("segment-*.ids"))
+    assert len(files) >= 8
+    for path in files:
+        whole, in_place = Directory.decode(path.read_bytes()), DirectoryFile(str(path))
+        assert list(in_place.hashes) == list(whole.hashes)
+        assert all(in_place.frames(h) == whole.frames(h) for h in whole.hashes)
+        assert in_place.frames(12345) == []
+    cut = files[0].read_bytes()
+    files[0].write_bytes(cut[:-3])
+    with pytest.raises(ValueError, match="damaged"):
+        DirectoryFile(str(files[0]))
+    files[0].write_bytes(cut[:4] + b"DIR1" + cut[8:])
+    with pytest.raises(ValueError, match="layout"):
+        DirectoryFile(str(files[0]))
+    j.close()
