@@ -76,7 +76,7 @@ def _fmt(value: Any, digits: int = 1) -> str:
     return str(value)
 
 
-COLUMNS = [("system", 13), ("workload", 13), ("n", 7), ("infl", 5), ("config", 26), ("wf/s", 10), ("p50 ms", 9),
+COLUMNS = [("system", 13), ("workload", 13), ("n", 9), ("infl", 5), ("config", 26), ("wf/s", 10), ("p50 ms", 9),
            ("p99 ms", 9), ("cpu ms/wf", 9), ("KiB/infl", 9), ("step ms", 8), ("step cpu", 8), ("ok", 4)]
 
 

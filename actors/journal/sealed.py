@@ -77,13 +77,12 @@ class SealedEnds:
         if not self.leader_here():
             return None
         try:
-            records = self._records(workflow_id)
-        except (OSError, ValueError, JournalCorrupt):  # compacted meanwhile, damaged, a directory not stored yet
-            return None
-        ends = [r for r in records if r["k"] in END_KINDS]
-        if len(ends) != 1 or ends[0]["t"] < self.clock() - self.retention_s + MARGIN_S:
-            return None
-        found: Ending = from_wire(ends[0])  # type: ignore[assignment]  # an end kind reads as an Ending
+            ends = [r for r in self._records(workflow_id) if r.get("k") in END_KINDS]
+            if len(ends) != 1 or not ends[0]["t"] >= self.clock() - self.retention_s + MARGIN_S:
+                return None
+            found: Ending = from_wire(ends[0])  # type: ignore[assignment]  # an end kind reads as an Ending
+        except (OSError, ValueError, KeyError, TypeError, JournalCorrupt):
+            return None  # compacted away meanwhile, damaged, a directory not stored yet: ask the leader
         self.answered += 1
         return found
 

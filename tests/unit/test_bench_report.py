@@ -167,3 +167,11 @@ def test_journal_targets_missing() -> None:
     out = report.journal_targets(500.0, 0.0, {1: 100.0})
     assert not any(line.endswith("MET") for line in out)
     assert len([line for line in out if "not measured" in line]) == 2
+
+
+def test_the_table_prints_a_million_whole() -> None:
+    from bench.report import table
+
+    row = {"system": "coordinator", "workload": "soak", "n": 1_000_000, "in_flight": 100, "config": "a=1 s=64",
+           "wf_per_s": 1017.7, "p50_ms": 1.8, "p99_ms": 2.8, "cpu_s_per_wf": 0.0, "ok": True}
+    assert " 1,000,000 " in table([row]).splitlines()[1]
