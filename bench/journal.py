@@ -27,6 +27,7 @@ from typing import Any
 from actors.journal import Journal, codec, open_backend
 from actors.journal.files import FileBackend
 from actors.records import Submitted
+from actors.tuning import tune_gc
 from bench import report
 
 RECORD_BYTES = 200
@@ -57,19 +58,21 @@ def record(i: int) -> Submitted:
     return Submitted(f"w{i}", "bench.sagas:Saga3", {"n": i, "pad": "x" * 100}, 0.0)
 
 
-async def _in_process(n: int, writers: int) -> float:
+async def _in_process(n: int, writers: int, batch: int = 1) -> float:
+    """Appends/s of the journal in this process: ``writers`` concurrent callers, ``batch`` records a call."""
     folder = tempfile.mkdtemp(prefix="journal-")
     j = Journal(open_backend("file://" + folder), owner="bench")
     j.open()
-    per = n // writers
+    calls = n // (writers * batch)
 
     async def writer(k: int) -> None:
-        for i in range(per):
-            await j.append([record(k * per + i)])
+        for c in range(calls):
+            base = (k * calls + c) * batch
+            await j.append([record(base + i) for i in range(batch)])
 
     start = time.perf_counter()
     await asyncio.gather(*[writer(k) for k in range(writers)])
-    rate = per * writers / (time.perf_counter() - start)
+    rate = calls * writers * batch / (time.perf_counter() - start)
     j.close()
     shutil.rmtree(folder)
     return rate
@@ -173,9 +176,13 @@ def main() -> None:
     batched = fsync_limit(batch=FSYNC_BATCH)
     print(f"disk: {disk:,.0f} fsynced {RECORD_BYTES}-byte appends/s (one fsync each); batched limit "
           f"{batched:,.0f} fsynced records/s (one fsync per {FSYNC_BATCH} records) = {batched / disk:.1f}x", flush=True)
+    tune_gc()  # as the LogActor runs the journal
     local = asyncio.run(_in_process(n, 256))
     print(f"journal in process, 1 replica, 256 writers x 1 record: {local:,.0f} records/s = {local / disk:.1f}x disk",
           flush=True)
+    batches = asyncio.run(_in_process(n, 32, 20))
+    print(f"journal in process, 1 replica, 32 writers x 20 records a call (the LogActor rows' shape, without Ray): "
+          f"{batches:,.0f} records/s = {batches / batched:.0%} of the batched limit", flush=True)
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
