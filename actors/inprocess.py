@@ -14,9 +14,10 @@ from typing import Any
 from actors.batching import Batcher
 from actors.journal import Journal, open_backend
 from actors.options import Options
-from actors.records import Dispatch, Ended, Ending, Error, Record, Report, Steps
+from actors.records import Dispatch, Ended, Error, Record, Report, Steps
 from actors.runner import Runner, build_gateway
 from actors.supervision.supervisor import SupervisorCore
+from actors.workflow_state import Workflow
 from workflows.context import Outcome
 from workflows.errors import WorkerLost
 
@@ -46,7 +47,7 @@ class LocalJournal:
     async def lookup(self, workflow_ids: list[str]) -> dict[str, dict[str, Any]]:
         return self.journal.lookup(workflow_ids)
 
-    def end_of(self, workflow_id: str) -> Ending | None:
+    def finished_here(self, workflow_id: str) -> Workflow | None:
         return None  # the journal is in this process: `lookup` is as quick
 
     async def page(self, state: str | None, type_part: str | None, before: int | None,

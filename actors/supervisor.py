@@ -20,15 +20,16 @@ import structlog
 from actors import logs
 from actors import metrics as m
 from actors.batching import Batcher
-from actors.journal.sealed import SealedEnds
+from actors.journal.sealed import SealedReader
 from actors.log import append_within
 from actors.options import Options
 from actors.placement import journal_replicas, log_actor_name
 from actors.pools import RayPools
-from actors.records import Ended, Ending, Record, Report, Steps
+from actors.records import Ended, Record, Report, Steps
 from actors.supervision.deployments import Deployments
 from actors.supervision.supervisor import SupervisorCore
 from actors.tuning import hot, tune_gc
+from actors.workflow_state import Workflow
 from workflows.command import current_runtime_env
 from workflows.context import Outcome
 from workflows.errors import CoordinatorError
@@ -55,14 +56,14 @@ async def pool_fault(pool: list[Any], timeout_s: float = POOL_READY_TIMEOUT_S) -
 
 LEADER_CHECK_S = 1.0
 """How often, at most, the supervisor asks the LogActor for its pid again when the
-storage's lock names another process (`RayJournal.end_of`)."""
+storage's lock names another process (`RayJournal.finished_here`)."""
 
 
 class RayJournal:
     """The supervisor's port to the LogActor; its appends ride in batches. With
-    ``sealed``, ends of long-finished workflows are read from the leader's files here."""
+    ``sealed``, long-finished workflows are read from the leader's files here."""
 
-    def __init__(self, handle: Any, append_timeout_s: float, sealed: SealedEnds | None = None) -> None:
+    def __init__(self, handle: Any, append_timeout_s: float, sealed: SealedReader | None = None) -> None:
         self.handle = handle
         self.append_timeout_s = append_timeout_s
         self.sealed = sealed
@@ -70,14 +71,14 @@ class RayJournal:
         self._checked = 0.0
         self._checking: asyncio.Task[None] | None = None
 
-    def end_of(self, workflow_id: str) -> Ending | None:
+    def finished_here(self, workflow_id: str) -> Workflow | None:
         if self.sealed is None:
             return None
-        end = self.sealed.end(workflow_id)
+        found = self.sealed.finished(workflow_id)
         if self.sealed.stale and self._checking is None and time.monotonic() - self._checked > LEADER_CHECK_S:
             self._checked = time.monotonic()
             self._checking = asyncio.get_running_loop().create_task(self._check_leader())
-        return end
+        return found
 
     async def _check_leader(self) -> None:
         """Learn the leader's pid again (it restarted): its storage read here once more."""
@@ -134,13 +135,13 @@ class RayJournal:
         return page
 
 
-def _sealed(options: Options, leader: dict[str, Any]) -> SealedEnds | None:
+def _sealed(options: Options, leader: dict[str, Any]) -> SealedReader | None:
     """A reader of the leader's sealed segments, if its storage is a directory (it is
     read only while the leader on this host holds it)."""
     if not options.storage.startswith("file://") or leader.get("storage") != options.storage:
         return None
     owner = f"{ray.get_runtime_context().gcs_address}/{options.namespace}/{log_actor_name(0)}"
-    return SealedEnds(options.storage, owner, leader.get("pid", -1), options.retention_s)
+    return SealedReader(options.storage, owner, leader.get("pid", -1), options.retention_s)
 
 
 class SupervisorActor:

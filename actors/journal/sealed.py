@@ -1,18 +1,19 @@
-"""The end of a long-finished workflow, read from the leader's sealed segments by another
-process on its host.
+"""A long-finished workflow read from the leader's sealed segments by another process
+on its host.
 
-The supervisor answers ``result`` of a workflow out of its cache by reading the
-workflow's terminal record here, read-only, through the sealed segments' stored
-directories (`segindex.DirectoryFile`: their hashes held, an id's frames read in place),
-instead of asking the LogActor: one Ray call less.
-`SealedEnds.end` answers None whenever it cannot be sure, and the caller then asks the
-leader as before. It is sure when:
+The supervisor answers ``result``, ``wait`` and ``status`` of a workflow out of its
+cache by reading the workflow's records here, read-only, through the sealed segments'
+stored directories (`segindex.DirectoryFile`: their hashes held, an id's frames read in
+place), and folding them as the journal does (`stored.fold`), instead of asking the
+LogActor: one Ray call less. `SealedReader.finished` answers None whenever it cannot be
+sure its fold is the journal's, and the caller then asks the leader. It is sure when:
 
 - the storage is a ``file://`` directory on this host whose ``LOCK`` names the live
   leader: the owner it was given, this host, and the pid the leader reported;
-- the terminal record lies in a sealed segment with a readable directory. A sealed
-  segment never changes, and a finished workflow gets no record after its end but a
-  new ``submitted`` once retention frees its id;
+- the workflow's end lies in a sealed segment with readable directories, and so does
+  every record of its run before it. A sealed segment never changes, none holding a
+  kept workflow's records is deleted, and a finished workflow gets no record after its
+  end but a new ``submitted`` once retention frees its id;
 - it ended within ``retention_s`` of now (by `MARGIN_S`): retention has not freed its
   id, so no later run of the same id exists.
 """
@@ -30,17 +31,17 @@ from actors.journal import codec
 from actors.journal.ends import id_hash
 from actors.journal.files import FileBackend
 from actors.journal.segindex import DirectoryFile, directory_name
-from actors.records import Ending, from_wire
+from actors.journal.stored import fold
+from actors.workflow_state import Workflow
 from workflows.errors import JournalCorrupt
 
-END_KINDS = frozenset({"completed", "failed", "compensated", "cancelled", "terminated"})
 MARGIN_S = 1.0
 """How much closer to the retention watermark than ``retention_s`` an end may lie and
 still be read here (the leader runs on this host, by the same clock)."""
 
 
-class SealedEnds:
-    """Terminal records of the journal at ``storage`` (``file://`` on this host), read-only."""
+class SealedReader:
+    """Finished workflows of the journal at ``storage`` (``file://`` on this host), read-only."""
 
     def __init__(self, storage: str, owner: str, leader_pid: int, retention_s: float,
                  clock: Callable[[], float] = time.time) -> None:
@@ -55,9 +56,9 @@ class SealedEnds:
         self.backend = FileBackend(self.root)
         self._directories: dict[int, DirectoryFile] = {}  # by first seq: each sealed segment's, its hashes held
         self.answered = 0
-        """Ends read here (each a call to the leader spared)."""
+        """Workflows read here (each a call to the leader spared)."""
         self.stale = False
-        """Whether the last `end` found the ``LOCK`` naming another leader than
+        """Whether the last read found the ``LOCK`` naming another leader than
         ``leader_pid`` (it restarted, or moved): the caller learns the new pid, or not."""
 
     def leader_here(self) -> bool:
@@ -71,20 +72,20 @@ class SealedEnds:
                           and holder.get("host") == self.host and holder.get("pid") == self.leader_pid)
         return not self.stale
 
-    def end(self, workflow_id: str) -> Ending | None:
-        """``workflow_id``'s terminal record if it is sure to be the one of its last run
-        (see the module), else None."""
+    def finished(self, workflow_id: str) -> Workflow | None:
+        """``workflow_id``'s fold, finished, read from the sealed segments when it is sure
+        to be the journal's (see the module), else None."""
         if not self.leader_here():
             return None
         try:
-            ends = [r for r in self._records(workflow_id) if r.get("k") in END_KINDS]
-            if len(ends) != 1 or not ends[0]["t"] >= self.clock() - self.retention_s + MARGIN_S:
-                return None
-            found: Ending = from_wire(ends[0])  # type: ignore[assignment]  # an end kind reads as an Ending
+            wf = fold(workflow_id, self._records(workflow_id))
         except (OSError, ValueError, KeyError, TypeError, JournalCorrupt):
             return None  # compacted away meanwhile, damaged, a directory not stored yet: ask the leader
+        if wf is None or not wf.state.finished or \
+                not (wf.finished_at or 0.0) >= self.clock() - self.retention_s + MARGIN_S:
+            return None  # not ended in a sealed segment, or its id perhaps freed by retention
         self.answered += 1
-        return found
+        return wf
 
     def _records(self, workflow_id: str) -> list[codec.Record]:
         """Every record of ``workflow_id`` in the sealed segments, read by their directories."""

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from actors.records import Dispatch, Ended, Ending, Error, Record, Steps
+from actors.records import Dispatch, Ended, Error, Record, Steps
+from actors.workflow_state import Workflow
 from workflows.context import Outcome
 
 
@@ -37,10 +38,10 @@ class JournalPort(Protocol):
         the journal keeps among ``workflow_ids``, read from its storage if need be."""
         ...
 
-    def end_of(self, workflow_id: str) -> Ending | None:
-        """The terminal record of ``workflow_id``, finished long ago, when it can be read
-        at once without asking the journal (its storage is on this host); None otherwise:
-        `lookup` answers then."""
+    def finished_here(self, workflow_id: str) -> Workflow | None:
+        """The fold of ``workflow_id``, finished long ago, when it can be read at once
+        without asking the journal (its storage is on this host) and equals the one
+        `lookup` answers; None otherwise."""
         ...
 
     async def page(self, state: str | None, type_part: str | None, before: int | None,

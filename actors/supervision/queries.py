@@ -15,7 +15,6 @@ import contextlib
 from typing import Any
 
 from actors.metrics import RESULT_CACHE_HITS, RESULT_CACHE_MISSES, Metrics
-from actors.records import Completed, Ending
 from actors.supervision.ports import JournalPort
 from actors.workflow_state import State, Workflow, WorkflowTable
 from workflows.errors import CommandFailed, UnknownWorkflow
@@ -34,14 +33,6 @@ def _cursor(cursor: str | None, state: str | None) -> tuple[str, int | None]:
     if kind not in "uf" or (rest and not rest.isdigit()) or (kind == "u" and not rest):
         raise ValueError(f"bad cursor {cursor!r}")
     return kind, int(rest) if rest else None
-
-
-def _answer(workflow_id: str, end: Ending) -> Any:
-    """What `Queries.result` answers for a workflow that ended with ``end``."""
-    if isinstance(end, Completed):
-        return end.result
-    err = end.error or {}
-    raise CommandFailed(workflow_id, err.get("type", "unknown"), err.get("message", ""), err.get("traceback", ""))
 
 
 def _typed(type_: str, part: str | None) -> bool:
@@ -67,9 +58,15 @@ class Queries:
         found = {w: wf for w in workflow_ids if (wf := self.table.workflows.get(w)) is not None}
         missing = [w for w in dict.fromkeys(workflow_ids) if w not in found]
         if missing:
-            for w, d in (await self.journal.lookup(missing)).items():
-                found[w] = Workflow.from_dict(d)
             self.metrics.count(RESULT_CACHE_MISSES, len(missing))
+            for w in missing:
+                here = self.journal.finished_here(w)
+                if here is not None:
+                    found[w] = here
+            asked = [w for w in missing if w not in found]
+            if asked:
+                for w, d in (await self.journal.lookup(asked)).items():
+                    found[w] = Workflow.from_dict(d)
         return found
 
     async def _get(self, workflow_id: str) -> Workflow:
@@ -108,11 +105,6 @@ class Queries:
 
     async def result(self, workflow_id: str, timeout_s: float | None = None) -> Any:
         await self.started.wait()
-        if workflow_id not in self.table.workflows:  # long finished: its end may be read here at once
-            end = self.journal.end_of(workflow_id)
-            if end is not None:
-                self.metrics.count(RESULT_CACHE_MISSES)
-                return _answer(workflow_id, end)
         held = workflow_id in self.table.workflows
         wf = await self._get(workflow_id)
         if not wf.state.finished:
@@ -167,8 +159,10 @@ class Queries:
         return await self._with_outcomes(found)
 
     async def _with_outcomes(self, wfs: builtins.list[Workflow]) -> builtins.list[dict[str, Any]]:
-        """Status dicts, with the outcomes the journal holds (this cache keeps none)."""
-        steps = await self.journal.steps_of([wf.id for wf in wfs]) if wfs else {}
+        """Status dicts, with the outcomes the journal holds: asked of it for those held in
+        this cache (which keeps none); those read back from it carry theirs."""
+        held = [wf.id for wf in wfs if self.table.workflows.get(wf.id) is wf]
+        steps = await self.journal.steps_of(held) if held else {}
         out = []
         for wf in wfs:
             status = wf.status()

@@ -107,16 +107,17 @@ def test_a_gateway_that_cannot_be_built_fails_start_and_leaves_nothing(ray_sessi
 
 
 def _read_here(sup: Any) -> int:
-    """How many ends the supervisor read from the leader's files itself."""
+    """How many workflows the supervisor read from the leader's files itself."""
     answered: int = ray.get(sup.__ray_call__.remote(lambda self: self.core.queries.journal.sealed.answered))
     return answered
 
 
 def test_long_finished_results_are_read_from_the_leaders_files_as_the_journal_gives_them(
         coordinator: Callable[..., Coordinator]) -> None:
-    """Out of the supervisor's cache, a result is read from the sealed segments on this
-    host without a call to the LogActor; answers equal the journal's, also across a
-    restart of the LogActor (its new pid is learnt; meanwhile the LogActor answers)."""
+    """Out of the supervisor's cache, a workflow is read from the sealed segments on this
+    host without a call to the LogActor; results, waits and statuses equal the journal's,
+    also across a restart of the LogActor (its new pid is learnt; meanwhile the LogActor
+    answers)."""
     c = coordinator(result_cache_size=2, segment_bytes=1500)
     ids = ray.get(c.sup.submit_many.remote([Echo(i) for i in range(40)] + [Fails(steps=1) for _ in range(4)]))
 
@@ -133,8 +134,12 @@ def test_long_finished_results_are_read_from_the_leaders_files_as_the_journal_gi
     assert first[:40] == list(range(40)) and all(a[1] == "step 1 rejected the request" for a in first[40:])
     counts = ray.get(c.sup.stats.remote())["counts"]  # the journal's, not the cache's two
     assert (counts["completed"], counts["compensated"]) == (40, 4)
-    wait_for(lambda: answers() == first and _read_here(c.sup) >= 20, what="ends read from sealed segments")
-    assert ray.get(c.sup.status.remote(ids[0]))["state"] == "completed"  # the journal's fold, outcomes and all
+    wait_for(lambda: answers() == first and _read_here(c.sup) >= 20, what="workflows read from sealed segments")
+    status = ray.get(c.sup.status.remote(ids[0]))  # the journal's fold, outcomes and all
+    assert status["state"] == "completed" and [o[1] for o in status["outcomes"]] == ["echo", "echo"]
+    waited = ray.get(c.sup.wait.remote(ids, 5))
+    assert [waited[w]["state"] for w in ids] == ["completed"] * 40 + ["compensated"] * 4
+    assert [waited[w]["result"] for w in ids[:40]] == list(range(40))
     before = _read_here(c.sup)
     ray.kill(ray.get_actor("log-0", namespace=c.options.namespace), no_restart=False)
     assert answers() == first  # the lock names another pid: the LogActor answered

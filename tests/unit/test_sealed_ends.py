@@ -1,6 +1,6 @@
-"""The end of a long-finished workflow read from the leader's sealed segment files by
-another process on its host (`actors.journal.sealed`): the same answer as the journal's
-own lookup, and None (ask the leader) whenever the reader cannot be sure."""
+"""A long-finished workflow read from the leader's sealed segment files by another
+process on its host (`actors.journal.sealed`): the same fold as the journal's own
+lookup, and None (ask the leader) whenever the reader cannot be sure."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from actors.journal import Journal, open_backend
-from actors.journal.sealed import SealedEnds
-from actors.records import Completed, Failed, from_wire
-from actors.supervision.queries import _answer
-from workflows.errors import CommandFailed
+from actors.journal.sealed import SealedReader
+from actors.records import from_wire
 
 OWNER = "gcs:1/ns/log-0"
 SEGMENT_BYTES = 700
@@ -35,11 +33,20 @@ async def _settled(j: Journal, root: Path) -> None:
 
 
 async def _finish(j: Journal, w: str, i: int, t: float) -> None:
-    end = {"k": "completed", "w": w, "t": t, "result": {"i": i}} if i % 2 == 0 else \
-        {"k": "failed", "w": w, "t": t, "error": {"type": "Boom", "message": f"m{i}", "traceback": ""}}
-    await j.append([from_wire(r) for r in (
-        {"k": "submitted", "w": w, "type": "tests:T", "fields": {"i": i}, "t": t},
-        {"k": "outcome", "w": w, "step": 0, "service": "svc", "value": i}, end)])
+    """A workflow's run: completed (even ``i``), failed (``i % 4 == 3``) or compensated."""
+    error = {"type": "Boom", "message": f"m{i}", "traceback": ""}
+    run = [{"k": "submitted", "w": w, "type": "tests:T", "fields": {"i": i}, "t": t},
+           {"k": "started", "w": w, "attempt": 1, "t": t},
+           {"k": "outcome", "w": w, "step": 0, "service": "svc", "value": i, "t": t, "attempt": 1}]
+    if i % 2 == 0:
+        run.append({"k": "completed", "w": w, "t": t, "result": {"i": i}})
+    elif i % 4 == 3:
+        run.append({"k": "failed", "w": w, "t": t, "error": error})
+    else:
+        run += [{"k": "compensating", "w": w, "error": error, "t": t},
+                {"k": "compensation", "w": w, "step": 0, "service": "svc", "value": -i, "t": t, "attempt": 1},
+                {"k": "compensated", "w": w, "t": t, "error": error}]
+    await j.append([from_wire(r) for r in run])
 
 
 async def _journal(root: Path, n: int = 40, t: float | None = None) -> tuple[Journal, str]:
@@ -66,81 +73,74 @@ def _sealed(j: Journal) -> set[str]:
     return {w for w in j.lookup([f"w{i}" for i in range(40)]) if not _active(j, w)}
 
 
-async def test_ends_read_from_sealed_files_answer_as_the_journal_does(tmp_path: Path) -> None:
+async def test_workflows_read_from_sealed_files_equal_the_journals_folds(tmp_path: Path) -> None:
     j, storage = await _journal(tmp_path)
-    reader = SealedEnds(storage, OWNER, os.getpid(), retention_s=3600.0)
+    reader = SealedReader(storage, OWNER, os.getpid(), retention_s=3600.0)
     sealed = _sealed(j)
     assert len(sealed) >= 10
     folds = j.lookup(sorted(sealed))
+    assert {folds[w]["state"] for w in sealed} == {"completed", "failed", "compensated"}
     for w in sorted(sealed):
-        end = reader.end(w)
-        assert end is not None, w
-        fold = folds[w]
-        if fold["state"] == "completed":
-            assert isinstance(end, Completed) and _answer(w, end) == fold["result"]
-        else:
-            assert isinstance(end, Failed)
-            with pytest.raises(CommandFailed) as exc:
-                _answer(w, end)
-            assert (exc.value.error_type, exc.value.message) == (fold["error"]["type"], fold["error"]["message"])
+        wf = reader.finished(w)
+        assert wf is not None and wf.to_dict() == folds[w], w  # outcomes, seqs, result, error: all of it
     for k in range(3):  # a finished workflow in the active segment: its end is the leader's to give
         tail = f"tail{k}"
         await _finish(j, tail, 0, time.time())
         await _settled(j, tmp_path)
         if _active(j, tail):
             break
-        assert reader.end(tail) is not None  # its segment filled up and was sealed: read here
-    assert _active(j, tail) and reader.end(tail) is None
-    assert reader.end("nobody") is None and not reader.stale
+        assert reader.finished(tail) is not None  # its segment filled up and was sealed: read here
+    assert _active(j, tail) and reader.finished(tail) is None
+    assert reader.finished("nobody") is None and not reader.stale
     j.close()
 
 
 async def test_nothing_is_read_unless_the_lock_names_the_leader_given(tmp_path: Path) -> None:
     j, storage = await _journal(tmp_path)
     w = sorted(_sealed(j))[0]
-    assert SealedEnds(storage, OWNER, os.getpid(), 3600.0).end(w) is not None
-    other_pid = SealedEnds(storage, OWNER, os.getpid() + 1, 3600.0)
-    assert other_pid.end(w) is None and other_pid.stale  # the leader restarted: learn its pid
+    assert SealedReader(storage, OWNER, os.getpid(), 3600.0).finished(w) is not None
+    other_pid = SealedReader(storage, OWNER, os.getpid() + 1, 3600.0)
+    assert other_pid.finished(w) is None and other_pid.stale  # the leader restarted: learn its pid
     other_pid.leader_pid = os.getpid()
-    assert other_pid.end(w) is not None and not other_pid.stale
-    assert SealedEnds(storage, "gcs:2/ns/log-0", os.getpid(), 3600.0).end(w) is None  # another cluster's
+    assert other_pid.finished(w) is not None and not other_pid.stale
+    assert SealedReader(storage, "gcs:2/ns/log-0", os.getpid(), 3600.0).finished(w) is None  # another cluster's
     j.close()
     os.unlink(f"{tmp_path}/journal/LOCK")
-    assert SealedEnds(storage, OWNER, os.getpid(), 3600.0).end(w) is None
+    assert SealedReader(storage, OWNER, os.getpid(), 3600.0).finished(w) is None
     with pytest.raises(ValueError, match="file://"):
-        SealedEnds("mem://x", OWNER, os.getpid(), 3600.0)
+        SealedReader("mem://x", OWNER, os.getpid(), 3600.0)
 
 
 async def test_an_end_near_the_retention_watermark_is_left_to_the_leader(tmp_path: Path) -> None:
     """Retention may have freed the id, and a later run of it lie in the active segment."""
     j, storage = await _journal(tmp_path, t=time.time() - 100.0)
     w = sorted(_sealed(j))[0]
-    assert SealedEnds(storage, OWNER, os.getpid(), retention_s=200.0).end(w) is not None
-    assert SealedEnds(storage, OWNER, os.getpid(), retention_s=100.5).end(w) is None
-    assert SealedEnds(storage, OWNER, os.getpid(), retention_s=50.0).end(w) is None
+    assert SealedReader(storage, OWNER, os.getpid(), retention_s=200.0).finished(w) is not None
+    assert SealedReader(storage, OWNER, os.getpid(), retention_s=100.5).finished(w) is None
+    assert SealedReader(storage, OWNER, os.getpid(), retention_s=50.0).finished(w) is None
     j.close()
 
 
 async def test_a_missing_directory_or_segment_is_left_to_the_leader(tmp_path: Path) -> None:
     j, storage = await _journal(tmp_path)
-    reader = SealedEnds(storage, OWNER, os.getpid(), 3600.0)
+    reader = SealedReader(storage, OWNER, os.getpid(), 3600.0)
     sealed = sorted(_sealed(j))
-    assert all(reader.end(w) is not None for w in sealed)
+    assert all(reader.finished(w) is not None for w in sealed)
     blobs = tmp_path / "journal" / "blobs"
     directories = sorted(blobs.glob("segment-*.ids"))
     directories[-1].unlink()  # the newest sealed segment's: any id may have records there
-    assert all(SealedEnds(storage, OWNER, os.getpid(), 3600.0).end(w) is None for w in sealed)
+    assert all(SealedReader(storage, OWNER, os.getpid(), 3600.0).finished(w) is None for w in sealed)
     j.close()
     j = Journal(open_backend(storage), owner=OWNER, fsync=False, segment_bytes=SEGMENT_BYTES, cache_size=1)
     j.open()
     assert j.lookup(sealed).keys() == set(sealed)  # the journal itself still answers, from the index
     segments = sorted((tmp_path / "journal" / "segments").iterdir())
     first = segments[0]
-    reader = SealedEnds(storage, OWNER, os.getpid(), 3600.0)
-    assert all(reader.end(w) is not None for w in sealed)
+    reader = SealedReader(storage, OWNER, os.getpid(), 3600.0)
+    assert all(reader.finished(w) is not None for w in sealed)
     first.unlink()  # compacted away after the directories were read: never an exception
-    ends = [reader.end(w) for w in sealed]
-    assert None in ends and any(isinstance(e, Completed | Failed) for e in ends)
+    ends = [reader.finished(w) for w in sealed]
+    assert None in ends and any(e is not None and e.state.finished for e in ends)
     j.close()
 
 
