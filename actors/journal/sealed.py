@@ -28,6 +28,7 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.journal import codec
+from actors.journal.backends import SegmentRef
 from actors.journal.ends import id_hash
 from actors.journal.files import FileBackend
 from actors.journal.segindex import DirectoryFile, directory_name
@@ -54,6 +55,7 @@ class SealedReader:
         self.clock = clock
         self.host = socket.gethostname()
         self.backend = FileBackend(self.root)
+        self._sealed: list[SegmentRef] | None = None  # the sealed segments, as listed last
         self._directories: dict[int, DirectoryFile] = {}  # by first seq: each sealed segment's, its hashes held
         self.answered = 0
         """Workflows read here (each a call to the leader spared)."""
@@ -74,27 +76,40 @@ class SealedReader:
 
     def finished(self, workflow_id: str) -> Workflow | None:
         """``workflow_id``'s fold, finished, read from the sealed segments when it is sure
-        to be the journal's (see the module), else None."""
+        to be the journal's (see the module), else None.
+
+        The segments listed last time are read first: a listing that lacks newer
+        segments can only miss a workflow (its end, and so every record of its run, in
+        segments listed or in none), never give another fold; a miss, or a segment
+        deleted since, lists them again."""
         if not self.leader_here():
             return None
-        try:
-            wf = fold(workflow_id, self._records(workflow_id))
-        except (OSError, ValueError, KeyError, TypeError, JournalCorrupt):
-            return None  # compacted away meanwhile, damaged, a directory not stored yet: ask the leader
-        if wf is None or not wf.state.finished or \
-                not (wf.finished_at or 0.0) >= self.clock() - self.retention_s + MARGIN_S:
-            return None  # not ended in a sealed segment, or its id perhaps freed by retention
+        wf = None if self._sealed is None else self._read(workflow_id, fresh=False)
+        if wf is None:
+            wf = self._read(workflow_id, fresh=True)
+        if wf is None or not (wf.finished_at or 0.0) >= self.clock() - self.retention_s + MARGIN_S:
+            return None  # not ended in a sealed segment, or its id perhaps freed by retention and run again
         self.answered += 1
         return wf
 
-    def _records(self, workflow_id: str) -> list[codec.Record]:
-        """Every record of ``workflow_id`` in the sealed segments, read by their directories."""
-        refs = [r for r in self.backend.segments() if r.sealed]
-        for gone in self._directories.keys() - {r.first_seq for r in refs}:
-            del self._directories[gone]
+    def _read(self, workflow_id: str, fresh: bool) -> Workflow | None:
+        """The fold of ``workflow_id`` if it ended in the sealed segments, else None."""
+        try:
+            wf = fold(workflow_id, self._records(workflow_id, fresh))
+        except (OSError, ValueError, KeyError, TypeError, JournalCorrupt):
+            return None  # compacted away since the listing, damaged, a directory not stored yet
+        return wf if wf is not None and wf.state.finished else None
+
+    def _records(self, workflow_id: str, fresh: bool) -> list[codec.Record]:
+        """Every record of ``workflow_id`` in the sealed segments (those listed last, or
+        listed anew), read by their directories."""
+        if fresh or self._sealed is None:
+            self._sealed = [r for r in self.backend.segments() if r.sealed]
+            for gone in self._directories.keys() - {r.first_seq for r in self._sealed}:
+                del self._directories[gone]
         h = id_hash(workflow_id)
         found: list[codec.Record] = []
-        for ref in refs:
+        for ref in self._sealed:
             directory = self._directories.get(ref.first_seq)
             if directory is None:
                 path = os.path.join(self.root, "blobs", directory_name(ref.first_seq))

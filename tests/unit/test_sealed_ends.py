@@ -163,3 +163,18 @@ async def test_a_directory_read_in_place_gives_the_frames_the_decoded_one_gives(
     with pytest.raises(ValueError, match="layout"):
         DirectoryFile(str(files[0]))
     j.close()
+
+
+async def test_segments_sealed_after_the_listing_are_listed_again_when_a_workflow_is_missed(tmp_path: Path) -> None:
+    j, storage = await _journal(tmp_path, n=12)
+    reader = SealedReader(storage, OWNER, os.getpid(), 3600.0)
+    first = sorted(_sealed(j))[0]
+    assert reader.finished(first) is not None  # lists the sealed segments
+    listed = len(reader._sealed or [])
+    for i in range(12, 40):
+        await _finish(j, f"w{i}", i, time.time())
+    await _settled(j, tmp_path)
+    late = sorted(_sealed(j) - {f"w{i}" for i in range(12)}, key=lambda w: int(w[1:]))
+    assert late and all(reader.finished(w) is not None for w in late)
+    assert len(reader._sealed or []) > listed and reader.finished(first) is not None
+    j.close()
