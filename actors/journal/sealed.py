@@ -31,7 +31,7 @@ from actors.journal import codec
 from actors.journal.backends import SegmentRef
 from actors.journal.ends import id_hash
 from actors.journal.files import FileBackend
-from actors.journal.segindex import DirectoryFile, directory_name
+from actors.journal.segindex import DirectoryFile, Indexes, directory_name
 from actors.journal.stored import fold
 from actors.workflow_state import Workflow
 from workflows.errors import JournalCorrupt
@@ -55,6 +55,7 @@ class SealedReader:
         self.clock = clock
         self.host = socket.gethostname()
         self.backend = FileBackend(self.root)
+        self._indexes = Indexes(self.backend)  # its `fetch` only: ranged reads of frames, nothing written
         self._sealed: list[SegmentRef] | None = None  # the sealed segments, as listed last
         self._directories: dict[int, DirectoryFile] = {}  # by first seq: each sealed segment's, its hashes held
         self.answered = 0
@@ -114,8 +115,7 @@ class SealedReader:
             if directory is None:
                 path = os.path.join(self.root, "blobs", directory_name(ref.first_seq))
                 directory = self._directories[ref.first_seq] = DirectoryFile(path)
-            for offset, length in directory.frames(h):
-                frame = self.backend.read_range(ref, offset, length)
-                where = f"{self.backend.describe(ref)}@{offset}"
-                found += [r for _, _, r in codec.records_at(frame, where) if r.get("w") == workflow_id]
+            frames = directory.frames(h)
+            if frames:
+                found += [r for r in self._indexes.fetch(ref, frames) if r.get("w") == workflow_id]
         return found
