@@ -141,9 +141,15 @@ def envelope(name: str, **fields: Any) -> CommandEnvelope:
 
 
 def actors_of(namespace: str, deployment: str) -> list[Any]:
+    """The deployment's named actors; one ended between the listing and its lookup (a respread
+    retired it) is left out."""
     prefix = f"command-{deployment}-"
-    return [ray.get_actor(a["name"], namespace=namespace) for a in ray.util.list_named_actors(all_namespaces=True)
-            if a["namespace"] == namespace and a["name"].startswith(prefix)]
+    handles = []
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["namespace"] == namespace and a["name"].startswith(prefix):
+            with contextlib.suppress(ValueError):
+                handles.append(ray.get_actor(a["name"], namespace=namespace))
+    return handles
 
 
 def nodes_of(namespace: str, deployment: str) -> set[str]:
