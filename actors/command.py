@@ -18,6 +18,7 @@ import ray
 from actors import logs
 from actors import metrics as m
 from actors.batching import Batcher
+from actors.channel import Channel
 from actors.log import append_within
 from actors.options import Options
 from actors.placement import COMMAND_PREFIX
@@ -37,6 +38,7 @@ class CommandActor:
         self._supervisor = supervisor
         self._incarnation = ""
         self._append_timeout_s = options.append_timeout_s
+        self._channel = Channel(log)
         # A few journal calls in flight: a step waits for its own batch, not the one before.
         self._journal: Batcher[Record] = Batcher(self._append, max_in_flight=2)
         self._reports: Batcher[Report] = Batcher(self._send_reports)
@@ -71,7 +73,7 @@ class CommandActor:
         return answers
 
     async def _append(self, records: list[Record]) -> list[Any]:
-        return await append_within(self._log, records, self._append_timeout_s)
+        return await append_within(self._log, records, self._append_timeout_s, self._channel)
 
     async def _live_steps(self, workflow_ids: list[str]) -> dict[str, Steps | Ended]:
         steps: dict[str, Steps | Ended] = await self._log.live_steps.remote(workflow_ids)

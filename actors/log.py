@@ -23,6 +23,8 @@ from ray.exceptions import RayActorError
 
 from actors import logs
 from actors import metrics as m
+from actors.channel import Channel, ChannelServer
+from actors.channel import append as channel_append
 from actors.journal import Journal, open_backend
 from actors.journal.replica import Replica, Replicator, replica_backend
 from actors.options import Options
@@ -32,23 +34,21 @@ from workflows.context import Outcome
 from workflows.errors import JournalError, JournalUnavailable
 
 
-async def append_within(leader: Any, records: list[Record], timeout_s: float) -> list[Any]:
-    """Append through the leader LogActor. Ray re-sends a call to a restarting leader;
+async def append_within(leader: Any, records: list[Record], timeout_s: float,
+                        channel: Channel | None = None) -> list[Any]:
+    """Append through the leader LogActor: on ``channel`` (`actors.channel`) when it can
+    carry the batch, else as a Ray call. Ray re-sends a call to a restarting leader;
     one that does not answer within ``timeout_s`` (its node is gone and no other can
     hold it yet) is `JournalUnavailable`, never a silent wait. The records travel as
     their wire maps (`LogActor.append`)."""
     wire = [r.to_wire() for r in records]
     try:
-        answers: list[Any] = await asyncio.wait_for(_await(leader.append.remote(wire)), timeout_s)
+        answers: list[Any] = await asyncio.wait_for(channel_append(leader, channel, wire), timeout_s)
     except TimeoutError:
         raise JournalUnavailable(f"the journal leader did not answer within {timeout_s} s") from None
     except RayActorError as exc:
         raise JournalUnavailable(f"the journal leader is gone: {exc}") from exc
     return answers
-
-
-async def _await(ref: Any) -> Any:
-    return await ref
 
 
 def _records(maps: list[dict[str, Any]]) -> list[Record]:
@@ -102,6 +102,9 @@ class LogActor:
         self.metrics = m.for_options(options.namespace, options.metrics and replica == 0)
         self._followers = [_RayFollower(f) for f in followers or []]
         self._written = (0, 0)
+        self._channel: ChannelServer | None = None
+        self._appends = 0
+        """Append calls taken, Ray calls and channel requests alike (`info`)."""
         try:
             if replica == 0:
                 self.journal = Journal(open_backend(options.storage), fsync=options.fsync,
@@ -119,6 +122,9 @@ class LogActor:
                 self.replica.open()
         except JournalError as exc:  # Fenced, JournalCorrupt, JournalUnavailable: raised to every caller
             self._fault = exc
+        if self.journal is not None and self._fault is None:
+            self._channel = ChannelServer(self.append)
+            await self._channel.start(cast(str, cast(Any, ray.util).get_node_ip_address()))
         if self.journal is not None:
             self.metrics.source(self._sample)
             self._metrics_task = self.metrics.start()
@@ -156,9 +162,15 @@ class LogActor:
             return {"role": "follower", "next_seq": r.next_seq, "epoch": r.epoch, "node": _node(), "pid": os.getpid()}
         j = self._leader()
         return {"role": "leader", "epoch": j.epoch, "next_seq": j.next_seq, "storage": j.backend.uri,
-                "torn_bytes": j.torn_bytes, "node": _node(), "pid": os.getpid()}
+                "torn_bytes": j.torn_bytes, "node": _node(), "pid": os.getpid(), "appends": self._appends,
+                "channel_appends": 0 if self._channel is None else self._channel.served}
 
     # --- leader --------------------------------------------------------------------------
+
+    async def channel(self) -> dict[str, Any] | None:
+        """Where writers connect to append without a Ray call (`actors.channel`); None
+        when this replica does not serve appends (a follower, or a journal that failed)."""
+        return None if self._channel is None else self._channel.describe()
 
     @hot
     async def append(self, records: list[dict[str, Any]]) -> list[Any]:
@@ -166,6 +178,7 @@ class LogActor:
         Ray serializes without pickling a class per record; `ValueError` for a map that
         is not a record, before anything is journaled."""
         start = time.perf_counter()
+        self._appends += 1
         answers = await self._leader().append(_records(records))
         self.metrics.observe(m.APPEND_LATENCY, time.perf_counter() - start)
         return answers
@@ -217,6 +230,8 @@ class LogActor:
         return self._follower().next_seq
 
     async def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
         if self.journal is not None:
             await self.journal.drain()
             self.journal.close()

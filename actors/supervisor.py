@@ -20,6 +20,7 @@ import structlog
 from actors import logs
 from actors import metrics as m
 from actors.batching import Batcher
+from actors.channel import Channel
 from actors.journal.sealed import SealedReader
 from actors.log import append_within
 from actors.options import Options
@@ -68,6 +69,7 @@ class RayJournal:
         self.append_timeout_s = append_timeout_s
         self.sealed = sealed
         self._batcher: Batcher[Record] = Batcher(self._send)
+        self._channel = Channel(handle)
         self._checked = 0.0
         self._checking: asyncio.Task[None] | None = None
 
@@ -92,7 +94,7 @@ class RayJournal:
             self._checking = None
 
     async def _send(self, records: list[Record]) -> list[Any]:
-        return await append_within(self.handle, records, self.append_timeout_s)
+        return await append_within(self.handle, records, self.append_timeout_s, self._channel)
 
     async def append(self, records: list[Record]) -> list[Any]:
         return await self._batcher.submit(records)

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import ray
 
@@ -134,5 +135,7 @@ def test_an_unanswering_journal_is_journal_unavailable_not_a_hang(coordinator: C
     wid = ray.get(c.sup.submit.remote(Echo(2), "during-outage"))
     assert ray.get(c.sup.result.remote(wid, 60)) == 2
     ray.kill(leader, no_restart=True)
+    # Until its process ends, the leader still answers appends on its connections.
+    wait_for(lambda: not psutil.pid_exists(pid), what="the leader's process to end")
     with pytest.raises(JournalUnavailable, match="gone"):
         ray.get(c.sup.submit.remote(Echo(3)))
