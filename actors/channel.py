@@ -1,4 +1,4 @@
-"""The append channel: journal appends on a connection of their own to the leader LogActor.
+"""Channels: the hottest calls between the actors on connections of their own.
 
 A Ray call between two processes costs about a millisecond each way on a small machine,
 and a workflow's path is a chain of appends in series (its ``submitted`` record, each
@@ -6,17 +6,19 @@ step, its end). Over a plain TCP connection to the leader's process the same app
 answers in about 0.15 ms plus its group commit. So the leader also serves appends on its
 node's address, on a port it picks, to callers that present the token it hands out
 through Ray (`LogActor.channel`), and the writers (the supervisor, CommandActors) send
-their appends there.
+their appends there. The supervisor serves the CommandActors' reports the same way
+(`SupervisorActor.channel`): a report, like an append, may arrive twice (a stale or
+duplicate one is ignored).
 
-Ray stays the path of every other call and the fallback of this one. A batch whose
+Ray stays the path of every other call and the fallback of these. A batch whose
 connection fails, or cannot be made, is sent as a Ray call (appends are idempotent, as a
 Ray call retried to a restarting leader already is: a step index or an end held is
-answered, not journaled twice); the connection is tried again after `RETRY_S`. An append
+answered, not journaled twice); the connection is tried again after `RETRY_S`. A call
 that gets no answer at all is bounded by the caller's timeout, as a Ray call is.
 
-Frames: a request is ``<length, request id>`` then the records as msgpack wire maps; an
-answer is ``<length, request id, status>`` then the answers (or, status 1, the
-exception) pickled, as Ray would carry them.
+Frames: a request is ``<length, request id>`` then its body (appends: the records as
+msgpack wire maps; reports: pickled); an answer is ``<length, request id, status>`` then
+the answer (or, status 1, the exception) pickled, as Ray would carry them.
 """
 
 from __future__ import annotations
@@ -47,22 +49,35 @@ LARGE_BATCH_BYTES = 64 << 20
 CONNECT_TIMEOUT_S = 2.0
 RETRY_S = 1.0
 CHECK_S = 1.0
-"""An append unanswered this long makes the caller ask Ray whether the leader it reaches still leads."""
+"""A call unanswered this long makes the caller ask Ray whether the actor it reaches is still the one."""
 VERIFY_S = 1.0
-"""While appending, a caller asks Ray this often whether its connection still reaches the
-leader Ray knows: a leader Ray restarted elsewhere while the old process lived on (its
-node cut off) is left within about this long, as Ray's own calls leave it once told."""
+"""While calling, a caller asks Ray this often whether its connection still reaches the
+actor Ray knows: one Ray restarted elsewhere while the old process lived on (its node
+cut off) is left within about this long, as Ray's own calls leave it once told."""
 """After a connection failed or could not be made, appends go as Ray calls this long."""
 
-Serve = Callable[[list[dict[str, Any]]], Awaitable[list[Any]]]
+Serve = Callable[[bytes], Awaitable[Any]]
+"""What a server does with a request's body; its answer goes back pickled."""
 
 
 class ChannelLost(Exception):
     """The channel could not carry this batch: send it as a Ray call."""
 
 
+def unpack_records(body: bytes) -> list[dict[str, Any]]:
+    """An append request's records (wire maps); `ValueError` for anything else."""
+    try:
+        records = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise ValueError(f"not a batch of journal records: {exc!r}") from None
+    if not isinstance(records, list):
+        raise ValueError(f"not a batch of journal records: {type(records).__name__}")
+    return records
+
+
 class ChannelServer:
-    """The leader's end: takes appends from token holders, each as ``serve`` would a Ray call."""
+    """The serving actor's end: takes requests from token holders, each as ``serve``
+    would take a Ray call (requests of one connection run concurrently)."""
 
     def __init__(self, serve: Serve) -> None:
         self._serve = serve
@@ -71,7 +86,7 @@ class ChannelServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
         self.served = 0
-        """Appends taken on connections (the rest came as Ray calls)."""
+        """Requests taken on connections (the rest came as Ray calls)."""
         self.address: tuple[str, int] | None = None
 
     async def start(self, host: str) -> dict[str, Any]:
@@ -83,7 +98,7 @@ class ChannelServer:
     def describe(self) -> dict[str, Any]:
         """Where and how to connect; None-valued until started."""
         host, port = self.address or (None, None)
-        return {"host": host, "port": port, "token": self.token}
+        return {"host": host, "port": port, "token": self.token, "served": self.served}
 
     def close(self) -> None:
         """Stop serving and end every connection (its callers send their batches as Ray calls)."""
@@ -119,11 +134,8 @@ class ChannelServer:
     async def _answer(self, writer: asyncio.StreamWriter, rid: int, body: bytes) -> None:
         status = 0
         try:
-            records = msgpack.unpackb(body, raw=False, strict_map_key=False)
-            if not isinstance(records, list):
-                raise ValueError(f"not a batch of journal records: {type(records).__name__}")
             self.served += 1
-            payload: Any = await self._serve(records)
+            payload: Any = await self._serve(body)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the append's error goes to its caller, as a Ray call's would
@@ -137,11 +149,12 @@ class ChannelServer:
 
 
 class Channel:
-    """A caller's end: one connection to the leader whose handle it is given, shared by
-    every append of this process; `ChannelLost` when a batch must go as a Ray call."""
+    """A caller's end: one connection to the actor whose handle it is given (it answers
+    ``channel()`` with where it serves), shared by every call of this process;
+    `ChannelLost` when a request must go as a Ray call."""
 
-    def __init__(self, leader: Any, clock: Callable[[], float] = time.monotonic) -> None:
-        self._leader = leader
+    def __init__(self, actor: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self._actor = actor
         self._clock = clock
         self._where: dict[str, Any] | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -156,10 +169,10 @@ class Channel:
         self.sent = 0
         """Batches this channel carried (the rest went as Ray calls)."""
 
-    async def append(self, wire: list[dict[str, Any]]) -> list[Any]:
-        body = msgpack.packb(wire, use_bin_type=True)
+    async def call(self, body: bytes) -> Any:
+        """The served actor's answer to ``body``; its error raised here with its type."""
         if len(body) > LARGE_BATCH_BYTES or not await self._connected():
-            raise ChannelLost("no connection to the journal leader")
+            raise ChannelLost("no connection")
         assert self._writer is not None
         if self._clock() - self._verified >= VERIFY_S and self._verifying is None:
             self._verifying = asyncio.get_running_loop().create_task(self._verify())
@@ -176,30 +189,29 @@ class Channel:
         payload = pickle.loads(data)
         if status:
             raise payload
-        answers: list[Any] = payload
-        return answers
+        return payload
 
     async def _answer(self, future: asyncio.Future[tuple[int, bytes]]) -> tuple[int, bytes]:
-        """The answer; while it is slow to come, ask Ray whether the leader is the one this
-        connection reaches: a leader whose node died without closing the connection has
-        been restarted elsewhere (the batch then goes as a Ray call), a slow one is waited for."""
+        """The answer; while it is slow to come, ask Ray whether the actor is the one this
+        connection reaches: one whose node died without closing the connection has been
+        restarted elsewhere (the request then goes as a Ray call), a slow one is waited for."""
         token = self._token
         while True:
             done, _ = await asyncio.wait([future], timeout=CHECK_S)
             if done:
                 return future.result()
-            where = await self._leader.channel.remote()
+            where = await self._actor.channel.remote()
             if not where or where.get("token") != token:
-                self._drop("the journal leader was restarted")
-                raise ChannelLost("the journal leader was restarted")
+                self._drop("the served actor was restarted")
+                raise ChannelLost("the served actor was restarted")
 
     async def _verify(self) -> None:
         token = self._token
         try:
-            where = await asyncio.wait_for(_await(self._leader.channel.remote()), CONNECT_TIMEOUT_S)
+            where = await asyncio.wait_for(_await(self._actor.channel.remote()), CONNECT_TIMEOUT_S)
             if (not where or where.get("token") != token) and self._token == token:
-                self._drop("the journal leader was restarted")
-        except Exception as exc:  # the leader is gone or silent: its appends go as Ray calls
+                self._drop("the served actor was restarted")
+        except Exception as exc:  # the actor is gone or silent: its calls go as Ray calls
             if self._token == token:
                 self._drop(repr(exc))
         finally:
@@ -228,10 +240,10 @@ class Channel:
     async def _connect(self) -> bool:
         try:
             if self._where is None:
-                where: dict[str, Any] | None = await asyncio.wait_for(_await(self._leader.channel.remote()),
+                where: dict[str, Any] | None = await asyncio.wait_for(_await(self._actor.channel.remote()),
                                                                       CONNECT_TIMEOUT_S)
                 if not where or where.get("port") is None:
-                    raise ConnectionError("the journal leader serves no channel")
+                    raise ConnectionError("the actor serves no channel")
                 self._where = where
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self._where["host"], self._where["port"]), CONNECT_TIMEOUT_S)
@@ -260,8 +272,8 @@ class Channel:
             self._drop(repr(exc))
 
     def _drop(self, why: str) -> None:
-        """Fail every unanswered append (each goes again as a Ray call) and forget the
-        address: the leader may have restarted elsewhere."""
+        """Fail every unanswered call (each goes again as a Ray call) and forget the
+        address: the actor may have restarted elsewhere."""
         if self._writer is not None:
             self._writer.close()
         self._writer, self._where, self._token, self._retry_at = None, None, b"", self._clock() + RETRY_S
@@ -271,7 +283,7 @@ class Channel:
         pending, self._pending = self._pending, {}
         for future in pending.values():
             if not future.done():
-                future.set_exception(ChannelLost(f"the connection to the journal leader ended: {why}"))
+                future.set_exception(ChannelLost(f"the connection ended: {why}"))
 
 
 async def _await(ref: Any) -> Any:
@@ -282,6 +294,16 @@ async def append(leader: Any, channel: Channel | None, wire: list[dict[str, Any]
     """Append ``wire`` through ``channel``, or as a Ray call when it cannot carry it."""
     if channel is not None:
         with contextlib.suppress(ChannelLost):
-            return await channel.append(wire)
-    answers: list[Any] = await leader.append.remote(wire)
+            answers: list[Any] = await channel.call(msgpack.packb(wire, use_bin_type=True))
+            return answers
+    answers = await leader.append.remote(wire)
     return answers
+
+
+async def report(supervisor: Any, channel: Channel | None, reports: list[Any]) -> None:
+    """Send CommandActor reports through ``channel``, or as a Ray call when it cannot carry them."""
+    if channel is not None:
+        with contextlib.suppress(ChannelLost):
+            await channel.call(pickle.dumps(reports, protocol=5))
+            return
+    await supervisor.report.remote(reports)

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import ray
 
+from actors import channel as channels
 from actors import logs
 from actors import metrics as m
 from actors.batching import Batcher
@@ -39,6 +40,7 @@ class CommandActor:
         self._incarnation = ""
         self._append_timeout_s = options.append_timeout_s
         self._channel = Channel(log)
+        self._to_supervisor = Channel(supervisor)
         # A few journal calls in flight: a step waits for its own batch, not the one before.
         self._journal: Batcher[Record] = Batcher(self._append, max_in_flight=2)
         self._reports: Batcher[Report] = Batcher(self._send_reports)
@@ -80,7 +82,7 @@ class CommandActor:
         return steps
 
     async def _send_reports(self, reports: list[Report]) -> list[Any]:
-        await self._supervisor.report.remote(reports)
+        await channels.report(self._supervisor, self._to_supervisor, reports)
         return [None] * len(reports)
 
     async def _report(self, report: Report) -> None:

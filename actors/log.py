@@ -23,7 +23,7 @@ from ray.exceptions import RayActorError
 
 from actors import logs
 from actors import metrics as m
-from actors.channel import Channel, ChannelServer
+from actors.channel import Channel, ChannelServer, unpack_records
 from actors.channel import append as channel_append
 from actors.journal import Journal, open_backend
 from actors.journal.replica import Replica, Replicator, replica_backend
@@ -123,7 +123,7 @@ class LogActor:
         except JournalError as exc:  # Fenced, JournalCorrupt, JournalUnavailable: raised to every caller
             self._fault = exc
         if self.journal is not None and self._fault is None:
-            self._channel = ChannelServer(self.append)
+            self._channel = ChannelServer(self._append_body)
             await self._channel.start(cast(str, cast(Any, ray.util).get_node_ip_address()))
         if self.journal is not None:
             self.metrics.source(self._sample)
@@ -182,6 +182,10 @@ class LogActor:
         answers = await self._leader().append(_records(records))
         self.metrics.observe(m.APPEND_LATENCY, time.perf_counter() - start)
         return answers
+
+    async def _append_body(self, body: bytes) -> list[Any]:
+        """An append that came on the channel: its records as msgpack wire maps."""
+        return await self.append(unpack_records(body))
 
     async def read(self, from_seq: int = 0, limit: int = 10_000) -> list[dict[str, Any]]:
         return self._leader().read(from_seq, limit)

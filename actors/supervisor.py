@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import pickle
 import time
 from typing import Any, cast
 
@@ -20,7 +21,7 @@ import structlog
 from actors import logs
 from actors import metrics as m
 from actors.batching import Batcher
-from actors.channel import Channel
+from actors.channel import Channel, ChannelServer
 from actors.journal.sealed import SealedReader
 from actors.log import append_within
 from actors.options import Options
@@ -184,6 +185,8 @@ class SupervisorActor:
         self.core.dispatcher.wake.set()
         self._pool_task = asyncio.get_running_loop().create_task(self._tend())
         self._metrics_task = self.metrics.start()
+        self._channel = ChannelServer(self._report_body)
+        await self._channel.start(cast(str, cast(Any, ray.util).get_node_ip_address()))
 
     def _ready(self) -> SupervisorCore:
         if self._fault is not None:
@@ -281,6 +284,19 @@ class SupervisorActor:
     async def report(self, reports: list[Report]) -> None:
         """From CommandActors: the ends of attempts."""
         await self._ready().report(reports)
+
+    async def channel(self) -> dict[str, Any] | None:
+        """Where CommandActors connect to report without a Ray call (`actors.channel`);
+        None when start-up failed."""
+        channel: ChannelServer | None = getattr(self, "_channel", None)
+        return None if channel is None else channel.describe()
+
+    async def _report_body(self, body: bytes) -> None:
+        """Reports that came on the channel, pickled by a CommandActor (a token holder)."""
+        reports = pickle.loads(body)
+        if not isinstance(reports, list) or not all(isinstance(r, Report) for r in reports):
+            raise ValueError(f"not a list of reports: {type(reports).__name__}")
+        await self.report(reports)
 
     async def _tend(self) -> None:
         """Re-spread the pools over the nodes and drain unused deployments; the loop's one catch-all."""

@@ -7,7 +7,8 @@ Prints figures measured side by side in one run:
   group commit must beat; and its rate of fsynced records when each fsync covers a
   batch of 64 (the batched limit: what group commit could reach on this disk);
 - journal appends/s, in process (one replica) and through LogActors with 1 and 3
-  replicas (3 co-located on this one machine: each replica fsyncs its own files), and
+  replicas (3 co-located on this one machine: each replica fsyncs its own files), on
+  the append channel as the coordinator's writers send them and, beside it, as Ray calls; and
   the LogActor's rates as fractions of the batched limit, with their targets
   (`bench.report.LOGACTOR_VS_BATCHED`), MET or NOT MET;
 - start-up (recovery) time with N finished and 1,000 live workflows in the history,
@@ -78,10 +79,14 @@ async def _in_process(n: int, writers: int, batch: int = 1) -> float:
     return rate
 
 
-def through_actors(n: int, writers: int, batch: int, replicas: int) -> float:
-    """Appends/s through LogActors: ``writers`` concurrent callers, ``batch`` records a call."""
+def through_actors(n: int, writers: int, batch: int, replicas: int, channel: bool = True) -> float:
+    """Appends/s through LogActors: ``writers`` concurrent callers, ``batch`` records a call,
+    sent as the coordinator's writers send them (one append channel for the process,
+    `actors.channel`) or, ``channel=False``, each as a Ray call."""
     import uuid
 
+    from actors.channel import Channel
+    from actors.log import append_within
     from actors.options import Options
     from actors.placement import journal_replicas
 
@@ -93,15 +98,19 @@ def through_actors(n: int, writers: int, batch: int, replicas: int) -> float:
         leader = await journal_replicas(options)
         await leader.info.remote()
         calls = n // (writers * batch)
+        path = Channel(leader) if channel else None
 
         async def writer(k: int) -> None:
             for c in range(calls):
                 base = (k * calls + c) * batch
-                await leader.append.remote([record(base + i).to_wire() for i in range(batch)])
+                await append_within(leader, [record(base + i) for i in range(batch)], 60.0, path)
 
         start = time.perf_counter()
         await asyncio.gather(*[writer(k) for k in range(writers)])
-        return calls * writers * batch / (time.perf_counter() - start)
+        rate = calls * writers * batch / (time.perf_counter() - start)
+        if path is not None:
+            path.close()
+        return rate
 
     try:
         return asyncio.run(run())
@@ -189,8 +198,10 @@ def main() -> None:
     logactor: dict[int, float] = {}
     for replicas in (1, 3):
         rate = logactor[replicas] = through_actors(n, 32, 20, replicas)
-        print(f"LogActor, {replicas} replica(s), 32 writers x 20 records a call: {rate:,.0f} records/s = "
-              f"{rate / disk:.1f}x disk = {rate / batched:.0%} of the batched limit", flush=True)
+        by_ray = through_actors(n, 32, 20, replicas, channel=False)
+        print(f"LogActor, {replicas} replica(s), 32 writers x 20 records a call on the append channel: "
+              f"{rate:,.0f} records/s = {rate / disk:.1f}x disk = {rate / batched:.0%} of the batched limit "
+              f"(each call a Ray call instead: {by_ray:,.0f} records/s = {by_ray / batched:.0%})", flush=True)
     ray.shutdown()
     print("\n".join(report.journal_targets(disk, batched, logactor)), flush=True)
     figures = start_up(finished, 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,7 @@ def test_the_writers_appends_travel_on_the_channel_and_outlive_the_leaders_resta
     log = ray.get_actor("log-0", namespace=c.options.namespace)
     info = ray.get(log.info.remote())
     assert info["appends"] > 0 and info["channel_appends"] == info["appends"]  # none as a Ray call
+    assert ray.get(c.sup.channel.remote())["served"] > 0  # the CommandActor's reports
 
     async def driver() -> tuple[int, int, dict[str, Any]]:
         channel = Channel(log)
@@ -51,3 +53,21 @@ def test_the_writers_appends_travel_on_the_channel_and_outlive_the_leaders_resta
     more = ray.get(c.sup.submit_many.remote([Echo(i) for i in range(10, 15)]))
     assert ray.get([c.sup.result.remote(w, 60) for w in more]) == list(range(10, 15))
     wait_for(lambda: ray.get(log.info.remote())["channel_appends"] > 0, what="the writers back on the channel")
+
+
+def test_the_supervisors_channel_takes_only_reports(coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator()
+    where = ray.get(c.sup.channel.remote())
+
+    async def send(body: bytes) -> tuple[int, Any]:
+        reader, writer = await asyncio.open_connection(where["host"], where["port"])
+        writer.write(where["token"] + ch.REQUEST.pack(len(body), 1) + body)
+        size, _, status = ch.ANSWER.unpack(await reader.readexactly(ch.ANSWER.size))
+        answer = pickle.loads(await reader.readexactly(size))
+        writer.close()
+        return status, answer
+
+    status, error = asyncio.run(send(pickle.dumps([{"not": "a report"}])))
+    assert status == 1 and isinstance(error, ValueError) and "not a list of reports" in str(error)
+    wid = ray.get(c.sup.submit.remote(Echo(1)))
+    assert ray.get(c.sup.result.remote(wid, 30)) == 1  # it serves on

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from actors import channel as ch
-from actors.channel import Channel, ChannelServer, append
+from actors.channel import Channel, ChannelServer, append, report, unpack_records
 from workflows.errors import Fenced
 
 
@@ -44,7 +44,10 @@ def records(*ids: str) -> list[dict[str, Any]]:
 
 
 async def serving(serve: Callable[[list[dict[str, Any]]], Awaitable[list[Any]]]) -> ChannelServer:
-    server = ChannelServer(serve)
+    async def body(data: bytes) -> list[Any]:
+        return await serve(unpack_records(data))
+
+    server = ChannelServer(body)
     await server.start("127.0.0.1")
     return server
 
@@ -235,3 +238,29 @@ def test_a_connection_to_a_leader_ray_replaced_is_left_within_the_verify_period(
         leader.server.close()
 
     asyncio.run(main())
+
+
+def test_reports_travel_on_the_supervisors_channel_and_go_as_a_ray_call_without_it() -> None:
+    async def main() -> None:
+        got: list[Any] = []
+
+        async def take(body: bytes) -> None:
+            got.extend(__import__("pickle").loads(body))
+
+        server = ChannelServer(take)
+        await server.start("127.0.0.1")
+        supervisor = Leader(server)
+        supervisor.report = Method(lambda reports: _record(got, ("ray", reports)))  # type: ignore[attr-defined]
+        channel = Channel(supervisor)
+        await report(supervisor, channel, ["r1", "r2"])
+        server.close()
+        await asyncio.sleep(0.05)
+        await report(supervisor, channel, ["r3"])  # the supervisor went away: as a Ray call
+        assert got == ["r1", "r2", ("ray", ["r3"])] and server.served == 1
+        channel.close()
+
+    asyncio.run(main())
+
+
+async def _record(into: list[Any], item: Any) -> None:
+    into.append(item)
