@@ -49,7 +49,7 @@ LARGE_BATCH_BYTES = 64 << 20
 CONNECT_TIMEOUT_S = 2.0
 RETRY_S = 1.0
 CHECK_S = 1.0
-"""A call unanswered this long makes the caller ask Ray whether the actor it reaches is still the one."""
+"""While calls wait for answers, the caller asks Ray this often whether the actor it reaches is still the one."""
 VERIFY_S = 1.0
 """While calling, a caller asks Ray this often whether its connection still reaches the
 actor Ray knows: one Ray restarted elsewhere while the old process lived on (its node
@@ -166,6 +166,7 @@ class Channel:
         self._token = b""
         self._verified = 0.0
         self._verifying: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
         self.sent = 0
         """Batches this channel carried (the rest went as Ray calls)."""
 
@@ -180,9 +181,11 @@ class Channel:
         rid = self._next_id
         future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
+        if self._watching is None:
+            self._watching = asyncio.get_running_loop().create_task(self._watch())
         try:
             self._writer.write(REQUEST.pack(len(body), rid) + body)
-            status, data = await self._answer(future)
+            status, data = await future
         finally:
             self._pending.pop(rid, None)
         self.sent += 1
@@ -191,19 +194,18 @@ class Channel:
             raise payload
         return payload
 
-    async def _answer(self, future: asyncio.Future[tuple[int, bytes]]) -> tuple[int, bytes]:
-        """The answer; while it is slow to come, ask Ray whether the actor is the one this
-        connection reaches: one whose node died without closing the connection has been
-        restarted elsewhere (the request then goes as a Ray call), a slow one is waited for."""
-        token = self._token
-        while True:
-            done, _ = await asyncio.wait([future], timeout=CHECK_S)
-            if done:
-                return future.result()
-            where = await self._actor.channel.remote()
-            if not where or where.get("token") != token:
-                self._drop("the served actor was restarted")
-                raise ChannelLost("the served actor was restarted")
+    async def _watch(self) -> None:
+        """While calls wait for answers, ask Ray every `CHECK_S` whether the actor is the
+        one this connection reaches: one whose node died without closing the connection
+        has been restarted elsewhere (the calls then go as Ray calls); a slow one, or one
+        running long calls, is waited for."""
+        try:
+            while self._pending:
+                await asyncio.sleep(CHECK_S)
+                if self._pending and self._verifying is None:
+                    await self._verify()
+        finally:
+            self._watching = None
 
     async def _verify(self) -> None:
         token = self._token
@@ -218,8 +220,9 @@ class Channel:
             self._verified, self._verifying = self._clock(), None
 
     def close(self) -> None:
-        if self._verifying is not None:
-            self._verifying.cancel()
+        for task in (self._verifying, self._watching):
+            if task is not None:
+                task.cancel()
         self._drop("closed")
 
     async def _connected(self) -> bool:

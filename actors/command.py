@@ -11,6 +11,7 @@ runs nothing.
 from __future__ import annotations
 
 import asyncio
+import pickle
 from typing import Any, cast
 
 import ray
@@ -19,7 +20,7 @@ from actors import channel as channels
 from actors import logs
 from actors import metrics as m
 from actors.batching import Batcher
-from actors.channel import Channel
+from actors.channel import Channel, ChannelServer
 from actors.log import append_within
 from actors.options import Options
 from actors.placement import COMMAND_PREFIX
@@ -41,6 +42,8 @@ class CommandActor:
         self._append_timeout_s = options.append_timeout_s
         self._channel = Channel(log)
         self._to_supervisor = Channel(supervisor)
+        self._server: ChannelServer | None = None
+        self._starting: asyncio.Task[None] | None = None
         # A few journal calls in flight: a step waits for its own batch, not the one before.
         self._journal: Batcher[Record] = Batcher(self._append, max_in_flight=2)
         self._reports: Batcher[Report] = Batcher(self._send_reports)
@@ -73,6 +76,29 @@ class CommandActor:
             except InvalidCommand as exc:
                 answers[name] = str(exc)
         return answers
+
+    async def channel(self) -> dict[str, Any] | None:
+        """Where the supervisor connects to dispatch without a Ray call (`actors.channel`),
+        served from the first ask; None while this actor cannot run workflows."""
+        if self._fault is not None:
+            return None
+        if self._server is None:
+            if self._starting is None:
+                self._starting = asyncio.get_running_loop().create_task(self._serve())
+            await asyncio.shield(self._starting)
+        return None if self._server is None else self._server.describe()
+
+    async def _serve(self) -> None:
+        server = ChannelServer(self._run_body)
+        await server.start(cast(str, cast(Any, ray.util).get_node_ip_address()))
+        self._server = server
+
+    async def _run_body(self, body: bytes) -> None:
+        """A dispatch batch that came on the channel, pickled by the supervisor (a token holder)."""
+        items = pickle.loads(body)
+        if not isinstance(items, list) or not all(isinstance(i, Dispatch) for i in items):
+            raise ValueError(f"not a dispatch batch: {type(items).__name__}")
+        await self.run(items)
 
     async def _append(self, records: list[Record]) -> list[Any]:
         return await append_within(self._log, records, self._append_timeout_s, self._channel)

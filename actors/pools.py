@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import ray
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors.channel import Channel, ChannelLost
 from actors.command import RemoteCommandActor
 from actors.journal import open_backend
 from actors.messages import Dispatch
@@ -48,6 +50,8 @@ class Worker:
     name: str
     node: str | None = None
     retired: bool = False
+    channel: Channel | None = None
+    """Where its batches go without a Ray call (`actors.channel`)."""
 
 
 def alive_nodes() -> list[str]:
@@ -93,7 +97,16 @@ class RayPools:
         cannot say whether the call ran (it may run on the restarted actor later). Sent
         elsewhere, its attempts could run twice at once; so the batch is sent again to
         the same actor once it is back (its runner runs each attempt once), with each
-        attempt reading its journaled steps."""
+        attempt reading its journaled steps. A batch the channel lost is sent so too.
+
+        The batch goes on the actor's channel when it can carry it (`actors.channel`)."""
+        channel = self.workers[worker].channel
+        if channel is not None:
+            try:
+                await channel.call(pickle.dumps(items, protocol=5))
+                return
+            except ChannelLost:  # it may have run or be running: its attempts read their steps
+                items = [dataclasses.replace(i, fresh=False) for i in items]
         deadline = time.monotonic() + UNAVAILABLE_TIMEOUT_S
         while True:
             try:
@@ -130,7 +143,7 @@ class RayPools:
         if node is not None:  # soft: if the node dies, Ray restarts the actor elsewhere
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=True)
         handle = RemoteCommandActor.options(**opts).remote(self.options, self.log, self.supervisor, name)
-        worker = Worker(handle, deployment, name)
+        worker = Worker(handle, deployment, name, channel=Channel(handle))
         self.workers.append(worker)
         self.size = len(self.workers)
         return worker
@@ -192,8 +205,7 @@ class RayPools:
     async def remove(self, deployment: str) -> None:
         for i in self.workers_of(deployment):
             self.workers[i].retired = True
-            with contextlib.suppress(ValueError, RayActorError):
-                ray.kill(self.workers[i].handle, no_restart=True)
+            self._end(self.workers[i])
         self.envs.pop(deployment, None)
 
     async def respread(self) -> None:
@@ -215,6 +227,13 @@ class RayPools:
                 self.workers[i].retired = True
         for i, w in enumerate(self.workers):
             if w.retired and not self.busy(i) and w.handle is not None:
-                with contextlib.suppress(ValueError, RayActorError):
-                    ray.kill(w.handle, no_restart=True)
+                self._end(w)
                 w.handle = None
+
+    @staticmethod
+    def _end(worker: Worker) -> None:
+        if worker.channel is not None:
+            worker.channel.close()
+            worker.channel = None
+        with contextlib.suppress(ValueError, RayActorError):
+            ray.kill(worker.handle, no_restart=True)

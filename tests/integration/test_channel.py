@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import pickle
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from actors.channel import Channel
 from actors.log import append_within
 from actors.records import Submitted
 from tests.support import Coordinator, wait_for
-from workflows.testing import Echo
+from workflows.testing import Echo, Tracked, read_calls
 
 pytestmark = pytest.mark.ray
 
@@ -34,6 +36,7 @@ def test_the_writers_appends_travel_on_the_channel_and_outlive_the_leaders_resta
     info = ray.get(log.info.remote())
     assert info["appends"] > 0 and info["channel_appends"] == info["appends"]  # none as a Ray call
     assert ray.get(c.sup.channel.remote())["served"] > 0  # the CommandActor's reports
+    assert sum(ray.get(h.channel.remote())["served"] for h in c.actors()["command"]) > 0  # dispatch batches
 
     async def driver() -> tuple[int, int, dict[str, Any]]:
         channel = Channel(log)
@@ -71,3 +74,22 @@ def test_the_supervisors_channel_takes_only_reports(coordinator: Callable[..., C
     assert status == 1 and isinstance(error, ValueError) and "not a list of reports" in str(error)
     wid = ray.get(c.sup.submit.remote(Echo(1)))
     assert ray.get(c.sup.result.remote(wid, 30)) == 1  # it serves on
+
+
+def test_a_commandactor_killed_mid_batch_has_its_attempts_run_again(coordinator: Callable[..., Coordinator],
+                                                                     tmp_path: Path) -> None:
+    """The batch was on the actor's channel when its process ended: sent again, as Ray
+    calls are, and every workflow ends once, its journaled steps not called again."""
+    c = coordinator()
+    calls = str(tmp_path / "calls")
+    os.makedirs(calls)
+    ids = ray.get(c.sup.submit_many.remote([Tracked(calls, steps=3, sleep_s=0.3) for _ in range(8)]))
+    wait_for(lambda: len(read_calls(calls)) >= 8, what="first steps running")
+    served = sum(ray.get(h.channel.remote())["served"] for h in c.actors()["command"])
+    for handle in c.actors()["command"]:
+        ray.kill(handle, no_restart=False)
+    results = ray.get([c.sup.result.remote(w, 120) for w in ids])
+    assert served > 0
+    assert results == [[f"{w}/{i}:{i}" for i in range(3)] for w in ids]
+    keys = read_calls(calls)
+    assert sorted(set(keys)) == sorted(f"{w}/{i}" for w in ids for i in range(3))  # none missing

@@ -56,6 +56,23 @@ async def echo(wire: list[dict[str, Any]]) -> list[Any]:
     return [("channel", r["w"]) for r in wire]
 
 
+async def _hanging_append() -> tuple[ChannelServer, Leader, Channel, asyncio.Future[list[Any]]]:
+    """A leader that takes an append and never answers it; the append, once it arrived."""
+    arrived = asyncio.Event()
+
+    async def hung(wire: list[dict[str, Any]]) -> list[Any]:
+        arrived.set()
+        await asyncio.sleep(3600)
+        return []
+
+    server = await serving(hung)
+    leader = Leader(server)
+    channel = Channel(leader)
+    pending = asyncio.ensure_future(append(leader, channel, records("a")))
+    await arrived.wait()
+    return server, leader, channel, pending
+
+
 def test_appends_travel_on_the_connection_and_answer_each_caller() -> None:
     async def main() -> None:
         async def slow_first(wire: list[dict[str, Any]]) -> list[Any]:
@@ -114,18 +131,7 @@ def test_a_wrong_token_is_refused_and_the_batch_goes_as_a_ray_call() -> None:
 
 def test_a_leader_that_ends_mid_append_has_the_batch_sent_again_as_a_ray_call() -> None:
     async def main() -> None:
-        arrived = asyncio.Event()
-
-        async def never(wire: list[dict[str, Any]]) -> list[Any]:
-            arrived.set()
-            await asyncio.sleep(3600)
-            return []
-
-        server = await serving(never)
-        leader = Leader(server)
-        channel = Channel(leader)
-        pending = asyncio.ensure_future(append(leader, channel, records("a")))
-        await arrived.wait()
+        server, leader, channel, pending = await _hanging_append()
         server.close()  # the leader's process ends: its connections close
         assert await asyncio.wait_for(pending, 5) == [("ray", "a")]
         assert leader.append.calls == 1
@@ -139,18 +145,7 @@ def test_an_unanswered_append_asks_ray_and_leaves_a_restarted_leader(monkeypatch
     monkeypatch.setattr(ch, "CHECK_S", 0.05)
 
     async def main() -> None:
-        arrived = asyncio.Event()
-
-        async def hung(wire: list[dict[str, Any]]) -> list[Any]:
-            arrived.set()
-            await asyncio.sleep(3600)
-            return []
-
-        old = await serving(hung)
-        leader = Leader(old)
-        channel = Channel(leader)
-        pending = asyncio.ensure_future(append(leader, channel, records("a")))
-        await arrived.wait()
+        old, leader, channel, pending = await _hanging_append()
         await asyncio.sleep(0.2)
         assert not pending.done()  # the same leader, slow: waited for
         leader.server = await serving(echo)  # restarted: another token
