@@ -48,6 +48,9 @@ LARGE_BATCH_BYTES = 64 << 20
 """A batch this large goes as a Ray call: one frame must not hold a connection for long."""
 CONNECT_TIMEOUT_S = 2.0
 RETRY_S = 1.0
+"""After a connection ended or could not be made, calls go as Ray calls this long (the
+pause doubles with each attempt that fails in a row, up to `RETRY_MAX_S`)."""
+RETRY_MAX_S = 60.0
 CHECK_S = 1.0
 """While calls wait for answers, the caller asks Ray this often whether the actor it reaches is still the one."""
 VERIFY_S = 1.0
@@ -159,7 +162,9 @@ class Channel:
         self._where: dict[str, Any] | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reading: asyncio.Task[None] | None = None
-        self._connecting: asyncio.Future[bool] | None = None
+        self._connecting: asyncio.Task[None] | None = None
+        self._failures = 0
+        """Connection attempts failed in a row: each pauses the next one longer."""
         self._pending: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
         self._next_id = 0
         self._retry_at = 0.0
@@ -172,7 +177,7 @@ class Channel:
 
     async def call(self, body: bytes) -> Any:
         """The served actor's answer to ``body``; its error raised here with its type."""
-        if len(body) > LARGE_BATCH_BYTES or not await self._connected():
+        if len(body) > LARGE_BATCH_BYTES or not self._connected():
             raise ChannelLost("no connection")
         assert self._writer is not None
         if self._clock() - self._verified >= VERIFY_S and self._verifying is None:
@@ -220,46 +225,51 @@ class Channel:
             self._verified, self._verifying = self._clock(), None
 
     def close(self) -> None:
-        for task in (self._verifying, self._watching):
+        for task in (self._verifying, self._watching, self._connecting):
             if task is not None:
                 task.cancel()
         self._drop("closed")
 
-    async def _connected(self) -> bool:
+    def _connected(self) -> bool:
+        """Whether a connection is up; if not, one is made in the background (past the
+        pause after a failure) while calls go as Ray calls: a connection that is slow to
+        make, or never made, delays no call."""
         if self._writer is not None and not self._writer.is_closing():
             return True
-        if self._clock() < self._retry_at:
-            return False
-        if self._connecting is None:  # one connection attempt for every waiting append
-            self._connecting = asyncio.get_running_loop().create_future()
-            try:
-                ok = await self._connect()
-            finally:
-                self._connecting.set_result(self._writer is not None)
-                self._connecting = None
-            return ok
-        return await asyncio.shield(self._connecting)
+        if self._connecting is None and self._clock() >= self._retry_at:
+            self._connecting = asyncio.get_running_loop().create_task(self._connect())
+        return False
 
-    async def _connect(self) -> bool:
+    async def connect(self) -> bool:
+        """Make the connection now (past the pause after a failure); whether it is up."""
+        if not self._connected() and self._connecting is not None:
+            await asyncio.shield(self._connecting)
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def _connect(self) -> None:
         try:
-            if self._where is None:
-                where: dict[str, Any] | None = await asyncio.wait_for(_await(self._actor.channel.remote()),
-                                                                      CONNECT_TIMEOUT_S)
-                if not where or where.get("port") is None:
-                    raise ConnectionError("the actor serves no channel")
-                self._where = where
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self._where["host"], self._where["port"]), CONNECT_TIMEOUT_S)
-            writer.write(self._where["token"])
-            self._token = self._where["token"]
-            self._verified = self._clock()
-        except Exception as exc:  # any failure: Ray calls for a while, then a new address
-            self._where, self._retry_at = None, self._clock() + RETRY_S
-            log.debug("channel_unavailable", error=repr(exc))
-            return False
+            await self._open()
+        except Exception as exc:  # any failure: Ray calls for a while (longer each time), then a new address
+            self._failures += 1
+            self._where = None
+            self._retry_at = self._clock() + min(RETRY_MAX_S, RETRY_S * 2 ** (self._failures - 1))
+            log.debug("channel_unavailable", error=repr(exc), failures=self._failures)
+        finally:
+            self._connecting = None
+
+    async def _open(self) -> None:
+        if self._where is None:
+            where: dict[str, Any] | None = await asyncio.wait_for(_await(self._actor.channel.remote()),
+                                                                  CONNECT_TIMEOUT_S)
+            if not where or where.get("port") is None:
+                raise ConnectionError("the actor serves no channel")
+            self._where = where
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(self._where["host"], self._where["port"]), CONNECT_TIMEOUT_S)
+        writer.write(self._where["token"])
+        self._token, self._verified, self._failures = self._where["token"], self._clock(), 0
         self._writer = writer
         self._reading = asyncio.get_running_loop().create_task(self._read(reader))
-        return True
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
         try:

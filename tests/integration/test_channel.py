@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import ray
 
@@ -33,18 +34,28 @@ def test_the_writers_appends_travel_on_the_channel_and_outlive_the_leaders_resta
     ids = ray.get(c.sup.submit_many.remote([Echo(i) for i in range(10)]))
     assert ray.get([c.sup.result.remote(w, 30) for w in ids]) == list(range(10))
     log = ray.get_actor("log-0", namespace=c.options.namespace)
+    before = ray.get(log.info.remote())  # a writer's first appends went as Ray calls while it connected
+    ids = ray.get(c.sup.submit_many.remote([Echo(i) for i in range(10)]))
+    assert ray.get([c.sup.result.remote(w, 30) for w in ids]) == list(range(10))
     info = ray.get(log.info.remote())
-    assert info["appends"] > 0 and info["channel_appends"] == info["appends"]  # none as a Ray call
+    assert info["appends"] > before["appends"]
+    assert info["channel_appends"] - before["channel_appends"] == info["appends"] - before["appends"]  # all
     assert ray.get(c.sup.channel.remote())["served"] > 0  # the CommandActor's reports
     assert sum(ray.get(h.channel.remote())["served"] for h in c.actors()["command"]) > 0  # dispatch batches
 
     async def driver() -> tuple[int, int, dict[str, Any]]:
         channel = Channel(log)
+        assert await channel.connect()
         await append_within(log, [_submitted("direct-1")], 30, channel)
         sent_before = channel.sent
+        pid = (await log.info.remote())["pid"]
         ray.kill(log, no_restart=False)  # Ray restarts it: a new process, port and token
+        while psutil.pid_exists(pid):  # until it ends, the old process still answers on its connections
+            await asyncio.sleep(0.05)
         await append_within(log, [_submitted("direct-2")], 60, channel)  # sent again as a Ray call
-        await asyncio.sleep(ch.RETRY_S)
+        deadline = time.monotonic() + 10 * ch.RETRY_S
+        while not await channel.connect() and time.monotonic() < deadline:  # past the pause after the loss
+            await asyncio.sleep(0.1)
         await append_within(log, [_submitted("direct-3")], 30, channel)  # on the new leader's channel
         found: dict[str, Any] = await log.live_steps.remote(["direct-1", "direct-2", "direct-3"])
         channel.close()
@@ -81,6 +92,8 @@ def test_a_commandactor_killed_mid_batch_has_its_attempts_run_again(coordinator:
     """The batch was on the actor's channel when its process ended: sent again, as Ray
     calls are, and every workflow ends once, its journaled steps not called again."""
     c = coordinator()
+    warm = ray.get(c.sup.submit_many.remote([Echo(i) for i in range(4)]))  # the channels connect meanwhile
+    ray.get([c.sup.result.remote(w, 30) for w in warm])
     calls = str(tmp_path / "calls")
     os.makedirs(calls)
     ids = ray.get(c.sup.submit_many.remote([Tracked(calls, steps=3, sleep_s=0.3) for _ in range(8)]))

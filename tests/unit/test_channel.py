@@ -68,6 +68,7 @@ async def _hanging_append() -> tuple[ChannelServer, Leader, Channel, asyncio.Fut
     server = await serving(hung)
     leader = Leader(server)
     channel = Channel(leader)
+    assert await channel.connect()
     pending = asyncio.ensure_future(append(leader, channel, records("a")))
     await arrived.wait()
     return server, leader, channel, pending
@@ -83,6 +84,7 @@ def test_appends_travel_on_the_connection_and_answer_each_caller() -> None:
         server = await serving(slow_first)
         leader = Leader(server)
         channel = Channel(leader)
+        assert await channel.connect()
         got = await asyncio.gather(append(leader, channel, records("a")), append(leader, channel, records("b", "c")))
         assert got == [[("channel", "a")], [("channel", "b"), ("channel", "c")]]
         assert leader.append.calls == 0 and channel.sent == 2
@@ -101,6 +103,7 @@ def test_an_appends_error_reaches_its_caller_with_its_type() -> None:
         server = await serving(fenced)
         leader = Leader(server)
         channel = Channel(leader)
+        assert await channel.connect()
         with pytest.raises(Fenced, match="another coordinator"):
             await append(leader, channel, records("a"))
         assert leader.append.calls == 0  # an answer, not a lost batch: not sent again
@@ -121,6 +124,7 @@ def test_a_wrong_token_is_refused_and_the_batch_goes_as_a_ray_call() -> None:
 
         leader.channel = Method(forged)
         channel = Channel(leader)
+        await channel.connect()
         assert await append(leader, channel, records("a")) == [("ray", "a")]
         assert leader.append.calls == 1 and channel.sent == 0
         channel.close()
@@ -150,7 +154,8 @@ def test_an_unanswered_append_asks_ray_and_leaves_a_restarted_leader(monkeypatch
         assert not pending.done()  # the same leader, slow: waited for
         leader.server = await serving(echo)  # restarted: another token
         assert await asyncio.wait_for(pending, 5) == [("ray", "a")]
-        channel._retry_at = 0.0  # past the pause: the next append connects to the new leader
+        channel._retry_at = 0.0  # past the pause: a connection to the new leader
+        assert await channel.connect()
         assert await append(leader, channel, records("b")) == [("channel", "b")]
         channel.close()
         old.close()
@@ -164,12 +169,18 @@ def test_without_a_channel_appends_go_as_ray_calls_and_it_is_tried_again_later()
         now = [0.0]
         leader = Leader(None)
         channel = Channel(leader, clock=lambda: now[0])
-        assert await append(leader, channel, records("a")) == [("ray", "a")]
+        assert await append(leader, channel, records("a")) == [("ray", "a")]  # and a connection is tried
+        assert not await channel.connect()
         assert await append(leader, channel, records("b")) == [("ray", "b")]
         assert leader.channel.calls == 1  # not asked again before RETRY_S
+        now[0] += ch.RETRY_S
+        assert not await channel.connect()  # failed again: the pause doubles
+        now[0] += ch.RETRY_S
+        assert await append(leader, channel, records("c")) == [("ray", "c")] and leader.channel.calls == 2
         leader.server = await serving(echo)
         now[0] += ch.RETRY_S
-        assert await append(leader, channel, records("c")) == [("channel", "c")]
+        assert await channel.connect()
+        assert await append(leader, channel, records("d")) == [("channel", "d")]
         channel.close()
         leader.server.close()
 
@@ -183,6 +194,7 @@ def test_a_batch_too_large_for_one_frame_goes_as_a_ray_call(monkeypatch: pytest.
         server = await serving(echo)
         leader = Leader(server)
         channel = Channel(leader)
+        assert await channel.connect()
         assert await append(leader, channel, records(*"abcdef")) == [("ray", w) for w in "abcdef"]
         assert await append(leader, channel, records("a")) == [("channel", "a")]
         channel.close()
@@ -216,6 +228,7 @@ def test_a_connection_to_a_leader_ray_replaced_is_left_within_the_verify_period(
         old = await serving(echo)
         leader = Leader(old)
         channel = Channel(leader, clock=lambda: now[0])
+        assert await channel.connect()
         assert await append(leader, channel, records("a")) == [("channel", "a")]
         leader.server = await serving(echo)  # Ray restarted the leader elsewhere
         assert await append(leader, channel, records("b")) == [("channel", "b")]  # not asked yet
@@ -226,6 +239,7 @@ def test_a_connection_to_a_leader_ray_replaced_is_left_within_the_verify_period(
         await asyncio.sleep(0.05)
         assert await append(leader, channel, records("d")) == [("ray", "d")]  # left: Ray calls for a pause
         now[0] += ch.RETRY_S
+        assert await channel.connect()
         assert await append(leader, channel, records("e")) == [("channel", "e")]  # the new leader's channel
         assert leader.server.served == 1
         channel.close()
@@ -247,6 +261,7 @@ def test_reports_travel_on_the_supervisors_channel_and_go_as_a_ray_call_without_
         supervisor = Leader(server)
         supervisor.report = Method(lambda reports: _record(got, ("ray", reports)))  # type: ignore[attr-defined]
         channel = Channel(supervisor)
+        assert await channel.connect()
         await report(supervisor, channel, ["r1", "r2"])
         server.close()
         await asyncio.sleep(0.05)
