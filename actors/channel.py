@@ -313,10 +313,10 @@ async def append(leader: Any, channel: Channel | None, wire: list[dict[str, Any]
     return answers
 
 
-async def report(supervisor: Any, channel: Channel | None, reports: list[Any]) -> None:
-    """Send CommandActor reports through ``channel``, or as a Ray call when it cannot carry them."""
+async def call(actor: Any, channel: Channel | None, method: str, *args: Any) -> Any:
+    """``actor.method(*args)`` through ``channel`` (served as ``(method, args)`` pickled),
+    or as a Ray call when it cannot carry it: for calls that may be sent twice."""
     if channel is not None:
         with contextlib.suppress(ChannelLost):
-            await channel.call(pickle.dumps(reports, protocol=5))
-            return
-    await supervisor.report.remote(reports)
+            return await channel.call(pickle.dumps((method, args), protocol=5))
+    return await getattr(actor, method).remote(*args)

@@ -108,7 +108,7 @@ class CommandActor:
         return steps
 
     async def _send_reports(self, reports: list[Report]) -> list[Any]:
-        await channels.report(self._supervisor, self._to_supervisor, reports)
+        await channels.call(self._supervisor, self._to_supervisor, "report", reports)
         return [None] * len(reports)
 
     async def _report(self, report: Report) -> None:

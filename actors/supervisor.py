@@ -37,6 +37,8 @@ from workflows.context import Outcome
 from workflows.errors import CoordinatorError
 
 POOL_TEND_S = 1.0
+CHANNEL_METHODS = ("report", "submit_many", "wait")
+"""The supervisor's calls its channel carries: the hot ones, each idempotent when sent again."""
 """How often the pools are re-spread over the nodes and unused deployments drained."""
 POOL_READY_TIMEOUT_S = 120.0
 """How long start-up waits for CommandActors to say whether they can run workflows;
@@ -185,7 +187,7 @@ class SupervisorActor:
         self.core.dispatcher.wake.set()
         self._pool_task = asyncio.get_running_loop().create_task(self._tend())
         self._metrics_task = self.metrics.start()
-        self._channel = ChannelServer(self._report_body)
+        self._channel = ChannelServer(self._serve_body)
         await self._channel.start(cast(str, cast(Any, ray.util).get_node_ip_address()))
 
     def _ready(self) -> SupervisorCore:
@@ -286,17 +288,22 @@ class SupervisorActor:
         await self._ready().report(reports)
 
     async def channel(self) -> dict[str, Any] | None:
-        """Where CommandActors connect to report without a Ray call (`actors.channel`);
-        None when start-up failed."""
+        """Where CommandActors (their reports) and `cluster.client.Client` (its submits and
+        waits) connect to call without a Ray call (`actors.channel`); None when start-up failed."""
         channel: ChannelServer | None = getattr(self, "_channel", None)
         return None if channel is None else channel.describe()
 
-    async def _report_body(self, body: bytes) -> None:
-        """Reports that came on the channel, pickled by a CommandActor (a token holder)."""
-        reports = pickle.loads(body)
-        if not isinstance(reports, list) or not all(isinstance(r, Report) for r in reports):
-            raise ValueError(f"not a list of reports: {type(reports).__name__}")
-        await self.report(reports)
+    async def _serve_body(self, body: bytes) -> Any:
+        """A call that came on the channel: ``(method, args)`` pickled by a token holder,
+        one of `CHANNEL_METHODS`; answered as the Ray call would be."""
+        call = pickle.loads(body)
+        if not isinstance(call, tuple) or len(call) != 2 or call[0] not in CHANNEL_METHODS \
+                or not isinstance(call[1], tuple):
+            raise ValueError(f"not a call of {', '.join(CHANNEL_METHODS)}: {type(call).__name__}")
+        method, args = call
+        if method == "report" and (not isinstance(args[0], list) or not all(isinstance(r, Report) for r in args[0])):
+            raise ValueError(f"not a list of reports: {type(args[0]).__name__}")
+        return await getattr(self, method)(*args)
 
     async def _tend(self) -> None:
         """Re-spread the pools over the nodes and drain unused deployments; the loop's one catch-all."""

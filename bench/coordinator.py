@@ -7,7 +7,8 @@ each timed from the start of its submit to the arrival of its result, in one of 
 - ``calls``: a ``submit`` then a ``result`` Ray call per workflow, both awaited as ObjectRefs;
 - ``client``: `cluster.client.Client` per workflow (``await client.execute(cmd)``), which
   sends the submits of one event-loop turn as one ``submit_many`` and the result waits as
-  ``wait`` long-polls covering many workflows.
+  ``wait`` long-polls covering many workflows, on the supervisor's channel
+  (`actors.channel`; the ray-floor's ``client`` driver makes the same calls as Ray calls).
 
 CPU and
 memory are those of every process of this Ray instance (GCS, raylet, the actors,

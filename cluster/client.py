@@ -14,9 +14,11 @@ one command at a time, so each caller gets its own answer (`InvalidCommand`,
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 from actors.batching import Batcher
+from actors.channel import Channel, call
 from workflows.errors import CommandFailed, CoordinatorError
 
 POLL_S = 30.0
@@ -27,6 +29,9 @@ class Client:
 
     def __init__(self, supervisor: Any) -> None:
         self.supervisor = supervisor
+        self._channel = Channel(supervisor)
+        """The supervisor's channel (`actors.channel`): ``submit_many`` and ``wait`` go on it,
+        as Ray calls while it is not up."""
         self._submits: Batcher[tuple[Any, str | None]] = Batcher(self._submit_batch, max_in_flight=2)
         self._waiters: dict[str, list[asyncio.Future[dict[str, Any]]]] = {}
         self._uncovered: set[str] = set()
@@ -44,8 +49,12 @@ class Client:
         return str(answer)
 
     async def _submit_batch(self, items: list[tuple[Any, str | None]]) -> list[Any]:
+        # An id for each command here: a batch lost with its connection is sent again,
+        # and runs once.
+        items = [(c, w if w is not None else uuid.uuid4().hex) for c, w in items]
         try:
-            ids: list[Any] = await self.supervisor.submit_many.remote([c for c, _ in items], [w for _, w in items])
+            ids: list[Any] = await call(self.supervisor, self._channel, "submit_many", [c for c, _ in items],
+                                        [w for _, w in items])
             return ids
         except CoordinatorError:
             if len(items) == 1:
@@ -95,7 +104,7 @@ class Client:
 
     async def _poll(self, group: list[str]) -> None:
         try:
-            done: dict[str, dict[str, Any]] = await self.supervisor.wait.remote(group, POLL_S)
+            done: dict[str, dict[str, Any]] = await call(self.supervisor, self._channel, "wait", group, POLL_S)
         except CoordinatorError:
             done = await self._one_by_one(group)
         for wid, outcome in done.items():
@@ -119,6 +128,7 @@ class Client:
 
     def close(self) -> None:
         self._submits.close()
+        self._channel.close()
         for task in [self._loop_task, *self._polls]:
             if task is not None:
                 task.cancel()

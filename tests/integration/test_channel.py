@@ -18,6 +18,7 @@ from actors import channel as ch
 from actors.channel import Channel
 from actors.log import append_within
 from actors.records import Submitted
+from cluster.client import Client
 from tests.support import Coordinator, wait_for
 from workflows.testing import Echo, Tracked, read_calls
 
@@ -69,7 +70,7 @@ def test_the_writers_appends_travel_on_the_channel_and_outlive_the_leaders_resta
     wait_for(lambda: ray.get(log.info.remote())["channel_appends"] > 0, what="the writers back on the channel")
 
 
-def test_the_supervisors_channel_takes_only_reports(coordinator: Callable[..., Coordinator]) -> None:
+def test_the_supervisors_channel_takes_only_its_hot_calls(coordinator: Callable[..., Coordinator]) -> None:
     c = coordinator()
     where = ray.get(c.sup.channel.remote())
 
@@ -81,7 +82,11 @@ def test_the_supervisors_channel_takes_only_reports(coordinator: Callable[..., C
         writer.close()
         return status, answer
 
-    status, error = asyncio.run(send(pickle.dumps([{"not": "a report"}])))
+    status, error = asyncio.run(send(pickle.dumps([{"not": "a call"}])))
+    assert status == 1 and isinstance(error, ValueError) and "not a call of report, submit_many, wait" in str(error)
+    status, error = asyncio.run(send(pickle.dumps(("stop", ()))))  # not one the channel carries
+    assert status == 1 and isinstance(error, ValueError)
+    status, error = asyncio.run(send(pickle.dumps(("report", ([{"not": "a report"}],)))))
     assert status == 1 and isinstance(error, ValueError) and "not a list of reports" in str(error)
     wid = ray.get(c.sup.submit.remote(Echo(1)))
     assert ray.get(c.sup.result.remote(wid, 30)) == 1  # it serves on
@@ -106,3 +111,23 @@ def test_a_commandactor_killed_mid_batch_has_its_attempts_run_again(coordinator:
     assert results == [[f"{w}/{i}:{i}" for i in range(3)] for w in ids]
     keys = read_calls(calls)
     assert sorted(set(keys)) == sorted(f"{w}/{i}" for w in ids for i in range(3))  # none missing
+
+
+def test_the_clients_submits_and_waits_travel_on_the_supervisors_channel(
+        coordinator: Callable[..., Coordinator]) -> None:
+    c = coordinator()
+
+    async def driver() -> tuple[list[Any], list[Any]]:
+        client = Client(c.sup)
+        try:
+            first = await asyncio.gather(*[client.execute(Echo(i)) for i in range(10)])  # it connects meanwhile
+            served = ray.get(c.sup.channel.remote())["served"]
+            second = await asyncio.gather(*[client.execute(Echo(i)) for i in range(10, 20)])
+            assert ray.get(c.sup.channel.remote())["served"] >= served + 2  # a submit_many and a wait, at least
+            return first, second
+        finally:
+            client.close()
+
+    first, second = asyncio.run(driver())
+    assert first + second == list(range(20))
+    assert len(ray.get(c.sup.list.remote("completed", 100))) == 20  # each once: ids were given before sending

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from actors import channel as ch
-from actors.channel import Channel, ChannelServer, append, report, unpack_records
+from actors.channel import Channel, ChannelServer, append, call, unpack_records
 from workflows.errors import Fenced
 
 
@@ -249,12 +249,14 @@ def test_a_connection_to_a_leader_ray_replaced_is_left_within_the_verify_period(
     asyncio.run(main())
 
 
-def test_reports_travel_on_the_supervisors_channel_and_go_as_a_ray_call_without_it() -> None:
+def test_a_call_travels_on_the_channel_and_goes_as_a_ray_call_without_it() -> None:
     async def main() -> None:
         got: list[Any] = []
 
         async def take(body: bytes) -> None:
-            got.extend(__import__("pickle").loads(body))
+            method, args = __import__("pickle").loads(body)
+            assert method == "report"
+            got.extend(*args)
 
         server = ChannelServer(take)
         await server.start("127.0.0.1")
@@ -262,10 +264,10 @@ def test_reports_travel_on_the_supervisors_channel_and_go_as_a_ray_call_without_
         supervisor.report = Method(lambda reports: _record(got, ("ray", reports)))  # type: ignore[attr-defined]
         channel = Channel(supervisor)
         assert await channel.connect()
-        await report(supervisor, channel, ["r1", "r2"])
+        await call(supervisor, channel, "report", ["r1", "r2"])
         server.close()
         await asyncio.sleep(0.05)
-        await report(supervisor, channel, ["r3"])  # the supervisor went away: as a Ray call
+        await call(supervisor, channel, "report", ["r3"])  # the supervisor went away: as a Ray call
         assert got == ["r1", "r2", ("ray", ["r3"])] and server.served == 1
         channel.close()
 
