@@ -6,18 +6,22 @@ step, its end). Over a plain TCP connection to the leader's process the same app
 answers in about 0.15 ms plus its group commit. So the leader also serves appends on its
 node's address, on a port it picks, to callers that present the token it hands out
 through Ray (`LogActor.channel`), and the writers (the supervisor, CommandActors) send
-their appends there. The supervisor serves the CommandActors' reports the same way
-(`SupervisorActor.channel`): a report, like an append, may arrive twice (a stale or
-duplicate one is ignored).
+their appends there. The supervisor serves the CommandActors' reports and the
+`cluster.client.Client`'s ``submit_many`` and ``wait`` the same way
+(`SupervisorActor.channel`), and each CommandActor the supervisor's dispatch batches
+(`CommandActor.channel`). Every call a channel carries may arrive twice: a report of an
+attempt already reported is ignored, a submit of an id already journaled is answered,
+a dispatch batch a runner has is not run again.
 
-Ray stays the path of every other call and the fallback of these. A batch whose
-connection fails, or cannot be made, is sent as a Ray call (appends are idempotent, as a
-Ray call retried to a restarting leader already is: a step index or an end held is
-answered, not journaled twice); the connection is tried again after `RETRY_S`. A call
-that gets no answer at all is bounded by the caller's timeout, as a Ray call is.
+Ray stays the path of every other call and the fallback of these. A call whose
+connection fails, or is not up yet (it is made in the background), is sent as a Ray
+call (appends are idempotent, as a Ray call retried to a restarting leader already is:
+a step index or an end held is answered, not journaled twice); the connection is tried
+again after `RETRY_S`. A call that gets no answer at all is bounded by the caller's
+timeout, as a Ray call is.
 
 Frames: a request is ``<length, request id>`` then its body (appends: the records as
-msgpack wire maps; reports: pickled); an answer is ``<length, request id, status>`` then
+msgpack wire maps; other calls: pickled); an answer is ``<length, request id, status>`` then
 the answer (or, status 1, the exception) pickled, as Ray would carry them.
 """
 
@@ -57,7 +61,6 @@ VERIFY_S = 1.0
 """While calling, a caller asks Ray this often whether its connection still reaches the
 actor Ray knows: one Ray restarted elsewhere while the old process lived on (its node
 cut off) is left within about this long, as Ray's own calls leave it once told."""
-"""After a connection failed or could not be made, appends go as Ray calls this long."""
 
 Serve = Callable[[bytes], Awaitable[Any]]
 """What a server does with a request's body; its answer goes back pickled."""
