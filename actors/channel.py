@@ -56,11 +56,10 @@ RETRY_S = 1.0
 pause doubles with each attempt that fails in a row, up to `RETRY_MAX_S`)."""
 RETRY_MAX_S = 60.0
 CHECK_S = 1.0
-"""While calls wait for answers, the caller asks Ray this often whether the actor it reaches is still the one."""
-VERIFY_S = 1.0
-"""While calling, a caller asks Ray this often whether its connection still reaches the
-actor Ray knows: one Ray restarted elsewhere while the old process lived on (its node
-cut off) is left within about this long, as Ray's own calls leave it once told."""
+"""While it is calling, or calls wait for answers, a caller asks Ray this often whether its
+connection still reaches the actor Ray knows: one Ray restarted elsewhere while the old
+process lived on (its node cut off, the connection still open) is left within about this
+long, as Ray's own calls leave it once told; a slow one is waited for."""
 
 Serve = Callable[[bytes], Awaitable[Any]]
 """What a server does with a request's body; its answer goes back pickled."""
@@ -172,8 +171,7 @@ class Channel:
         self._next_id = 0
         self._retry_at = 0.0
         self._token = b""
-        self._verified = 0.0
-        self._verifying: asyncio.Task[None] | None = None
+        self._last_call = 0.0
         self._watching: asyncio.Task[None] | None = None
         self.sent = 0
         """Batches this channel carried (the rest went as Ray calls)."""
@@ -183,8 +181,7 @@ class Channel:
         if len(body) > LARGE_BATCH_BYTES or not self._connected():
             raise ChannelLost("no connection")
         assert self._writer is not None
-        if self._clock() - self._verified >= VERIFY_S and self._verifying is None:
-            self._verifying = asyncio.get_running_loop().create_task(self._verify())
+        self._last_call = self._clock()
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF
         rid = self._next_id
         future: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()
@@ -203,15 +200,12 @@ class Channel:
         return payload
 
     async def _watch(self) -> None:
-        """While calls wait for answers, ask Ray every `CHECK_S` whether the actor is the
-        one this connection reaches: one whose node died without closing the connection
-        has been restarted elsewhere (the calls then go as Ray calls); a slow one, or one
-        running long calls, is waited for."""
+        """Every `CHECK_S` while this connection is up and in use (calls waiting, or made
+        within the period), ask Ray whether it reaches the actor Ray knows (`CHECK_S`)."""
         try:
-            while self._pending:
+            while self._token and (self._pending or self._clock() - self._last_call < CHECK_S):
                 await asyncio.sleep(CHECK_S)
-                if self._pending and self._verifying is None:
-                    await self._verify()
+                await self._verify()
         finally:
             self._watching = None
 
@@ -224,11 +218,9 @@ class Channel:
         except Exception as exc:  # the actor is gone or silent: its calls go as Ray calls
             if self._token == token:
                 self._drop(repr(exc))
-        finally:
-            self._verified, self._verifying = self._clock(), None
 
     def close(self) -> None:
-        for task in (self._verifying, self._watching, self._connecting):
+        for task in (self._watching, self._connecting):
             if task is not None:
                 task.cancel()
         self._drop("closed")
@@ -270,7 +262,7 @@ class Channel:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection(self._where["host"], self._where["port"]), CONNECT_TIMEOUT_S)
         writer.write(self._where["token"])
-        self._token, self._verified, self._failures = self._where["token"], self._clock(), 0
+        self._token, self._failures = self._where["token"], 0
         self._writer = writer
         self._reading = asyncio.get_running_loop().create_task(self._read(reader))
 
